@@ -1,0 +1,292 @@
+"""Typed, frozen run configs: TOML in, canonical JSON and run id out.
+
+A run is described by :class:`Config`, nested by concern (data, model, train, prune,
+diet, landscape). Its one serialisation, :func:`canonical_json` (sorted keys, fields at
+their default left out, fields marked ``identity=False`` such as the data root left out),
+is what :func:`run_id` hashes and what the results store. A new field whose default
+reproduces the old behaviour therefore never changes an old run id.
+
+Unknown keys and wrong types raise :class:`~imp.errors.UserError` naming the key and,
+when one is close, the valid key that was probably meant.
+"""
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from imp.duration import Duration
+from imp.errors import UserError, did_you_mean
+
+DatasetName = Literal["digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "imagefolder"]
+ModelName = Literal[
+    "mlp", "lenet_300_100", "conv2", "conv4", "conv6",
+    "resnet20", "resnet32", "resnet56", "vgg11", "vgg16", "resnet18",
+]
+
+
+def _platform(default):
+    """A field that says where or how to run, not what to compute: kept out of the run id."""
+    return field(default=default, metadata={"identity": False})
+
+
+def _check(ok: bool, key: str, problem: str) -> None:
+    if not ok:
+        raise UserError(f"{key} {problem}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which data set, how it is batched, augmented, split and corrupted."""
+
+    dataset: DatasetName = "digits"
+    root: str = _platform("")  # "" = the LTH_DATA environment variable, else ./data
+    batch_size: int = 128
+    augment: Literal["auto", "none", "flip_crop"] = "auto"  # auto = flip_crop on CIFAR
+    validation: int = 0  # examples carved from the training set, seeded by split_seed
+    split_seed: int = 0
+    label_noise: float = 0.0  # fraction of training labels permuted among themselves
+    noise_seed: int = 0
+
+    def __post_init__(self):
+        _check(self.batch_size > 0, "data.batch_size", "must be positive")
+        _check(self.validation >= 0, "data.validation", "must be >= 0")
+        _check(0.0 <= self.label_noise < 1.0, "data.label_noise", "must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture: the registry name and its size options."""
+
+    name: ModelName = "mlp"
+    widths: tuple[int, ...] = ()  # mlp hidden widths; () = (300, 100)
+    width: int = 0  # base width of resnets and VGG; 0 = the architecture's standard width
+
+    def __post_init__(self):
+        _check(all(w > 0 for w in self.widths), "model.widths", "must all be positive")
+        _check(self.width >= 0, "model.width", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimiser, schedule (all counted in iterations), seeds and evaluation cadence."""
+
+    epochs: Duration = Duration(epochs=10)  # training length, e.g. "40ep" or "2ep100it"
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    schedule: Literal["constant", "step", "cosine"] = "constant"
+    milestones: tuple[Duration, ...] = ()  # step schedule: multiply the rate by gamma at each
+    gamma: float = 0.1
+    warmup: Duration = Duration()  # linear warm-up from 0 over this long
+    seed: int = 0  # derives the init, data-order and augmentation seeds unless set below
+    init_seed: int | None = None
+    order_seed: int | None = None
+    augment_seed: int | None = None
+    eval_every: Duration = Duration(epochs=1)
+    eval_examples: int = 0  # 0 = whole train and test sets; else a fixed subset of each
+
+    def __post_init__(self):
+        _check(self.lr > 0, "train.lr", "must be positive")
+        _check(0.0 <= self.momentum < 1.0, "train.momentum", "must be in [0, 1)")
+        _check(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+        _check(self.gamma > 0, "train.gamma", "must be positive")
+        _check(self.eval_examples >= 0, "train.eval_examples", "must be >= 0")
+        _check(not self.nesterov or self.momentum > 0, "train.nesterov", "needs train.momentum > 0")
+        _check(not self.milestones or self.schedule == "step", "train.milestones",
+               "only applies to train.schedule = 'step'")
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """Pruning and rewinding (filled in by the IMP engine)."""
+
+
+@dataclass(frozen=True)
+class DietConfig:
+    """Example scores and data-diet pre-training (filled in by the data-diet work)."""
+
+
+@dataclass(frozen=True)
+class LandscapeConfig:
+    """Barriers, perturbations and Hessians (filled in by the landscape work)."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything that defines a run. Build variants with :func:`dataclasses.replace`."""
+
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    prune: PruneConfig = PruneConfig()
+    diet: DietConfig = DietConfig()
+    landscape: LandscapeConfig = LandscapeConfig()
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Read a TOML file (or start from the defaults) and apply ``section.key=value`` overrides.
+
+    Override values are TOML values (``train.lr=0.05``, ``model.widths=[64, 32]``); a value
+    that is not valid TOML is taken as a string, so ``data.dataset=mnist`` works unquoted.
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"config file {str(path)!r} not found")
+        try:
+            raw = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as error:
+            raise UserError(f"{path}: not valid TOML ({error})") from None
+    for override in overrides:
+        key, value = _parse_override(override)
+        section, _, name = key.partition(".")
+        if not name:
+            raise UserError(f"override {override!r} must look like section.key=value")
+        raw.setdefault(section, {})
+        if not isinstance(raw[section], dict):
+            raise UserError(f"{section} must be a table of keys")
+        raw[section][name] = value
+    return from_dict(raw)
+
+
+def _parse_override(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"override {text!r} must look like section.key=value")
+    try:
+        parsed = tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value
+    return key.strip(), parsed
+
+
+def from_dict(raw: dict[str, Any]) -> Config:
+    """Build a :class:`Config` from nested plain data, checking every key and type."""
+    return _build(Config, raw, prefix="")
+
+
+def _build(cls: type, raw: Any, prefix: str):
+    where = prefix.rstrip(".") or "config"
+    if not isinstance(raw, dict):
+        raise UserError(f"{where} must be a table of keys, got {raw!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in fields:
+            close = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.6)
+            hint = f"; did you mean {prefix + close[0]!r}?" if close else (
+                f"; valid keys in {where}: {', '.join(fields) or '(none yet)'}")
+            raise UserError(f"unknown key {prefix + key!r}{hint}")
+        hint = hints[key]
+        if _is_section(hint):
+            kwargs[key] = _build(hint, value, prefix=f"{prefix}{key}.")
+        else:
+            kwargs[key] = _coerce(value, hint, prefix + key)
+    return cls(**kwargs)
+
+
+def _is_section(thing: Any) -> bool:
+    """Config sections are dataclasses; a Duration is a dataclass too, but a value."""
+    return dataclasses.is_dataclass(thing) and not isinstance(thing, Duration) and thing is not Duration
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Check ``value`` against the type ``hint`` and convert TOML data to it."""
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            suggestion = did_you_mean(str(value), [str(c) for c in choices])
+            raise UserError(
+                f"{key} = {value!r} is not one of {', '.join(map(repr, choices))}{suggestion}"
+            )
+        return value
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, options[0], key)
+    if origin is tuple:
+        (item_type, _ellipsis) = typing.get_args(hint)
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"{key} must be a list, got {value!r}")
+        return tuple(_coerce(item, item_type, f"{key}[{i}]") for i, item in enumerate(value))
+    if hint is Duration:
+        try:
+            return Duration.parse(value)
+        except UserError as error:
+            raise UserError(f"{key}: {error}") from None
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise UserError(f"{key} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"{key} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise UserError(f"{key} must be a string, got {value!r}")
+        return value
+    raise TypeError(f"config field {key} has an unsupported type {hint!r}")
+
+
+# ---------------------------------------------------------------- identity
+
+
+def to_dict(config: Any, *, defaults: bool = False, platform: bool = False) -> dict[str, Any]:
+    """Plain nested data for a config (sections and fields sorted by name).
+
+    With ``defaults=False`` fields at their default value are left out, and so are sections
+    left empty. With ``platform=False`` fields marked ``identity=False`` are left out.
+    """
+    out = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if not platform and not f.metadata.get("identity", True):
+            continue
+        if _is_section(value):
+            nested = to_dict(value, defaults=defaults, platform=platform)
+            if nested or defaults:
+                out[f.name] = nested
+            continue
+        if not defaults and value == f.default:
+            continue
+        out[f.name] = _plain(value)
+    return dict(sorted(out.items()))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Duration):
+        return str(value)
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def canonical_json(config: Config) -> str:
+    """The one serialisation of a run: sorted keys, no whitespace, non-default fields only."""
+    return json.dumps(to_dict(config), sort_keys=True, separators=(",", ":"))
+
+
+def run_id(config: Config) -> str:
+    """A short, stable name for a run: the first 12 hex digits of sha256(canonical JSON)."""
+    return hashlib.sha256(canonical_json(config).encode()).hexdigest()[:12]

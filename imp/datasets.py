@@ -1,0 +1,178 @@
+"""Raw data set readers: files on disk -> uint8/float numpy arrays. No torch, no devices.
+
+Each reader takes the data root and returns a :class:`RawData`. The registry
+:data:`READERS` is a plain dict; :mod:`imp.data` turns raw arrays into device tensors.
+
+Layouts under the data root (torchvision's own, so a torchvision download works):
+
+- ``digits``: nothing; scikit-learn's bundled 8x8 digits (1,797 images). There is no
+  official split: a fixed permutation (numpy seed 0) puts 360 images in the test set.
+- ``mnist``: ``MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]``
+- ``fashion_mnist``: ``FashionMNIST/raw/`` with the same file names
+- ``cifar10``: ``cifar-10-batches-py/{data_batch_1..5,test_batch}`` (the python pickles)
+- ``cifar100``: ``cifar-100-python/{train,test}`` (fine labels)
+- ``imagefolder``: the root itself holds ``train/<class>/*`` and ``test/<class>/*``
+  images, all of one size; decoded once and cached in ``<root>/.lth-cache.npz`` when the
+  folder is writable.
+"""
+
+import gzip
+import pickle
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from imp.errors import UserError
+
+
+@dataclass(frozen=True)
+class RawData:
+    """Images as (N, C, H, W) arrays scaled to [0, 1] once converted; labels as int64."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+    scale: float  # divide x by this to get [0, 1] (255 for bytes, 16 for digits)
+    natural_images: bool  # colour photographs: flip-and-crop augmentation by default
+
+
+class DataNotFound(UserError):
+    """The files of a data set are not under the data root."""
+
+
+def _missing(name: str, where: Path, expected: str) -> DataNotFound:
+    return DataNotFound(
+        f"{name}: {expected} not found under {where}; put the files there, or point "
+        f"data.root (or the LTH_DATA environment variable) at the folder that holds them "
+        f"(see the README, section Data)"
+    )
+
+
+def read_digits(root: Path) -> RawData:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = bunch.images.astype(np.float32)[:, None]  # (1797, 1, 8, 8), values 0..16
+    labels = bunch.target.astype(np.int64)
+    order = np.random.default_rng(0).permutation(len(labels))
+    test, train = order[:360], order[360:]
+    return RawData(images[train], labels[train], images[test], labels[test], 10, 16.0, False)
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """Read an idx file (MNIST format): magic, dims as big-endian int32, then uint8 data."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as handle:
+        data = handle.read()
+    if data[:2] != b"\x00\x00" or data[2] != 0x08:
+        raise UserError(f"{path} is not an idx file of unsigned bytes")
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def _idx_reader(name: str, folder: str) -> Callable[[Path], RawData]:
+    def read(root: Path) -> RawData:
+        raw = root / folder / "raw"
+
+        def find(stem: str) -> Path:
+            for candidate in (raw / f"{stem}.gz", raw / stem):
+                if candidate.is_file():
+                    return candidate
+            raise _missing(name, raw, f"{stem}.gz")
+
+        x_train = _read_idx(find("train-images-idx3-ubyte"))[:, None]
+        y_train = _read_idx(find("train-labels-idx1-ubyte")).astype(np.int64)
+        x_test = _read_idx(find("t10k-images-idx3-ubyte"))[:, None]
+        y_test = _read_idx(find("t10k-labels-idx1-ubyte")).astype(np.int64)
+        return RawData(x_train, y_train, x_test, y_test, 10, 255.0, False)
+
+    read.__doc__ = f"Read {name} from the official idx files under ``<root>/{folder}/raw``."
+    return read
+
+
+def _unpickle(path: Path, name: str) -> dict:
+    if not path.is_file():
+        raise _missing(name, path.parent, path.name)
+    with open(path, "rb") as handle:
+        return pickle.load(handle, encoding="bytes")
+
+
+def _cifar_arrays(batches: list[dict], label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
+    x = np.concatenate([b[b"data"] for b in batches]).reshape(-1, 3, 32, 32)
+    y = np.concatenate([np.asarray(b[label_key]) for b in batches]).astype(np.int64)
+    return x.astype(np.uint8), y
+
+
+def read_cifar10(root: Path) -> RawData:
+    folder = root / "cifar-10-batches-py"
+    train = [_unpickle(folder / f"data_batch_{i}", "cifar10") for i in range(1, 6)]
+    test = [_unpickle(folder / "test_batch", "cifar10")]
+    return RawData(*_cifar_arrays(train, b"labels"), *_cifar_arrays(test, b"labels"),
+                   10, 255.0, True)
+
+
+def read_cifar100(root: Path) -> RawData:
+    folder = root / "cifar-100-python"
+    train = [_unpickle(folder / "train", "cifar100")]
+    test = [_unpickle(folder / "test", "cifar100")]
+    return RawData(*_cifar_arrays(train, b"fine_labels"), *_cifar_arrays(test, b"fine_labels"),
+                   100, 255.0, True)
+
+
+def read_imagefolder(root: Path) -> RawData:
+    """Read ``root/train`` and ``root/test`` ImageFolder trees; cache the decoded bytes."""
+    cache = root / ".lth-cache.npz"
+    if cache.is_file():
+        arrays = np.load(cache)
+        return RawData(arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"],
+                       int(arrays["num_classes"]), 255.0, True)
+    for split in ("train", "test"):
+        if not (root / split).is_dir():
+            raise _missing("imagefolder", root, f"folder {split}/<class>/")
+    x_train, y_train, classes = _decode_tree(root / "train")
+    x_test, y_test, test_classes = _decode_tree(root / "test")
+    if test_classes != classes:
+        raise UserError(f"imagefolder: {root}/test has classes {test_classes}, train has {classes}")
+    if x_test.shape[1:] != x_train.shape[1:]:
+        raise UserError(f"imagefolder: test images are {x_test.shape[1:]}, train {x_train.shape[1:]}")
+    try:
+        np.savez(cache, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
+                 num_classes=len(classes))
+    except OSError:
+        pass  # a read-only tree is fine; it is decoded again next time
+    return RawData(x_train, y_train, x_test, y_test, len(classes), 255.0, True)
+
+
+def _decode_tree(folder: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    from torchvision.datasets import ImageFolder
+
+    tree = ImageFolder(str(folder))
+    if len(tree) == 0:
+        raise UserError(f"imagefolder: no images under {folder}")
+    images, labels = [], []
+    for path, label in tree.samples:
+        image = np.asarray(tree.loader(path))  # RGB, (H, W, 3) uint8
+        if images and image.shape != images[0].shape:
+            raise UserError(
+                f"imagefolder: {path} is {image.shape[1]}x{image.shape[0]}, others are "
+                f"{images[0].shape[1]}x{images[0].shape[0]}; resize the images to one size"
+            )
+        images.append(image)
+        labels.append(label)
+    x = np.stack(images).transpose(0, 3, 1, 2).copy()
+    return x, np.asarray(labels, dtype=np.int64), list(tree.classes)
+
+
+READERS: dict[str, Callable[[Path], RawData]] = {
+    "digits": read_digits,
+    "mnist": _idx_reader("mnist", "MNIST"),
+    "fashion_mnist": _idx_reader("fashion_mnist", "FashionMNIST"),
+    "cifar10": read_cifar10,
+    "cifar100": read_cifar100,
+    "imagefolder": read_imagefolder,
+}

@@ -1,0 +1,288 @@
+"""The HDF5 results store: every path and group name lives here.
+
+Layout of one run (see ``docs/storage.md`` for reading it with plain h5py)::
+
+    OUT/<run_id>/
+        run.h5                          the run's config and provenance, written once
+        run.lock                        held (flock) by the one process writing the run
+        replicate_<r>/<stage>.h5        one file per replicate and finished stage
+
+Crash safety: HDF5 files are not safe to kill mid-write, so no file is ever written in
+place. Each file is written completely to a hidden temporary name in the same folder,
+flushed to disk, then renamed over the final name (atomic on POSIX). A ``kill -9`` can
+therefore lose only the file being written; every file under its final name opens and
+holds a finished stage, and a stage "exists" exactly when its final file does.
+
+Every file carries a ``/provenance`` group whose attributes are the canonical config,
+package version, git revision and dirty flag, torch version, device and date.
+"""
+
+import datetime
+import fcntl
+import functools
+import json
+import os
+import subprocess
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+
+from imp.errors import UserError
+
+RUN_FILE = "run.h5"
+LOCK_FILE = "run.lock"
+PROVENANCE = "provenance"
+REPLICATE_DIR = "replicate_{}"
+TEMPORARY_SUFFIX = ".tmp"
+
+
+class RunLocked(UserError):
+    """Another process holds the run's lock."""
+
+
+class RunDir:
+    """The paths of one run inside an output folder."""
+
+    def __init__(self, out: str | Path, run_id: str):
+        self.out = Path(out)
+        self.run_id = run_id
+        self.path = self.out / run_id
+
+    @property
+    def run_file(self) -> Path:
+        return self.path / RUN_FILE
+
+    @property
+    def lock_file(self) -> Path:
+        return self.path / LOCK_FILE
+
+    def replicate_dir(self, replicate: int) -> Path:
+        return self.path / REPLICATE_DIR.format(replicate)
+
+    def stage_file(self, replicate: int, stage: str) -> Path:
+        """The file of one finished stage, e.g. ``stage_file(0, "level_3")``."""
+        if not stage or "/" in stage or stage.startswith("."):
+            raise ValueError(f"bad stage name {stage!r}")
+        return self.replicate_dir(replicate) / f"{stage}.h5"
+
+    def has_stage(self, replicate: int, stage: str) -> bool:
+        return self.stage_file(replicate, stage).is_file()
+
+    def stages(self, replicate: int) -> list[str]:
+        """Names of the finished stages of a replicate (temporary files are not stages)."""
+        folder = self.replicate_dir(replicate)
+        if not folder.is_dir():
+            return []
+        return sorted(p.stem for p in folder.glob("*.h5") if not p.name.startswith("."))
+
+    def replicates(self) -> list[int]:
+        prefix = REPLICATE_DIR.format("")
+        found = [p.name[len(prefix):] for p in self.path.glob(prefix + "*") if p.is_dir()]
+        return sorted(int(r) for r in found if r.isdigit())
+
+    def remove_partial_files(self) -> int:
+        """Delete temporary files left by a killed writer; call only while holding the lock."""
+        stale = list(self.path.rglob("." + "*" + TEMPORARY_SUFFIX))
+        for path in stale:
+            path.unlink(missing_ok=True)
+        return len(stale)
+
+
+def is_run(path: str | Path) -> bool:
+    return (Path(path) / RUN_FILE).is_file()
+
+
+# ---------------------------------------------------------------- provenance
+
+
+@functools.lru_cache(maxsize=1)
+def _git_state() -> tuple[str, bool]:
+    source = Path(__file__).resolve().parent
+    try:
+        revision = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=source, capture_output=True, text=True, timeout=10
+        )
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=source, capture_output=True, text=True, timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown", False
+    if revision.returncode != 0:
+        return "unknown", False
+    return revision.stdout.strip(), bool(status.stdout.strip())
+
+
+def provenance(config_json: str, device: str | torch.device) -> dict[str, Any]:
+    """Where a result came from: config, code version, git state, torch, device and date."""
+    from imp import __version__
+
+    revision, dirty = _git_state()
+    return {
+        "config": config_json,
+        "lth_version": __version__,
+        "git_revision": revision,
+        "git_dirty": dirty,
+        "torch_version": str(torch.__version__),
+        "device": str(device),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+# ---------------------------------------------------------------- writing and reading
+
+
+def write_h5(path: str | Path, tree: Mapping[str, Any], provenance: Mapping[str, Any]) -> Path:
+    """Write a nested mapping to ``path`` atomically: temporary file, fsync, rename.
+
+    Mappings become groups, arrays and tensors become datasets, and str, int, float and
+    bool values become attributes of the group that holds them. ``provenance`` becomes
+    the attributes of the ``/provenance`` group.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}{TEMPORARY_SUFFIX}")
+    try:
+        with h5py.File(temporary, "w") as file:
+            _write_group(file, tree)
+            group = file.create_group(PROVENANCE)
+            for key, value in provenance.items():
+                group.attrs[key] = _attribute(value)
+        with open(temporary, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+    return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _write_group(group: h5py.Group, tree: Mapping[str, Any]) -> None:
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            _write_group(group.create_group(key), value)
+        elif isinstance(value, (str, bool, int, float, np.integer, np.floating)):
+            group.attrs[key] = _attribute(value)
+        else:
+            group.create_dataset(key, data=_to_numpy(value))
+
+
+def _attribute(value: Any) -> Any:
+    """Plain Python scalars (a str subclass such as torch's version string is not plain)."""
+    if isinstance(value, str):
+        return str(value)
+    return value
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu()
+        if value.dtype == torch.bfloat16:
+            value = value.float()
+        return value.numpy()
+    return np.asarray(value)
+
+
+def read_h5(path: str | Path) -> dict[str, Any]:
+    """Read a file written by :func:`write_h5` back into nested dicts (numpy arrays inside).
+
+    The ``provenance`` key holds the provenance attributes.
+    """
+    with h5py.File(path, "r") as file:
+        return _read_group(file)
+
+
+def _read_group(group: h5py.Group) -> dict[str, Any]:
+    out: dict[str, Any] = {key: _attr(value) for key, value in group.attrs.items()}
+    for key, item in group.items():
+        out[key] = _read_group(item) if isinstance(item, h5py.Group) else item[()]
+    return out
+
+
+def _attr(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def read_config_json(run: RunDir) -> str:
+    """The canonical config JSON stored with a run."""
+    with h5py.File(run.run_file, "r") as file:
+        return file[PROVENANCE].attrs["config"]
+
+
+def create_run(run: RunDir, config_json: str, device: str | torch.device,
+               extra: Mapping[str, Any] | None = None) -> None:
+    """Write ``run.h5`` once; if it exists, check that it describes the same config."""
+    if run.run_file.is_file():
+        stored = read_config_json(run)
+        if json.loads(stored) != json.loads(config_json):
+            raise UserError(f"{run.path} holds a different config; use another --out folder")
+        return
+    write_h5(run.run_file, dict(extra or {}), provenance(config_json, device))
+
+
+# ---------------------------------------------------------------- locking
+
+
+class RunLock:
+    """An exclusive, process-level lock on one run (``flock`` on ``run.lock``).
+
+    The operating system releases it when the holder exits, even after ``kill -9``, so a
+    crashed writer never leaves a run locked. With ``wait=False`` a second process gets
+    :class:`RunLocked` at once; with ``wait=True`` it blocks until the lock is free.
+    """
+
+    def __init__(self, run: RunDir, wait: bool = False):
+        self.run = run
+        self.wait = wait
+        self._handle = None
+
+    def __enter__(self) -> "RunLock":
+        self.run.path.mkdir(parents=True, exist_ok=True)
+        handle = open(self.run.lock_file, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if self.wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise RunLocked(
+                f"run {self.run.run_id} is being written by {holder}; "
+                "wait for it to finish or use another --out folder"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}\n")
+        handle.flush()
+        self._handle = handle
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            handle.truncate(0)
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            handle.close()
+
+
+def find_runs(out: str | Path) -> Iterator[RunDir]:
+    """Every run folder directly inside ``out``, sorted by id."""
+    out = Path(out)
+    if not out.is_dir():
+        return
+    for path in sorted(out.iterdir()):
+        if is_run(path):
+            yield RunDir(out, path.name)

@@ -1,0 +1,193 @@
+"""The training loop: optimiser, schedule counted in iterations, hooks at chosen steps.
+
+Steps count iterations. "The state at step s" means after s optimiser updates: a hook
+due at step s sees the weights before update s+1, so a snapshot at step 0 is the
+initialisation and a snapshot at step k is the rewind point ``w_k``. Hooks due at the
+last step run after the last update.
+"""
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from imp import seeds
+from imp.config import TrainConfig
+from imp.data import Batches, Dataset, Split, flip_crop
+
+
+@dataclass(frozen=True)
+class Seeds:
+    """One seed per source of randomness (init, data order, augmentation)."""
+
+    init: int
+    order: int
+    augment: int
+
+    @classmethod
+    def from_config(cls, config: TrainConfig, replicate: int = 0) -> "Seeds":
+        """Explicit seeds from the config win; the others derive from ``(seed, name, replicate)``."""
+        def pick(explicit: int | None, name: str) -> int:
+            if explicit is not None:
+                return seeds.derive_seed(explicit, name, replicate) if replicate else explicit
+            return seeds.derive_seed(config.seed, name, replicate)
+        return cls(pick(config.init_seed, "init"), pick(config.order_seed, "order"),
+                   pick(config.augment_seed, "augment"))
+
+
+def total_iterations(config: TrainConfig, iterations_per_epoch: int) -> int:
+    return config.epochs.iterations_at(iterations_per_epoch)
+
+
+def learning_rate(step: int, config: TrainConfig, iterations_per_epoch: int) -> float:
+    """The learning rate for update ``step`` (0-based), all durations converted to iterations.
+
+    Linear warm-up from ``lr / warmup`` to ``lr`` over the first ``warmup`` iterations, then
+    ``constant``; ``step``: times ``gamma`` for every milestone reached; ``cosine``: from
+    ``lr`` down to 0 at the end of training (Loshchilov & Hutter 2017, no restarts).
+    """
+    rate = config.lr
+    if config.schedule == "step":
+        reached = sum(step >= m.iterations_at(iterations_per_epoch) for m in config.milestones)
+        rate *= config.gamma ** reached
+    elif config.schedule == "cosine":
+        total = total_iterations(config, iterations_per_epoch)
+        rate *= 0.5 * (1 + math.cos(math.pi * min(step, total) / max(total, 1)))
+    warmup = config.warmup.iterations_at(iterations_per_epoch)
+    if step < warmup:
+        rate *= (step + 1) / warmup
+    return rate
+
+
+def make_optimizer(parameters: Iterable[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
+    """SGD (with momentum and Nesterov as configured) or Adam, with L2 weight decay."""
+    parameters = [p for p in parameters if p.requires_grad]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum,
+                               nesterov=config.nesterov, weight_decay=config.weight_decay)
+    return torch.optim.Adam(parameters, lr=config.lr, weight_decay=config.weight_decay)
+
+
+@dataclass
+class Hook:
+    """``fn(step, model)`` called at the steps in ``steps`` and at every multiple of ``every``."""
+
+    fn: Callable[[int, nn.Module], None]
+    steps: frozenset[int] = frozenset()
+    every: int = 0
+
+    def due(self, step: int) -> bool:
+        return step in self.steps or (self.every > 0 and step % self.every == 0)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: Split, batch_size: int = 2048) -> dict[str, float]:
+    """Mean cross-entropy loss and accuracy (a fraction) of ``model`` in eval mode on ``split``.
+
+    The model's train/eval mode is restored afterwards.
+    """
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=split.x.device)
+    correct = torch.zeros((), dtype=torch.int64, device=split.x.device)
+    for start in range(0, len(split), batch_size):
+        x, y = split.x[start:start + batch_size], split.y[start:start + batch_size]
+        logits = model(x).float()
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
+        correct += (logits.argmax(1) == y).sum()
+    model.train(was_training)
+    count = max(len(split), 1)
+    return {"loss": loss_sum.item() / count, "accuracy": correct.item() / count}
+
+
+@dataclass
+class EvaluationLog:
+    """Rows of evaluations: ``step`` and ``<split>_loss`` / ``<split>_accuracy`` per split."""
+
+    splits: dict[str, Split]
+    batch_size: int = 2048
+    rows: dict[str, list[float]] = field(default_factory=dict)
+
+    def __call__(self, step: int, model: nn.Module) -> None:
+        self.rows.setdefault("step", []).append(step)
+        for name, split in self.splits.items():
+            for metric, value in evaluate(model, split, self.batch_size).items():
+                self.rows.setdefault(f"{name}_{metric}", []).append(value)
+
+    def last(self) -> dict[str, float]:
+        return {key: values[-1] for key, values in self.rows.items()}
+
+
+@dataclass
+class Snapshots:
+    """Copies of the full state (weights and BatchNorm buffers) at chosen steps, on the CPU."""
+
+    states: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
+
+    def __call__(self, step: int, model: nn.Module) -> None:
+        self.states[step] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def train(
+    model: nn.Module,
+    data: Dataset,
+    config: TrainConfig,
+    batch_size: int,
+    seeds_: Seeds,
+    *,
+    start_step: int = 0,
+    end_step: int | None = None,
+    hooks: Iterable[Hook] = (),
+    after_step: Callable[[nn.Module], None] | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Train ``model`` in place from ``start_step`` to ``end_step`` (default: the config's length).
+
+    The data order and schedule continue from ``start_step`` exactly as an uninterrupted
+    run would have them; the optimiser state always starts fresh. ``after_step(model)``
+    runs after every update (e.g. to re-apply a pruning mask). Returns the training loss
+    of every update, ``end_step - start_step`` values on the model's device.
+    """
+    iterations_per_epoch = data.iterations_per_epoch(batch_size)
+    end_step = total_iterations(config, iterations_per_epoch) if end_step is None else end_step
+    if not 0 <= start_step <= end_step:
+        raise ValueError(f"need 0 <= start_step ({start_step}) <= end_step ({end_step})")
+    hooks = list(hooks)
+    device = data.train.x.device
+    batches = Batches(len(data.train), batch_size, seeds_.order, device)
+    optimizer = make_optimizer(model.parameters(), config)
+    losses = torch.zeros(end_step - start_step, device=device)
+    model.train()
+    bar = tqdm(total=end_step - start_step, disable=not progress, unit="it", leave=False)
+    for step in range(start_step, end_step):
+        _run_hooks(hooks, step, model)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, config, iterations_per_epoch)
+        positions = batches.at(step)
+        x, y = data.train.x[positions], data.train.y[positions]
+        if data.augment:
+            x = flip_crop(x, data.fill, seeds.generator(seeds_.augment, "augment", step))
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if after_step is not None:
+            after_step(model)
+        losses[step - start_step] = loss.detach()
+        bar.update()
+        if progress and (step + 1) % 50 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+    bar.close()
+    _run_hooks(hooks, end_step, model)
+    return losses
+
+
+def _run_hooks(hooks: list[Hook], step: int, model: nn.Module) -> None:
+    for hook in hooks:
+        if hook.due(step):
+            hook.fn(step, model)
+

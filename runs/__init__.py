@@ -1,0 +1,1 @@
+"""The application layer: experiment files, benchmarks and the ``lth`` command."""
