@@ -11,7 +11,6 @@ when one is close, the valid key that was probably meant.
 """
 
 import dataclasses
-import difflib
 import hashlib
 import json
 import tomllib
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from imp.duration import Duration
-from imp.errors import UserError, did_you_mean
+from imp.errors import UserError, closest, did_you_mean
 
 DatasetName = Literal["digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "imagefolder"]
 ModelName = Literal[
@@ -187,8 +186,8 @@ def _build(cls: type, raw: Any, prefix: str):
     kwargs = {}
     for key, value in raw.items():
         if key not in fields:
-            close = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.6)
-            hint = f"; did you mean {prefix + close[0]!r}?" if close else (
+            close = closest(key, fields)
+            hint = f"; did you mean {prefix + close!r}?" if close else (
                 f"; valid keys in {where}: {', '.join(fields) or '(none yet)'}")
             raise UserError(f"unknown key {prefix + key!r}{hint}")
         hint = hints[key]

@@ -126,7 +126,7 @@ def _channel_stats(raw: RawData) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _normalise(x: np.ndarray, scale: float, mean: np.ndarray, std: np.ndarray) -> torch.Tensor:
-    x = torch.from_numpy(np.ascontiguousarray(x)).float().div_(scale)
+    x = torch.from_numpy(np.array(x, dtype=np.float32)).div_(scale)
     mean = torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
     std = torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
     return x.sub_(mean).div_(std)

@@ -75,12 +75,10 @@ def run_dense(config: Config, out: str | Path, data_root: Path, device: torch.de
     config_json = canonical_json(config)
     with store.RunLock(run, wait=wait):
         run.remove_partial_files()
+        pending = [r for r in range(replicates) if not run.has_stage(r, DENSE_STAGE)]
+        data = load_dataset(config.data, data_root, device) if pending else None
         store.create_run(run, config_json, device, extra={"data_root": str(data_root)})
-        data = None
-        for replicate in range(replicates):
-            if run.has_stage(replicate, DENSE_STAGE):
-                continue
-            data = data or load_dataset(config.data, data_root, device)
+        for replicate in pending:
             tree = train_replicate(config, data, replicate, progress)
             store.write_h5(run.stage_file(replicate, DENSE_STAGE), tree,
                            store.provenance(config_json, device))

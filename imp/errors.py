@@ -12,7 +12,28 @@ class UserError(ValueError):
     """Bad input: a config key, a value, a missing data file, a locked run."""
 
 
+def closest(word: str, choices: Iterable[str]) -> str | None:
+    """The choice most like ``word`` (fewest edits among the similar ones), or None."""
+    choices = list(choices)
+    similar = difflib.get_close_matches(word, choices, n=5, cutoff=0.6)
+    if not similar:
+        return None
+    return min(similar, key=lambda choice: (_edits(word, choice), choice))
+
+
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """Return ``"; did you mean 'x'?"`` for the closest choice, or ``""`` when none is close."""
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
+    choice = closest(word, choices)
+    return f"; did you mean {choice!r}?" if choice else ""
+
+
+def _edits(a: str, b: str) -> int:
+    """Levenshtein distance (insertions, deletions, substitutions)."""
+    previous = list(range(len(b) + 1))
+    for i, char_a in enumerate(a, 1):
+        current = [i]
+        for j, char_b in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1,
+                               previous[j - 1] + (char_a != char_b)))
+        previous = current
+    return previous[-1]

@@ -14,13 +14,12 @@ PyTorch's default initialisation, which :func:`build_model` replaces.
 
 from __future__ import annotations
 
-import difflib
 from typing import Callable
 
 import torch
 from torch import nn
 
-from imp.errors import UserError
+from imp.errors import UserError, did_you_mean
 
 Shape = tuple[int, int, int]
 
@@ -236,12 +235,8 @@ def build_model(
     torch's global RNG state is left unchanged.
     """
     if name not in MODELS:
-        message = f"unknown model {name!r}; choose one of: {', '.join(sorted(MODELS))}"
-        close = difflib.get_close_matches(name.lower(), MODELS, n=3)
-        close.sort(key=lambda c: (-difflib.SequenceMatcher(None, name.lower(), c).ratio(), c))
-        if close:
-            message += f" (did you mean {' or '.join(map(repr, close))}?)"
-        raise UserError(message)
+        raise UserError(f"unknown model {name!r}; choose one of: {', '.join(sorted(MODELS))}"
+                        + did_you_mean(name.lower(), MODELS))
     if len(input_shape) != 3 or any(int(d) < 1 for d in input_shape):
         raise UserError(f"input_shape must be three positive ints (C, H, W), got {input_shape!r}")
     if num_classes < 1:

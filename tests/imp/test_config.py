@@ -1,0 +1,125 @@
+import dataclasses
+import hashlib
+
+import pytest
+
+from imp.config import (Config, DataConfig, TrainConfig, canonical_json, from_dict, load_config,
+                        run_id, to_dict)
+from imp.duration import Duration
+from imp.errors import UserError
+
+# Pinned run ids: these must never change, or every stored result loses its name.
+PINNED = [
+    ([], "{}", "44136fa355b3"),
+    (["data.batch_size=64", "model.widths=[300, 100]", "train.epochs='30ep'",
+      "train.eval_every='5ep'", "train.lr=0.05", "train.momentum=0.9"],
+     '{"data":{"batch_size":64},"model":{"widths":[300,100]},'
+     '"train":{"epochs":"30ep","eval_every":"5ep","lr":0.05,"momentum":0.9}}',
+     "c646c00fca77"),
+    (["data.dataset=cifar10", "model.name=resnet20", "train.epochs='160ep'", "train.momentum=0.9",
+      "train.weight_decay=1e-4", "train.schedule=step", "train.milestones=['80ep', '120ep']"],
+     '{"data":{"dataset":"cifar10"},"model":{"name":"resnet20"},"train":{"epochs":"160ep",'
+     '"milestones":["80ep","120ep"],"momentum":0.9,"schedule":"step","weight_decay":0.0001}}',
+     "eede71866610"),
+]
+
+
+@pytest.mark.parametrize("overrides, canonical, expected_id", PINNED)
+def test_pinned_run_ids(overrides, canonical, expected_id):
+    config = load_config(None, overrides)
+    assert canonical_json(config) == canonical
+    assert run_id(config) == expected_id
+    assert expected_id == hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+def test_defaults_and_platform_fields_do_not_change_the_id():
+    base = Config()
+    explicit_default = load_config(None, ["train.lr=0.1", "data.dataset=digits"])
+    elsewhere = load_config(None, ["data.root=/some/where"])
+    assert run_id(explicit_default) == run_id(base)
+    assert run_id(elsewhere) == run_id(base)
+    assert "root" in to_dict(elsewhere, platform=True)["data"]
+
+
+def test_every_field_changes_the_id():
+    changed = {
+        "data": {"batch_size": 32}, "model": {"name": "conv2"}, "train": {"lr": 0.2},
+    }
+    ids = {run_id(from_dict({section: values})) for section, values in changed.items()}
+    assert len(ids) == 3 and run_id(Config()) not in ids
+
+
+def test_toml_file_and_overrides(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('[data]\ndataset = "mnist"\n[train]\nepochs = "2ep100it"\nmilestones = []\n')
+    config = load_config(path, ["train.lr=0.05", "model.widths=[64, 32]", "data.dataset=fashion_mnist"])
+    assert config.data.dataset == "fashion_mnist"
+    assert config.train.epochs == Duration(2, 100)
+    assert config.train.lr == 0.05
+    assert config.model.widths == (64, 32)
+
+
+def test_int_accepted_for_float_and_duration():
+    config = load_config(None, ["train.lr=1", "train.epochs=3"])
+    assert config.train.lr == 1.0 and isinstance(config.train.lr, float)
+    assert config.train.epochs == Duration(3)
+
+
+def test_configs_are_frozen_and_replaceable():
+    config = Config()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.train.lr = 0.5
+    variant = dataclasses.replace(config, train=dataclasses.replace(config.train, lr=0.5))
+    assert variant.train.lr == 0.5 and config.train.lr == 0.1
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.lrr=0.1", r"unknown key 'train.lrr'; did you mean 'train.lr'\?"),
+    ("trian.lr=0.1", r"unknown key 'trian'; did you mean 'train'\?"),
+    ("model.name=resnet_20", r"did you mean 'resnet20'\?"),
+    ("data.dataset=mnsit", r"data.dataset = 'mnsit' is not one of .*did you mean 'mnist'\?"),
+    ("train.lr=fast", r"train.lr must be a number, got 'fast'"),
+    ("data.batch_size=12.5", r"data.batch_size must be an integer"),
+    ("train.nesterov=1", r"train.nesterov must be true or false"),
+    ("model.widths=3", r"model.widths must be a list"),
+    ("model.widths=[3, 'a']", r"model.widths\[1\] must be an integer"),
+    ("train.epochs=10epochs", r"train.epochs: bad duration '10epochs'"),
+    ("train.lr=-1", r"train.lr must be positive"),
+    ("data.label_noise=1.5", r"data.label_noise must be in \[0, 1\)"),
+    ("train.milestones=['1ep']", r"train.milestones only applies to train.schedule = 'step'"),
+    ("lr=0.1", r"must look like section.key=value"),
+    ("train.lr", r"must look like section.key=value"),
+])
+def test_bad_input_names_the_key(override, message):
+    with pytest.raises(UserError, match=message):
+        load_config(None, [override])
+
+
+def test_empty_sections_list_no_keys():
+    with pytest.raises(UserError, match=r"unknown key 'prune.fraction'; valid keys in prune: \(none yet\)"):
+        load_config(None, ["prune.fraction=0.2"])
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        load_config(tmp_path / "missing.toml")
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[train\nlr = 1")
+    with pytest.raises(UserError, match="not valid TOML"):
+        load_config(broken)
+    scalar_section = tmp_path / "scalar.toml"
+    scalar_section.write_text("train = 3")
+    with pytest.raises(UserError, match="train must be a table"):
+        load_config(scalar_section)
+
+
+def test_to_dict_round_trips():
+    config = load_config(None, ["train.schedule=step", "train.milestones=['80ep', '120ep']",
+                                "data.label_noise=0.1"])
+    assert from_dict(to_dict(config)) == config
+    assert from_dict(to_dict(config, defaults=True, platform=True)) == config
+
+
+def test_sections_are_typed():
+    assert isinstance(Config().data, DataConfig)
+    assert isinstance(Config().train, TrainConfig)

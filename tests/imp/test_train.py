@@ -1,0 +1,176 @@
+import dataclasses
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from imp.config import DataConfig, TrainConfig
+from imp.data import load_dataset
+from imp.duration import Duration
+from imp.models import build_model
+from imp.train import EvaluationLog, Hook, Seeds, Snapshots, evaluate, learning_rate, train
+from tests.conftest import require_mnist
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    return load_dataset(DataConfig(dataset="digits"), tmp_path_factory.mktemp("data"))
+
+
+def small_mlp(data, seed=0):
+    return build_model("mlp", data.input_shape, data.num_classes, widths=(32,),
+                       generator=torch.Generator().manual_seed(seed))
+
+
+def weights(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def assert_same(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------- schedules
+
+
+def test_step_schedule_with_warmup():
+    config = TrainConfig(lr=0.1, schedule="step", milestones=(Duration(2), Duration(1, 5)),
+                         gamma=0.1, warmup=Duration(0, 4))
+    rates = [learning_rate(s, config, iterations_per_epoch=10) for s in range(25)]
+    assert rates[:4] == pytest.approx([0.025, 0.05, 0.075, 0.1])
+    assert rates[4:15] == pytest.approx([0.1] * 11)
+    assert rates[15:20] == pytest.approx([0.01] * 5)  # "1ep5it" = 15 iterations
+    assert rates[20:] == pytest.approx([0.001] * 5)  # "2ep" = 20 iterations
+
+
+def test_cosine_schedule_endpoints():
+    config = TrainConfig(lr=0.4, schedule="cosine", epochs=Duration(0, 100))
+    assert learning_rate(0, config, 7) == pytest.approx(0.4)
+    assert learning_rate(50, config, 7) == pytest.approx(0.2)
+    assert learning_rate(100, config, 7) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_constant_schedule():
+    assert learning_rate(12345, TrainConfig(lr=0.3), 10) == 0.3
+
+
+# ---------------------------------------------------------------- seeds
+
+
+def test_seeds_are_separate_and_derived_per_replicate():
+    config = TrainConfig(seed=3)
+    first, second = Seeds.from_config(config, 0), Seeds.from_config(config, 1)
+    assert len({first.init, first.order, first.augment}) == 3
+    assert first != second
+    assert Seeds.from_config(config, 0) == first
+    explicit = Seeds.from_config(TrainConfig(init_seed=7), 0)
+    assert explicit.init == 7 and explicit.order == Seeds.from_config(TrainConfig(), 0).order
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def test_evaluate_matches_a_direct_computation(digits):
+    model = small_mlp(digits)
+    model.train()
+    result = evaluate(model, digits.test, batch_size=7)
+    with torch.no_grad():
+        logits = model.eval()(digits.test.x)
+    assert result["loss"] == pytest.approx(F.cross_entropy(logits, digits.test.y).item(), rel=1e-5)
+    assert result["accuracy"] == pytest.approx((logits.argmax(1) == digits.test.y).float().mean().item())
+    model.train()
+    evaluate(model, digits.test)
+    assert model.training
+
+
+def test_training_learns_digits(digits):
+    model = small_mlp(digits)
+    config = TrainConfig(epochs=Duration(10), lr=0.05, momentum=0.9)
+    losses = train(model, digits, config, 64, Seeds(0, 0, 0))
+    assert len(losses) == 10 * math.ceil(len(digits.train) / 64)
+    assert losses[-20:].mean() < 0.25 * losses[:20].mean()
+    assert evaluate(model, digits.test)["accuracy"] > 0.93
+
+
+def test_hooks_run_at_their_steps_and_snapshot_zero_is_the_init(digits):
+    model = small_mlp(digits)
+    initial = weights(model)
+    snapshots, seen = Snapshots(), []
+    config = TrainConfig(epochs=Duration(0, 30), lr=0.05)
+    train(model, digits, config, 64, Seeds(0, 0, 0),
+          hooks=[Hook(snapshots, steps=frozenset({0, 17, 30})),
+                 Hook(lambda step, m: seen.append(step), every=10)])
+    assert sorted(snapshots.states) == [0, 17, 30]
+    assert seen == [0, 10, 20, 30]
+    assert_same(snapshots.states[0], initial)
+    assert_same(snapshots.states[30], weights(model))
+
+
+def test_after_step_runs_after_every_update(digits):
+    model = small_mlp(digits)
+    mask = (torch.rand(model[1].weight.shape, generator=torch.Generator().manual_seed(0)) > 0.5).float()
+
+    def apply_mask(m):
+        m[1].weight.data.mul_(mask)
+
+    config = TrainConfig(epochs=Duration(1), lr=0.1, momentum=0.9, weight_decay=1e-3)
+    train(model, digits, config, 64, Seeds(0, 0, 0), after_step=apply_mask)
+    assert torch.all(model[1].weight[mask == 0] == 0)
+    assert torch.all(model[1].weight[mask == 1] != 0)
+
+
+def test_same_seeds_same_weights_and_order_seed_matters(digits):
+    config = TrainConfig(epochs=Duration(2), lr=0.05, momentum=0.9)
+    runs = []
+    for order in (0, 0, 1):
+        model = small_mlp(digits)
+        train(model, digits, config, 64, Seeds(0, order, 0))
+        runs.append(weights(model))
+    assert_same(runs[0], runs[1])
+    assert not torch.equal(runs[0]["1.weight"], runs[2]["1.weight"])
+
+
+def test_resuming_at_a_step_continues_order_schedule_and_augmentation(digits):
+    """Training 0 -> k, then k -> n, equals training 0 -> n (plain SGD: no optimiser state)."""
+    data = dataclasses.replace(digits, augment=True)
+    config = TrainConfig(epochs=Duration(3), lr=0.05, schedule="step",
+                         milestones=(Duration(1, 10),), gamma=0.5)
+    straight = small_mlp(data)
+    train(straight, data, config, 64, Seeds(0, 1, 2))
+    resumed = small_mlp(data)
+    train(resumed, data, config, 64, Seeds(0, 1, 2), end_step=31)
+    train(resumed, data, config, 64, Seeds(0, 1, 2), start_step=31)
+    assert_same(weights(straight), weights(resumed))
+    other_augmentation = small_mlp(data)
+    train(other_augmentation, data, config, 64, Seeds(0, 1, 3))
+    assert not torch.equal(weights(straight)["1.weight"], weights(other_augmentation)["1.weight"])
+
+
+def test_evaluation_log_records_every_split(digits):
+    log = EvaluationLog({"train": digits.train, "test": digits.test})
+    model = small_mlp(digits)
+    train(model, digits, TrainConfig(epochs=Duration(0, 20)), 64, Seeds(0, 0, 0),
+          hooks=[Hook(log, every=10)])
+    assert log.rows["step"] == [0, 10, 20]
+    assert set(log.rows) == {"step", "train_loss", "train_accuracy", "test_loss", "test_accuracy"}
+    assert log.last()["test_accuracy"] == evaluate(model, digits.test)["accuracy"]
+
+
+def test_bad_step_range(digits):
+    with pytest.raises(ValueError):
+        train(small_mlp(digits), digits, TrainConfig(), 64, Seeds(0, 0, 0), start_step=5, end_step=4)
+
+
+def test_lenet_one_epoch_on_real_mnist(real_data_root, tmp_path):
+    """Done-when criterion of the foundation: >= 95% test accuracy after one epoch."""
+    require_mnist(real_data_root)
+    data = load_dataset(DataConfig(dataset="mnist"), real_data_root)
+    model = build_model("lenet_300_100", data.input_shape, data.num_classes,
+                        generator=torch.Generator().manual_seed(0))
+    train(model, data, TrainConfig(epochs=Duration(1), lr=0.1), 128, Seeds(0, 0, 0))
+    accuracy = evaluate(model, data.test)["accuracy"]
+    print(f"LeNet-300-100, one epoch of MNIST: test accuracy {accuracy:.4f}")
+    assert accuracy >= 0.95

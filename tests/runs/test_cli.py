@@ -1,0 +1,74 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from runs.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = ["--set", "model.widths=[16]", "--set", "train.epochs='30it'",
+        "--set", "train.eval_every='10it'", "--quiet"]
+
+
+def lth(*args, env=None):
+    """Run the real command in a subprocess, as a user would."""
+    return subprocess.run([sys.executable, "-m", "runs.cli", *args], cwd=REPO, text=True,
+                          capture_output=True, env={**os.environ, **(env or {})}, timeout=300)
+
+
+def test_run_then_show_end_to_end(tmp_path):
+    result = lth("run", "runs/demo_digits.toml", "--out", str(tmp_path), *TINY)
+    assert result.returncode == 0, result.stderr
+    run_id = result.stdout.split("run id ")[1].split(";")[0]
+    assert (tmp_path / run_id / "replicate_0" / "dense.h5").is_file()
+    assert "test_accuracy" in result.stdout
+    shown = lth("show", run_id, "--out", str(tmp_path), "--json")
+    assert shown.returncode == 0, shown.stderr
+    summary = json.loads(shown.stdout)
+    assert summary["run_id"] == run_id
+    assert summary["replicates"][0]["iterations"] == 30
+    assert 0.0 <= summary["replicates"][0]["test_accuracy"] <= 1.0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "--set", "train.lrr=0.1"], "unknown key 'train.lrr'; did you mean 'train.lr'?"),
+    (["run", "--set", "model.name=resnet2O"], "did you mean 'resnet20'?"),
+    (["run", "missing.toml"], "config file 'missing.toml' not found"),
+    (["run", "--set", "data.dataset=mnist", "--set", "data.root=nowhere"],
+     "mnist: train-images-idx3-ubyte.gz not found under nowhere/MNIST/raw"),
+    (["run", "--replicates", "0"], "--replicates must be at least 1"),
+    (["show", "nope"], "'nope' is not a run folder"),
+])
+def test_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys, args, message):
+    assert main([*args, "--out", str(tmp_path)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1].startswith("lth: error: ") and message in lines[-1]
+    assert all(not line.startswith("lth: error") for line in lines[:-1])
+
+
+def test_no_traceback_from_the_real_command(tmp_path):
+    result = lth("run", "--set", "data.dataset=cifar10", "--out", str(tmp_path),
+                 env={"LTH_DATA": str(tmp_path / "nodata")})
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        f"lth: error: cifar10: data_batch_1 not found under {tmp_path / 'nodata'}")
+
+
+def test_a_failed_run_keeps_what_was_stored(tmp_path, capsys):
+    assert main(["run", "--out", str(tmp_path), *TINY]) == 0
+    stored = sorted(p for p in tmp_path.rglob("*") if p.is_file() and p.suffix == ".h5")
+    before = {p: p.read_bytes() for p in stored}
+    assert main(["run", "--out", str(tmp_path), *TINY, "--set", "train.lr=-1"]) == 2
+    assert {p: p.read_bytes() for p in stored} == before
+
+
+def test_config_prints_every_field_and_the_id(capsys):
+    assert main(["config", "--set", "train.lr=0.2"]) == 0
+    out = capsys.readouterr().out
+    body, id_line = out.rsplit("}\n", 1)
+    assert json.loads(body + "}")["train"]["lr"] == 0.2
+    assert id_line.startswith("run id ") and '{"train":{"lr":0.2}}' in id_line
