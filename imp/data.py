@@ -37,7 +37,7 @@ class Split:
 
     def subset(self, positions: torch.Tensor | np.ndarray | list[int]) -> "Split":
         """The examples at ``positions`` (positions in this split, not original indices)."""
-        positions = torch.as_tensor(np.asarray(positions), dtype=torch.long)
+        positions = _positions(positions)
         if len(positions) and (positions.min() < 0 or positions.max() >= len(self)):
             raise UserError(f"subset positions must lie in [0, {len(self)})")
         on_device = positions.to(self.x.device)
@@ -72,9 +72,16 @@ class Dataset:
 
     def train_subset(self, positions: torch.Tensor | np.ndarray | list[int]) -> "Dataset":
         """The same data set training only on the examples at ``positions`` of ``train``."""
-        positions = torch.as_tensor(np.asarray(positions), dtype=torch.long)
+        positions = _positions(positions)
         return replace(self, train=self.train.subset(positions), noisy=self.noisy[positions],
                        clean_labels=self.clean_labels[positions])
+
+
+def _positions(positions: torch.Tensor | np.ndarray | list[int]) -> torch.Tensor:
+    """Positions as a CPU int64 tensor, whatever device or container they came in."""
+    if isinstance(positions, torch.Tensor):
+        return positions.detach().to("cpu", torch.long)
+    return torch.as_tensor(np.asarray(positions), dtype=torch.long)
 
 
 def resolve_root(configured: str, environ: Mapping[str, str]) -> Path:
@@ -122,7 +129,9 @@ def _channel_stats(raw: RawData) -> tuple[np.ndarray, np.ndarray]:
     x = raw.x_train.astype(np.float64) / raw.scale
     mean = x.mean(axis=(0, 2, 3))
     std = x.std(axis=(0, 2, 3))
-    return mean, np.where(std > 0, std, 1.0)
+    # A constant channel's std rounds to ~1e-17, not 0: test constancy exactly instead.
+    constant = x.min(axis=(0, 2, 3)) == x.max(axis=(0, 2, 3))
+    return mean, np.where(constant, 1.0, std)
 
 
 def _normalise(x: np.ndarray, scale: float, mean: np.ndarray, std: np.ndarray) -> torch.Tensor:
