@@ -13,7 +13,9 @@ Layouts under the data root (torchvision's own, so a torchvision download works)
 - ``cifar100``: ``cifar-100-python/{train,test}`` (fine labels)
 - ``imagefolder``: the root itself holds ``train/<class>/*`` and ``test/<class>/*``
   images, all of one size; decoded once and cached in ``<root>/.lth-cache.npz`` when the
-  folder is writable.
+  folder is writable. Examples are in ImageFolder order (class, then file name), except
+  when every file of a split is named by a distinct integer (``00042.jpg``): then they
+  are in that number's order, so a re-encoded CIFAR-10 keeps its canonical indices.
 """
 
 import gzip
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from imp.errors import UserError
 
@@ -154,8 +157,14 @@ def _decode_tree(folder: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
     tree = ImageFolder(str(folder))
     if len(tree) == 0:
         raise UserError(f"imagefolder: no images under {folder}")
+    samples = tree.samples
+    stems = [Path(path).stem for path, _ in samples]
+    if all(stem.isdigit() for stem in stems) and len(set(map(int, stems))) == len(stems):
+        # Numbered files (e.g. CIFAR-10 re-encoded with its canonical indices): keep that order.
+        samples = sorted(samples, key=lambda sample: int(Path(sample[0]).stem))
     images, labels = [], []
-    for path, label in tree.samples:
+    # Decoding tens of thousands of JPEGs takes minutes: show it (only on a terminal).
+    for path, label in tqdm(samples, desc=f"decoding {folder}", unit="img", disable=None):
         image = np.asarray(tree.loader(path))  # RGB, (H, W, 3) uint8
         if images and image.shape != images[0].shape:
             raise UserError(

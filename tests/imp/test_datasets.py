@@ -289,6 +289,20 @@ def test_imagefolder_reads_pixels_and_labels(tmp_path):
             np.testing.assert_array_equal(got, pixels.transpose(2, 0, 1))  # PNG is lossless
 
 
+def test_imagefolder_with_distinct_numbered_files_keeps_their_order(tmp_path):
+    """Like the re-encoded CIFAR-10: train/<class>/<canonical index>.jpg."""
+    rng = np.random.default_rng(1)
+    labels = {0: "dog", 1: "cat", 2: "dog", 3: "cat", 10: "cat"}
+    pixels = {i: rng.integers(0, 256, (4, 4, 3), dtype=np.uint8) for i in labels}
+    for split in ("train", "test"):
+        for i, name in labels.items():
+            write_png(tmp_path / split / name / f"{i:05d}.png", pixels[i])
+    raw = read_imagefolder(tmp_path)
+    assert raw.y_train.tolist() == [1, 0, 1, 0, 0]  # in file-number order; cat = 0, dog = 1
+    for got, i in zip(raw.x_train, sorted(labels)):
+        np.testing.assert_array_equal(got, pixels[i].transpose(2, 0, 1))
+
+
 def test_imagefolder_writes_and_then_uses_its_cache(tmp_path):
     written = image_tree(tmp_path, np.random.default_rng(1))
     first = read_imagefolder(tmp_path)
