@@ -1,0 +1,25 @@
+"""Every file under runs/ loads: experiment configs parse, scripts import."""
+
+import importlib
+from pathlib import Path
+
+import pytest
+
+from imp.config import load_config, run_id
+
+RUNS = Path(__file__).resolve().parents[2] / "runs"
+
+
+@pytest.mark.parametrize("path", sorted(RUNS.rglob("*.toml")), ids=lambda p: p.name)
+def test_experiment_files_parse(path):
+    assert len(run_id(load_config(path))) == 12
+
+
+@pytest.mark.parametrize("path", sorted(RUNS.rglob("*.py")), ids=lambda p: str(p.relative_to(RUNS)))
+def test_scripts_import(path):
+    module = ".".join(path.relative_to(RUNS.parent).with_suffix("").parts)
+    importlib.import_module(module.removesuffix(".__init__"))
+
+
+def test_there_is_a_demo():
+    assert (RUNS / "demo_digits.toml").is_file()
