@@ -94,6 +94,7 @@ class TrainConfig:
     eval_examples: int = 0  # 0 = whole train and test sets; else a fixed subset of each
 
     def __post_init__(self):
+        _check(self.epochs != Duration(), "train.epochs", "must be longer than 0it")
         _check(self.lr > 0, "train.lr", "must be positive")
         _check(0.0 <= self.momentum < 1.0, "train.momentum", "must be in [0, 1)")
         _check(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")

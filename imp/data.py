@@ -120,9 +120,14 @@ def load_dataset(config: DataConfig, root: Path, device: str | torch.device = "c
 
     augment = raw.natural_images if config.augment == "auto" else config.augment == "flip_crop"
     fill = torch.as_tensor(-mean / std, dtype=torch.float32)
-    move = lambda s: s if s is None else Split(s.x.to(device), s.y.to(device), s.index)  # noqa: E731
-    return Dataset(config.dataset, move(train), move(test), move(validation), raw.num_classes,
+    return Dataset(config.dataset, _to_device(train, device), _to_device(test, device),
+                   None if validation is None else _to_device(validation, device), raw.num_classes,
                    augment, fill.to(device), noisy, clean_labels)
+
+
+def _to_device(split: Split, device: str | torch.device) -> Split:
+    """Examples move to the training device; ``index`` stays on the CPU for bookkeeping."""
+    return Split(split.x.to(device), split.y.to(device), split.index)
 
 
 def _channel_stats(raw: RawData) -> tuple[np.ndarray, np.ndarray]:

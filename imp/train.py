@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from imp import seeds
+from imp.seeds import derive_seed, generator
 from imp.config import TrainConfig
 from imp.data import Batches, Dataset, Split, flip_crop
 
@@ -33,8 +33,8 @@ class Seeds:
         """Explicit seeds from the config win; the others derive from ``(seed, name, replicate)``."""
         def pick(explicit: int | None, name: str) -> int:
             if explicit is not None:
-                return seeds.derive_seed(explicit, name, replicate) if replicate else explicit
-            return seeds.derive_seed(config.seed, name, replicate)
+                return derive_seed(explicit, name, replicate) if replicate else explicit
+            return derive_seed(config.seed, name, replicate)
         return cls(pick(config.init_seed, "init"), pick(config.order_seed, "order"),
                    pick(config.augment_seed, "augment"))
 
@@ -137,7 +137,7 @@ def train(
     data: Dataset,
     config: TrainConfig,
     batch_size: int,
-    seeds_: Seeds,
+    seeds: Seeds,
     *,
     start_step: int = 0,
     end_step: int | None = None,
@@ -158,7 +158,7 @@ def train(
         raise ValueError(f"need 0 <= start_step ({start_step}) <= end_step ({end_step})")
     hooks = list(hooks)
     device = data.train.x.device
-    batches = Batches(len(data.train), batch_size, seeds_.order, device)
+    batches = Batches(len(data.train), batch_size, seeds.order, device)
     optimizer = make_optimizer(model.parameters(), config)
     losses = torch.zeros(end_step - start_step, device=device)
     model.train()
@@ -170,7 +170,7 @@ def train(
         positions = batches.at(step)
         x, y = data.train.x[positions], data.train.y[positions]
         if data.augment:
-            x = flip_crop(x, data.fill, seeds.generator(seeds_.augment, "augment", step))
+            x = flip_crop(x, data.fill, generator(seeds.augment, "augment", step))
         loss = F.cross_entropy(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -85,6 +85,7 @@ def test_configs_are_frozen_and_replaceable():
     ("model.widths=[3, 'a']", r"model.widths\[1\] must be an integer"),
     ("train.epochs=10epochs", r"train.epochs: bad duration '10epochs'"),
     ("train.lr=-1", r"train.lr must be positive"),
+    ("train.epochs='0ep'", r"train.epochs must be longer than 0it"),
     ("data.label_noise=1.5", r"data.label_noise must be in \[0, 1\)"),
     ("train.milestones=['1ep']", r"train.milestones only applies to train.schedule = 'step'"),
     ("lr=0.1", r"must look like section.key=value"),
