@@ -35,6 +35,12 @@ def _platform(default):
     return field(default=default, metadata={"identity": False})
 
 
+def _extent(default):
+    """How far to take a run (levels, baselines): kept out of the run id, so a finished run
+    can be extended with more of them under the same id."""
+    return field(default=default, metadata={"identity": False})
+
+
 def _check(ok: bool, key: str, problem: str) -> None:
     if not ok:
         raise UserError(f"{key} {problem}")
@@ -105,9 +111,34 @@ class TrainConfig:
                "only applies to train.schedule = 'step'")
 
 
+Baseline = Literal["reinit", "random", "oneshot"]
+
+
 @dataclass(frozen=True)
 class PruneConfig:
-    """Pruning and rewinding (filled in by the IMP engine)."""
+    """Iterative magnitude pruning: what is pruned, how much per level, how levels retrain.
+
+    See :mod:`imp.pruning` and :mod:`imp.trunk` for the exact definitions. ``levels`` and
+    ``baselines`` say how far to take the run, not what it is, so they are not part of the
+    run id: rerunning with more levels or another baseline extends the same run.
+    """
+
+    strategy: Literal["global", "layerwise"] = "global"
+    fraction: float = 0.2  # of the remaining weights removed per level
+    levels: int = _extent(0)  # pruning levels after the dense level 0
+    rewind: Duration = Duration()  # step k: rewinding goes back to w_k; the others retrain from k
+    retrain: Literal["rewind", "lr_rewind", "finetune"] = "rewind"
+    exclude: tuple[str, ...] = ()  # fnmatch patterns of tensor names never pruned, e.g. "fc.weight"
+    layer_fractions: dict[str, float] = field(default_factory=dict)  # pattern -> own fraction
+    baselines: tuple[Baseline, ...] = _extent(())
+    random_strategy: Literal["layerwise", "global"] = "layerwise"  # how the random baseline keeps density
+
+    def __post_init__(self):
+        _check(0.0 < self.fraction < 1.0, "prune.fraction", "must be in (0, 1), e.g. 0.2")
+        _check(self.levels >= 0, "prune.levels", "must be >= 0")
+        for pattern, rate in self.layer_fractions.items():
+            _check(0.0 < rate < 1.0, f"prune.layer_fractions[{pattern!r}]", "must be in (0, 1)")
+        _check(len(set(self.baselines)) == len(self.baselines), "prune.baselines", "lists a baseline twice")
 
 
 @dataclass(frozen=True)
@@ -225,6 +256,12 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise UserError(f"{key} must be a list, got {value!r}")
         return tuple(_coerce(item, item_type, f"{key}[{i}]") for i, item in enumerate(value))
+    if origin is dict:
+        (key_type, value_type) = typing.get_args(hint)
+        if not isinstance(value, dict):
+            raise UserError(f"{key} must be a table of keys, got {value!r}")
+        return {_coerce(k, key_type, key): _coerce(v, value_type, f"{key}[{k!r}]")
+                for k, v in value.items()}
     if hint is Duration:
         try:
             return Duration.parse(value)
@@ -268,7 +305,8 @@ def to_dict(config: Any, *, defaults: bool = False, platform: bool = False) -> d
             if nested or defaults:
                 out[f.name] = nested
             continue
-        if not defaults and value == f.default:
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        if not defaults and value == default:
             continue
         out[f.name] = _plain(value)
     return dict(sorted(out.items()))
@@ -279,6 +317,8 @@ def _plain(value: Any) -> Any:
         return str(value)
     if isinstance(value, tuple):
         return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in sorted(value.items())}
     return value
 
 

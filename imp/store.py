@@ -23,7 +23,8 @@ import functools
 import json
 import os
 import subprocess
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -195,18 +196,25 @@ def _to_numpy(value: Any) -> np.ndarray:
     return np.asarray(value)
 
 
-def read_h5(path: str | Path) -> dict[str, Any]:
+def read_h5(path: str | Path, skip: Iterable[str] = ()) -> dict[str, Any]:
     """Read a file written by :func:`write_h5` back into nested dicts (numpy arrays inside).
 
-    The ``provenance`` key holds the provenance attributes.
+    The ``provenance`` key holds the provenance attributes. Top-level groups or datasets
+    named in ``skip`` (e.g. ``weights``) are not read. A file that cannot be read is a
+    :class:`~imp.errors.UserError` naming it.
     """
-    with h5py.File(path, "r") as file:
-        return _read_group(file)
+    try:
+        with h5py.File(path, "r") as file:
+            return _read_group(file, frozenset(skip))
+    except OSError as error:
+        raise UserError(f"cannot read {path} ({error}); delete it and rerun to recompute it") from None
 
 
-def _read_group(group: h5py.Group) -> dict[str, Any]:
+def _read_group(group: h5py.Group, skip: frozenset[str] = frozenset()) -> dict[str, Any]:
     out: dict[str, Any] = {key: _attr(value) for key, value in group.attrs.items()}
     for key, item in group.items():
+        if key in skip:
+            continue
         out[key] = _read_group(item) if isinstance(item, h5py.Group) else item[()]
     return out
 
@@ -225,13 +233,31 @@ def read_config_json(run: RunDir) -> str:
 
 def create_run(run: RunDir, config_json: str, device: str | torch.device,
                extra: Mapping[str, Any] | None = None) -> None:
-    """Write ``run.h5`` once; if it exists, check that it describes the same config."""
-    if run.run_file.is_file():
-        stored = read_config_json(run)
-        if json.loads(stored) != json.loads(config_json):
-            raise UserError(f"{run.path} holds a different config; use another --out folder")
+    """Write ``run.h5``; if it exists, check that it describes the same config.
+
+    ``extra`` becomes root attributes (e.g. the data root and the plan: levels,
+    replicates, baselines). When an existing file's attributes differ from ``extra``,
+    the file is rewritten atomically with them updated and its provenance kept.
+    """
+    extra = dict(extra or {})
+    if not run.run_file.is_file():
+        write_h5(run.run_file, extra, provenance(config_json, device))
         return
-    write_h5(run.run_file, dict(extra or {}), provenance(config_json, device))
+    stored = read_h5(run.run_file)
+    if json.loads(stored[PROVENANCE]["config"]) != json.loads(config_json):
+        raise UserError(f"{run.path} holds a different config; use another --out folder")
+    old = {key: value for key, value in stored.items() if key != PROVENANCE}
+    if any(_differs(old.get(key), value) for key, value in extra.items()):
+        write_h5(run.run_file, {**old, **extra}, stored[PROVENANCE])
+
+
+def _differs(a: Any, b: Any) -> bool:
+    return not np.array_equal(np.asarray(a), np.asarray(b)) if a is not None else True
+
+
+def read_run(run: RunDir) -> dict[str, Any]:
+    """The attributes of ``run.h5`` (plan, data root) with its ``provenance``."""
+    return read_h5(run.run_file)
 
 
 # ---------------------------------------------------------------- locking
@@ -254,7 +280,7 @@ class RunLock:
         self.run.path.mkdir(parents=True, exist_ok=True)
         handle = open(self.run.lock_file, "a+")
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | (0 if self.wait else fcntl.LOCK_NB))
+            _flock(handle, fcntl.LOCK_EX, self.wait)
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
@@ -276,6 +302,35 @@ class RunLock:
             handle.truncate(0)
             fcntl.flock(handle, fcntl.LOCK_UN)
             handle.close()
+
+
+def _flock(handle, kind: int, wait: bool, tries: int = 5) -> None:
+    """``flock``; without ``wait``, retry briefly so a momentary probe (:func:`is_locked`)
+    is not mistaken for a writer."""
+    if wait:
+        fcntl.flock(handle, kind)
+        return
+    for attempt in range(tries):
+        try:
+            fcntl.flock(handle, kind | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if attempt == tries - 1:
+                raise
+            time.sleep(0.02)
+
+
+def is_locked(run: RunDir) -> bool:
+    """Whether some process holds the run's lock right now (it is being written)."""
+    if not run.lock_file.is_file():
+        return False
+    with open(run.lock_file, "r") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
 
 
 def find_runs(out: str | Path) -> Iterator[RunDir]:

@@ -144,12 +144,14 @@ def train(
     hooks: Iterable[Hook] = (),
     after_step: Callable[[nn.Module], None] | None = None,
     progress: bool = False,
+    label: str = "",
 ) -> torch.Tensor:
     """Train ``model`` in place from ``start_step`` to ``end_step`` (default: the config's length).
 
     The data order and schedule continue from ``start_step`` exactly as an uninterrupted
     run would have them; the optimiser state always starts fresh. ``after_step(model)``
-    runs after every update (e.g. to re-apply a pruning mask). Returns the training loss
+    runs after every update (e.g. to re-apply a pruning mask). ``label`` names the progress
+    bar. Returns the training loss
     of every update, ``end_step - start_step`` values on the model's device.
     """
     iterations_per_epoch = data.iterations_per_epoch(batch_size)
@@ -162,7 +164,8 @@ def train(
     optimizer = make_optimizer(model.parameters(), config)
     losses = torch.zeros(end_step - start_step, device=device)
     model.train()
-    bar = tqdm(total=end_step - start_step, disable=not progress, unit="it", leave=False)
+    bar = tqdm(total=end_step - start_step, disable=not progress, unit="it", leave=False,
+               desc=label or None)
     for step in range(start_step, end_step):
         _run_hooks(hooks, step, model)
         for group in optimizer.param_groups:

@@ -52,8 +52,13 @@ def _parser() -> argparse.ArgumentParser:
     show = commands.add_parser("show", help="print a run's results")
     show.add_argument("run", help="a run folder, or a run id under --out")
     show.add_argument("--out", default=DEFAULT_OUT, help=f"results folder (default: {DEFAULT_OUT})")
-    show.add_argument("--json", action="store_true", help="print one JSON object")
+    show.add_argument("--json", action="store_true",
+                      help="print one JSON object; its `levels` list has one row per replicate, level and baseline")
     show.set_defaults(command=_show)
+
+    ls = commands.add_parser("ls", help="list the runs in a results folder and their progress")
+    ls.add_argument("dir", nargs="?", default=DEFAULT_OUT, help=f"results folder (default: {DEFAULT_OUT})")
+    ls.set_defaults(command=_ls)
     return parser
 
 
@@ -72,8 +77,10 @@ def _load(args):
 def _run(args) -> int:
     from imp.config import run_id
     from imp.data import resolve_root
-    from imp.dense import run_dense
+    from imp.results import level_rows
     from imp.runtime import choose_device, set_threads
+    from imp.trunk import run_imp
+    from runs.tables import level_table
 
     config = _load(args)
     if args.replicates < 1:
@@ -81,11 +88,15 @@ def _run(args) -> int:
     set_threads(args.threads)
     device = choose_device(args.device)
     root = resolve_root(config.data.root, os.environ)
-    print(f"run {run_id(config)}: {config.model.name} on {config.data.dataset}, "
-          f"{config.train.epochs}, {args.replicates} replicate(s), {device}", file=sys.stderr)
-    run = run_dense(config, args.out, root, device, replicates=args.replicates,
-                    progress=not args.quiet, wait=args.wait)
-    print(_table(_summary(run)))
+    prune = config.prune
+    print(f"run {run_id(config)}: {config.model.name} on {config.data.dataset}, {config.train.epochs} "
+          f"per level, levels 0-{prune.levels} ({prune.retrain}, {prune.fraction:g} per level), "
+          f"{args.replicates} replicate(s), {device}", file=sys.stderr)
+    report = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    run = run_imp(config, args.out, root, device, replicates=args.replicates,
+                  progress=not args.quiet and sys.stderr.isatty(), wait=args.wait,
+                  report=report)
+    print(level_table(level_rows(run)))
     print(f"run id {run.run_id}; results in {run.path}")
     return 0
 
@@ -100,47 +111,51 @@ def _config(args) -> int:
 
 
 def _show(args) -> int:
-    from imp.store import RunDir, is_run
+    from imp.results import find_run, level_rows, run_info
+    from runs.tables import level_table
 
-    path = Path(args.run)
-    if not is_run(path):
-        path = Path(args.out) / args.run
-    if not is_run(path):
-        raise UserError(f"{args.run!r} is not a run folder, nor a run id under {args.out}/")
-    rows = _summary(RunDir(path.parent, path.name))
-    print(json.dumps({"run_id": path.name, "replicates": rows}) if args.json else _table(rows))
+    run = find_run(args.run, args.out)
+    info, rows = run_info(run), level_rows(run)
+    if args.json:
+        print(json.dumps({**info, "levels": rows}))
+        return 0
+    config = info["config"]
+    print(f"run {run.run_id} in {run.path}")
+    print(f"config {json.dumps(config)}")
+    print(level_table(rows))
     return 0
 
 
-def _summary(run) -> list[dict]:
-    from imp.dense import DENSE_STAGE
-    from imp.store import read_h5
+def _ls(args) -> int:
+    from imp import store
+    from imp.results import levels_done, run_info
+    from runs.tables import format_table
 
-    rows = []
-    for replicate in run.replicates():
-        if not run.has_stage(replicate, DENSE_STAGE):
-            continue
-        result = read_h5(run.stage_file(replicate, DENSE_STAGE))
-        rows.append({"replicate": replicate, "iterations": result["iterations"],
-                     **result["final"], "train_seconds": result["train_seconds"]})
-    return rows
-
-
-def _table(rows: list[dict]) -> str:
-    if not rows:
-        return "(no finished replicates)"
-    columns = [c for c in rows[0] if c != "step"]
-    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths))]
-    lines += ["  ".join(v.rjust(w) for v, w in zip(r, widths)) for r in cells]
-    return "\n".join(lines)
-
-
-def _cell(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.4f}"
-    return str(value)
+    out = Path(args.dir)
+    if not out.is_dir():
+        raise UserError(f"{out} is not a folder; pass the --out folder of `lth run`")
+    lines = []
+    for run in store.find_runs(out):
+        info = run_info(run)
+        config = info["config"]
+        planned_levels, planned_replicates = info["planned_levels"], info["planned_replicates"]
+        done = [min(levels_done(run, r), planned_levels + 1) for r in range(planned_replicates)]
+        complete = all(d == planned_levels + 1 for d in done)
+        state = "running" if store.is_locked(run) else ("done" if complete else "stopped")
+        lines.append([
+            run.run_id,
+            config.get("model", {}).get("name", "mlp"),
+            config.get("data", {}).get("dataset", "digits"),
+            f"{min(done, default=0)}/{planned_levels + 1}",
+            f"{sum(d == planned_levels + 1 for d in done)}/{planned_replicates}",
+            ",".join(info["baselines"]) or "-",
+            state,
+        ])
+    if not lines:
+        print(f"no runs in {out}")
+        return 0
+    print(format_table(["run", "model", "data", "levels", "replicates", "baselines", "state"], lines))
+    return 0
 
 
 if __name__ == "__main__":

@@ -97,8 +97,39 @@ def test_bad_input_names_the_key(override, message):
 
 
 def test_empty_sections_list_no_keys():
-    with pytest.raises(UserError, match=r"unknown key 'prune.fraction'; valid keys in prune: \(none yet\)"):
-        load_config(None, ["prune.fraction=0.2"])
+    with pytest.raises(UserError, match=r"unknown key 'diet.score'; valid keys in diet: \(none yet\)"):
+        load_config(None, ["diet.score=1"])
+
+
+def test_prune_section():
+    config = load_config(None, ["prune.levels=3", "prune.rewind='100it'", "prune.exclude=['fc.weight']",
+                                "prune.layer_fractions={'4.weight' = 0.1}", "prune.baselines=['reinit']"])
+    assert config.prune.layer_fractions == {"4.weight": 0.1}
+    assert config.prune.rewind == Duration(0, 100)
+    assert canonical_json(config) == ('{"prune":{"exclude":["fc.weight"],"layer_fractions":'
+                                      '{"4.weight":0.1},"rewind":"100it"}}')
+
+
+def test_levels_and_baselines_extend_a_run_without_changing_its_id():
+    extended = load_config(None, ["prune.levels=5", "prune.baselines=['reinit', 'oneshot']"])
+    assert run_id(extended) == run_id(Config())
+    assert to_dict(extended, platform=True)["prune"] == {"baselines": ["reinit", "oneshot"], "levels": 5}
+
+
+@pytest.mark.parametrize("override, message", [
+    ("prune.fraction=1.0", "prune.fraction must be in (0, 1)"),
+    ("prune.fraction=0", "prune.fraction must be in (0, 1)"),
+    ("prune.levels=-1", "prune.levels must be >= 0"),
+    ("prune.baselines=['reinit', 'reinit']", "lists a baseline twice"),
+    ("prune.baselines=['rinit']", "did you mean 'reinit'?"),
+    ("prune.layer_fractions={'fc.weight' = 2}", "prune.layer_fractions['fc.weight'] must be in (0, 1)"),
+    ("prune.layer_fractions=[1]", "prune.layer_fractions must be a table of keys"),
+    ("prune.retrain=rewinding", "is not one of 'rewind', 'lr_rewind', 'finetune'"),
+])
+def test_bad_prune_values(override, message):
+    with pytest.raises(UserError) as error:
+        load_config(None, [override])
+    assert message in str(error.value)
 
 
 def test_bad_files(tmp_path):

@@ -19,18 +19,37 @@ def lth(*args, env=None):
                           capture_output=True, env={**os.environ, **(env or {})}, timeout=300)
 
 
-def test_run_then_show_end_to_end(tmp_path):
-    result = lth("run", "runs/demo_digits.toml", "--out", str(tmp_path), *TINY)
+def test_run_ls_show_end_to_end(tmp_path):
+    result = lth("run", "runs/demo_digits.toml", "--out", str(tmp_path), *TINY, "--replicates", "2",
+                 "--set", "prune.levels=2", "--set", "prune.baselines=['reinit']")
     assert result.returncode == 0, result.stderr
     run_id = result.stdout.split("run id ")[1].split(";")[0]
-    assert (tmp_path / run_id / "replicate_0" / "dense.h5").is_file()
-    assert "test_accuracy" in result.stdout
-    shown = lth("show", run_id, "--out", str(tmp_path), "--json")
-    assert shown.returncode == 0, shown.stderr
-    summary = json.loads(shown.stdout)
-    assert summary["run_id"] == run_id
-    assert summary["replicates"][0]["iterations"] == 30
-    assert 0.0 <= summary["replicates"][0]["test_accuracy"] <= 1.0
+    assert (tmp_path / run_id / "replicate_1" / "level_2_reinit.h5").is_file()
+    table = result.stdout.splitlines()
+    assert table[0] == "test accuracy (mean over 2 replicate(s))"
+    assert table[1].split() == ["level", "density", "imp", "reinit"]
+    level, density = table[4].split()[:2]
+    assert level == "2" and abs(float(density.rstrip("%")) - 64) < 0.1
+
+    listed = lth("ls", str(tmp_path))
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.splitlines()[1].split() == [run_id, "mlp", "digits", "3/3", "2/2", "reinit", "done"]
+
+    for name in (run_id, str(tmp_path / run_id)):  # a run id under --out, or a folder
+        shown = lth("show", name, "--out", str(tmp_path), "--json")
+        assert shown.returncode == 0, shown.stderr
+        summary = json.loads(shown.stdout)
+        assert summary["run_id"] == run_id
+        rows = summary["levels"]
+        assert [(r["replicate"], r["level"], r["baseline"]) for r in rows] == [
+            (r, level, baseline) for r in (0, 1) for level, baseline in
+            [(0, None), (1, None), (1, "reinit"), (2, None), (2, "reinit")]]
+        for row in rows:
+            assert 0.0 <= row["train_accuracy"] <= 1.0 and 0.0 <= row["test_accuracy"] <= 1.0
+            assert row["test_loss"] > 0
+            assert abs(row["density"] - 0.8 ** row["level"]) <= 2.5 / row["prunable"]
+    human = lth("show", run_id, "--out", str(tmp_path))
+    assert human.returncode == 0 and f"run {run_id}" in human.stdout and "reinit" in human.stdout
 
 
 @pytest.mark.parametrize("args, message", [
@@ -41,9 +60,17 @@ def test_run_then_show_end_to_end(tmp_path):
      "mnist: train-images-idx3-ubyte.gz not found under nowhere/MNIST/raw"),
     (["run", "--replicates", "0"], "--replicates must be at least 1"),
     (["show", "nope"], "'nope' is not a run folder"),
+    (["run", "--set", "prune.fraction=1.5"], "prune.fraction must be in (0, 1)"),
+    (["run", "--set", "prune.levels=-1"], "prune.levels must be >= 0"),
+    (["run", "--set", "prune.rewind='100ep'"], "prune.rewind = 100ep (1200 iterations) is not before the end"),
+    (["run", "--set", "model.name=lenet5"], "model.name = 'lenet5' is not one of"),
+    (["run", "--set", "data.dataset=imagenet"], "data.dataset = 'imagenet' is not one of"),
+    (["ls", "nowhere"], "nowhere is not a folder"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys, args, message):
-    assert main([*args, "--out", str(tmp_path)]) == 2
+    if args[0] != "ls":
+        args = [*args, "--out", str(tmp_path)]
+    assert main(args) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines[-1].startswith("lth: error: ") and message in lines[-1]
     assert all(not line.startswith("lth: error") for line in lines[:-1])

@@ -1,0 +1,115 @@
+"""Train one network under a mask from a given start point, and describe the result.
+
+Every trained network of a run (the dense level 0, each IMP level, each baseline) is
+made by :func:`train_level`: load a start state, zero the pruned weights, train from the
+start step to the end of the schedule with the mask enforced after every update, and
+evaluate on fixed splits. The returned tree is what the store writes (docs/storage.md).
+"""
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from imp.config import Config, TrainConfig
+from imp.data import Dataset, fixed_subset
+from imp.models import build_model
+from imp.pruning import Mask, MaskEnforcer, apply_mask, density, kept, size
+from imp.train import EvaluationLog, Hook, Seeds, Snapshots, total_iterations, train
+
+State = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Start:
+    """Where a training segment begins: a full state (weights and BatchNorm buffers, before
+    masking) and the step at which the schedule and the data order pick up."""
+
+    state: State
+    step: int
+
+
+def build_initial_model(config: Config, data: Dataset, init_seed: int) -> torch.nn.Module:
+    """The model of the config at its seeded initialisation, on the data's device."""
+    generator = torch.Generator().manual_seed(init_seed)
+    model = build_model(config.model.name, data.input_shape, data.num_classes,
+                        widths=config.model.widths, width=config.model.width, generator=generator)
+    return model.to(data.train.x.device)
+
+
+def evaluation_splits(config: Config, data: Dataset) -> dict:
+    """The fixed splits evaluated during training: train and test (and validation if any)."""
+    count, seed = config.train.eval_examples, config.train.seed
+    splits = {"train": fixed_subset(data.train, count, seed), "test": fixed_subset(data.test, count, seed)}
+    if data.validation is not None:
+        splits["validation"] = fixed_subset(data.validation, count, seed)
+    return splits
+
+
+def copy_state(model: torch.nn.Module) -> State:
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def state_from_arrays(arrays: Mapping[str, np.ndarray]) -> State:
+    """A state dict from the arrays the store read back."""
+    return {k: torch.from_numpy(np.asarray(v)).clone() for k, v in arrays.items()}
+
+
+def mask_from_arrays(arrays: Mapping[str, np.ndarray]) -> Mask:
+    return {k: torch.from_numpy(np.asarray(v, dtype=bool)).clone() for k, v in arrays.items()}
+
+
+def train_level(
+    config: Config,
+    data: Dataset,
+    seeds: Seeds,
+    start: Start,
+    mask: Mask,
+    *,
+    train_config: TrainConfig | None = None,
+    snapshot_at: int | None = None,
+    progress: bool = False,
+    label: str = "",
+) -> tuple[dict, State | None]:
+    """Train ``mask * start.state`` from ``start.step`` to the end of training.
+
+    ``train_config`` replaces ``config.train`` for the schedule (fine-tuning uses a
+    constant rate). With ``snapshot_at = k`` the full state at step k is also returned
+    (the rewind point). Returns the tree stored for the level, and that snapshot.
+    """
+    train_config = train_config or config.train
+    model = build_initial_model(config, data, seeds.init)
+    model.load_state_dict({k: v.to(data.train.x.device) for k, v in start.state.items()})
+    apply_mask(model, mask)
+    batch_size = config.data.batch_size
+    iterations_per_epoch = data.iterations_per_epoch(batch_size)
+    iterations = total_iterations(config.train, iterations_per_epoch)
+    log = EvaluationLog(evaluation_splits(config, data))
+    every = config.train.eval_every.iterations_at(iterations_per_epoch)
+    hooks = [Hook(log, steps=frozenset({start.step, iterations}), every=every)]
+    snapshots = Snapshots()
+    if snapshot_at is not None:
+        hooks.append(Hook(snapshots, steps=frozenset({snapshot_at})))
+    started = time.perf_counter()
+    losses = train(model, data, train_config, batch_size, seeds, start_step=start.step,
+                   end_step=iterations, hooks=hooks, after_step=MaskEnforcer(model, mask),
+                   progress=progress, label=label)
+    seconds = time.perf_counter() - started
+    tree = {
+        "iterations": iterations,
+        "start_step": start.step,
+        "iterations_per_epoch": iterations_per_epoch,
+        "train_seconds": seconds,
+        "density": density(mask),
+        "kept": kept(mask),
+        "prunable": size(mask),
+        "seeds": {"init": seeds.init, "order": seeds.order, "augment": seeds.augment},
+        "steps": {"train_loss": losses},
+        "eval": {key: torch.tensor(values) for key, values in log.rows.items()},
+        "final": log.last(),
+        "mask": {name: keep.cpu() for name, keep in mask.items()},
+        "weights": copy_state(model),
+    }
+    return tree, snapshots.states.get(snapshot_at)

@@ -1,0 +1,94 @@
+"""Reading a run's results: stage names, per-level rows, status. No training code here,
+so the analysis layer can use it.
+
+Stage files of replicate r (see docs/storage.md): ``rewind.h5`` (the rewind point),
+``level_<L>.h5`` (trunk level L; level 0 is the dense network) and
+``level_<L>_<baseline>.h5`` (a baseline on level L's density).
+"""
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from imp import store
+from imp.errors import UserError
+
+BASELINES = ("reinit", "random", "oneshot")
+REWIND_STAGE = "rewind"
+_LEVEL = re.compile(r"level_(\d+)(?:_([a-z]+))?")
+# Level files hold large arrays that summaries do not need.
+_SUMMARY_SKIP = ("weights", "mask", "steps", "eval", "seeds", "label_noise")
+
+
+def level_stage(level: int, baseline: str | None = None) -> str:
+    """Stage name of a trunk level (``level_3``) or of a baseline at it (``level_3_reinit``)."""
+    return f"level_{level}" if baseline is None else f"level_{level}_{baseline}"
+
+
+def parse_stage(stage: str) -> tuple[int, str | None] | None:
+    """``(level, baseline)`` of a level stage name, None for other stages."""
+    match = _LEVEL.fullmatch(stage)
+    if match is None or (match[2] is not None and match[2] not in BASELINES):
+        return None
+    return int(match[1]), match[2]
+
+
+def find_run(name: str, out: str | Path) -> store.RunDir:
+    """A run given as a folder, or as a run id under ``out``."""
+    path = Path(name)
+    if not store.is_run(path):
+        path = Path(out) / name
+    if not store.is_run(path):
+        raise UserError(f"{name!r} is not a run folder, nor a run id under {out}/ "
+                        "(`lth ls` lists the runs there)")
+    return store.RunDir(path.parent, path.name)
+
+
+def run_info(run: store.RunDir) -> dict[str, Any]:
+    """The run's config (canonical, non-default fields), plan and provenance."""
+    stored = store.read_run(run)
+    provenance = stored.pop(store.PROVENANCE)
+    return {
+        "run_id": run.run_id,
+        "path": str(run.path),
+        "config": json.loads(provenance["config"]),
+        "planned_levels": int(stored.get("planned_levels", 0)),
+        "planned_replicates": int(stored.get("planned_replicates", 1)),
+        "baselines": [b for b in str(stored.get("baselines", "")).split(",") if b],
+        "provenance": provenance,
+    }
+
+
+def level_rows(run: store.RunDir) -> list[dict[str, Any]]:
+    """One row per finished replicate, level and baseline (``None`` for the trunk).
+
+    Keys: replicate, level, baseline, density (fraction of prunable weights kept), kept,
+    prunable, and the final evaluation (``train_accuracy``, ``test_accuracy``,
+    ``test_loss``, ... as fractions and mean losses), iterations, start_step, train_seconds.
+    """
+    rows = []
+    for replicate in run.replicates():
+        for stage in run.stages(replicate):
+            parsed = parse_stage(stage)
+            if parsed is None:
+                continue
+            tree = store.read_h5(run.stage_file(replicate, stage), skip=_SUMMARY_SKIP)
+            rows.append({
+                "replicate": replicate, "level": parsed[0], "baseline": parsed[1],
+                "density": tree["density"], "kept": tree["kept"], "prunable": tree["prunable"],
+                **tree["final"],
+                "iterations": tree["iterations"], "start_step": tree["start_step"],
+                "train_seconds": tree["train_seconds"],
+            })
+    order = {None: 0, **{b: i + 1 for i, b in enumerate(BASELINES)}}
+    return sorted(rows, key=lambda r: (r["replicate"], r["level"], order[r["baseline"]]))
+
+
+def levels_done(run: store.RunDir, replicate: int) -> int:
+    """How many trunk levels of a replicate are finished in a row from level 0."""
+    stages = set(run.stages(replicate))
+    done = 0
+    while level_stage(done) in stages:
+        done += 1
+    return done

@@ -1,0 +1,275 @@
+"""The IMP driver: the dense level 0, then pruning levels 1..L, with baselines beside them.
+
+Iterative magnitude pruning (Frankle & Carbin 2019; with rewinding, Frankle et al. 2020;
+learning-rate rewinding and fine-tuning, Renda et al. 2020), per replicate:
+
+* **Level 0** trains the dense network from its seeded initialisation (or from a start
+  point given by a pre-training phase) for the whole schedule ``T`` and saves the full
+  state at step ``k = prune.rewind``: the rewind point ``w_k``, weights and BatchNorm
+  buffers, stored once in ``rewind.h5``.
+* **Level L >= 1** prunes ``prune.fraction`` of the weights still kept by level L-1,
+  by magnitude of level L-1's *final* weights (:func:`imp.pruning.magnitude_prune`),
+  then retrains under the new mask from step ``k`` to ``T``:
+
+  - ``rewind``: from ``mask_L * w_k``; the schedule and data order continue from step k;
+  - ``lr_rewind``: from ``mask_L * w_final(L-1)`` with the schedule rewound to step k;
+  - ``finetune``: from ``mask_L * w_final(L-1)`` for ``T - k`` steps at the rate the
+    schedule ends with.
+
+  The optimiser state always starts fresh. Every level uses the replicate's seeds, so
+  levels see the same data order.
+* **Baselines** at each level L >= 1 train exactly as the trunk's level L does, changing
+  only the start: ``reinit`` keeps the trunk's mask on a fresh initialisation (seed
+  derived from the replicate's init seed and L); ``random`` draws a random mask with
+  the trunk's density per tensor (or globally, ``prune.random_strategy``); ``oneshot``
+  prunes the dense level-0 weights by magnitude straight to the trunk's kept count. In
+  ``rewind`` mode ``random`` and ``oneshot`` start from ``w_k``, otherwise from the dense
+  final weights.
+
+Every level and baseline is one stage file; a stage whose file exists is never
+recomputed, so rerunning resumes after the last finished stage and a run asked for
+more levels or baselines extends it. Hooks run after each trunk level (finished now or
+earlier), which is where landscape measurements attach.
+"""
+
+import dataclasses
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from imp import store
+from imp.config import Config, TrainConfig, canonical_json, run_id
+from imp.data import Dataset, load_dataset
+from imp.duration import Duration
+from imp.errors import UserError
+from imp.level import (Start, build_initial_model, copy_state, mask_from_arrays,
+                       state_from_arrays, train_level)
+from imp.pruning import (Mask, full_mask, magnitude_prune, oneshot_prune, prunable_tensors,
+                         random_mask)
+from imp.results import BASELINES, REWIND_STAGE, level_stage
+from imp.seeds import derive_seed, generator
+from imp.train import Seeds, learning_rate, total_iterations
+
+@dataclass(frozen=True)
+class LevelDone:
+    """What a hook receives after trunk level ``level`` of ``replicate`` is stored."""
+
+    config: Config
+    data: Dataset
+    run: store.RunDir
+    replicate: int
+    level: int
+
+    def path(self, level: int | None = None, baseline: str | None = None) -> Path:
+        return self.run.stage_file(self.replicate, level_stage(self.level if level is None else level, baseline))
+
+
+LevelHook = Callable[[LevelDone], None]
+# A pre-training phase: returns the start of level 0 for (config, data, replicate).
+Pretrain = Callable[[Config, Dataset, int], Start]
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The run's lengths in iterations, fixed once the data set is known."""
+
+    iterations: int
+    rewind_step: int
+    iterations_per_epoch: int
+
+
+def schedule(config: Config, data: Dataset) -> Schedule:
+    """Convert the run's durations, rejecting a rewind point at or after the end of training."""
+    iterations_per_epoch = data.iterations_per_epoch(config.data.batch_size)
+    iterations = total_iterations(config.train, iterations_per_epoch)
+    rewind = config.prune.rewind.iterations_at(iterations_per_epoch)
+    if rewind >= iterations:
+        raise UserError(
+            f"prune.rewind = {config.prune.rewind} ({rewind} iterations) is not before the end of "
+            f"training (train.epochs = {config.train.epochs} = {iterations} iterations at "
+            f"{iterations_per_epoch} per epoch); choose a smaller prune.rewind")
+    return Schedule(iterations, rewind, iterations_per_epoch)
+
+
+def finetune_config(config: Config, plan: Schedule) -> TrainConfig:
+    """The training config of fine-tuning: constant at the rate the schedule ends with."""
+    final = learning_rate(plan.iterations - 1, config.train, plan.iterations_per_epoch)
+    return dataclasses.replace(config.train, lr=final, schedule="constant", milestones=(),
+                               warmup=Duration())
+
+
+def stages_planned(config: Config) -> list[str]:
+    """Every stage one replicate of ``config`` needs, in the order they are made."""
+    names = [REWIND_STAGE, level_stage(0)]
+    for level in range(1, config.prune.levels + 1):
+        names += [level_stage(level)] + [level_stage(level, b) for b in config.prune.baselines]
+    return names
+
+
+class Replicate:
+    """One replicate's trunk and baselines: each stage computed only if its file is missing."""
+
+    def __init__(self, config: Config, data: Dataset, run: store.RunDir, replicate: int, *,
+                 pretrain: Pretrain | None = None, progress: bool = False,
+                 report: Callable[[str], None] | None = None):
+        self.config, self.data, self.run, self.replicate = config, data, run, replicate
+        self.plan = schedule(config, data)
+        self.seeds = Seeds.from_config(config.train, replicate)
+        self.pretrain, self.progress, self.report = pretrain, progress, report
+        self.provenance = store.provenance(canonical_json(config), data.train.x.device)
+        self.train_config = (finetune_config(config, self.plan) if config.prune.retrain == "finetune"
+                             else config.train)
+
+    # ------------------------------------------------------------ stages
+
+    def run_levels(self, hooks: Iterable[LevelHook] = ()) -> None:
+        hooks = list(hooks)
+        dense = self.level(0)
+        self._after(0, hooks)
+        previous = dense
+        for level in range(1, self.config.prune.levels + 1):
+            current = self.level(level, previous)
+            for baseline in self.config.prune.baselines:
+                self.baseline(level, baseline, current, dense)
+            self._after(level, hooks)
+            previous = current
+
+    def _after(self, level: int, hooks: list[LevelHook]) -> None:
+        for hook in hooks:
+            hook(LevelDone(self.config, self.data, self.run, self.replicate, level))
+
+    def level(self, level: int, previous: dict | None = None) -> dict:
+        """Trunk level ``level``, trained unless stored; returns its stored tree."""
+        stage = level_stage(level)
+        if not self.run.has_stage(self.replicate, stage):
+            if level == 0:
+                self._train_dense()
+            else:
+                mask = magnitude_prune(_weights(previous), _mask(previous), self.config.prune.fraction,
+                                       self.config.prune.strategy, self.config.prune.layer_fractions)
+                self._train(stage, self._trunk_start(previous), mask)
+        return store.read_h5(self.run.stage_file(self.replicate, stage))
+
+    def baseline(self, level: int, baseline: str, trunk: dict, dense: dict) -> None:
+        stage = level_stage(level, baseline)
+        if self.run.has_stage(self.replicate, stage):
+            return
+        prune = self.config.prune
+        mask = _mask(trunk)
+        if baseline == "reinit":
+            model = build_initial_model(self.config, self.data, derive_seed(self.seeds.init, "reinit", level))
+            start = Start(copy_state(model), self.plan.rewind_step)
+        else:
+            if baseline == "random":
+                mask = random_mask(mask, generator(self.seeds.init, "random_mask", level),
+                                   layerwise=prune.random_strategy == "layerwise")
+            elif baseline == "oneshot":
+                mask = oneshot_prune(_weights(dense), _mask(dense), mask, prune.strategy,
+                                     prune.layer_fractions)
+            else:
+                raise ValueError(f"unknown baseline {baseline!r}; choose from {BASELINES}")
+            start = self._trunk_start(dense)
+        self._train(stage, start, mask)
+
+    def _train_dense(self) -> None:
+        if self.pretrain is not None:
+            start = self.pretrain(self.config, self.data, self.replicate)
+        else:
+            model = build_initial_model(self.config, self.data, self.seeds.init)
+            start = Start(copy_state(model), 0)
+        if self.plan.rewind_step < start.step:
+            raise UserError(f"prune.rewind ({self.plan.rewind_step} iterations) is before the "
+                            f"pre-trained start point (step {start.step})")
+        names = prunable_tensors(build_initial_model(self.config, self.data, 0),
+                                 self.config.prune.exclude, self.config.prune.layer_fractions)
+        self._train(level_stage(0), start, full_mask(start.state, names),
+                    snapshot_at=self.plan.rewind_step)
+
+    def _train(self, stage: str, start: Start, mask: Mask, snapshot_at: int | None = None) -> dict:
+        label = f"replicate {self.replicate} {stage}"
+        train_config = self.config.train if stage == level_stage(0) else self.train_config
+        tree, snapshot = train_level(self.config, self.data, self.seeds, start, mask,
+                                     train_config=train_config, snapshot_at=snapshot_at,
+                                     progress=self.progress, label=label)
+        if snapshot is not None:
+            store.write_h5(self.run.stage_file(self.replicate, REWIND_STAGE),
+                           {"step": snapshot_at, "weights": snapshot}, self.provenance)
+        if stage == level_stage(0) and bool(self.data.noisy.any()):
+            tree["label_noise"] = _label_noise(self.data)
+        store.write_h5(self.run.stage_file(self.replicate, stage), tree, self.provenance)
+        if self.report is not None:
+            final = tree["final"]
+            self.report(f"replicate {self.replicate} {stage}: density {tree['density']:.2%}, "
+                        f"test accuracy {final['test_accuracy']:.2%}, "
+                        f"{tree['train_seconds']:.0f} s")
+        return tree
+
+    def _trunk_start(self, previous: dict) -> Start:
+        """Where a level starts from, given the network it was pruned from."""
+        if self.config.prune.retrain == "rewind":
+            rewind = store.read_h5(self.run.stage_file(self.replicate, REWIND_STAGE))
+            return Start(state_from_arrays(rewind["weights"]), int(rewind["step"]))
+        return Start(state_from_arrays(previous["weights"]), self.plan.rewind_step)
+
+
+def _weights(tree: dict) -> dict[str, torch.Tensor]:
+    return state_from_arrays(tree["weights"])
+
+
+def _mask(tree: dict) -> Mask:
+    return mask_from_arrays(tree["mask"])
+
+
+def _label_noise(data: Dataset) -> dict:
+    return {
+        "index": data.train.index[data.noisy],  # positions in the original training set
+        "clean_labels": data.clean_labels[data.noisy],
+        "noisy_labels": data.train.y.cpu()[data.noisy],
+    }
+
+
+def is_complete(run: store.RunDir, config: Config, replicate: int) -> bool:
+    return all(run.has_stage(replicate, stage) for stage in stages_planned(config))
+
+
+def run_imp(config: Config, out: str | Path, data_root: Path, device: torch.device, *,
+            replicates: int = 1, progress: bool = False, wait: bool = False,
+            hooks: Iterable[LevelHook] = (), pretrain: Pretrain | None = None,
+            report: Callable[[str], None] | None = None) -> store.RunDir:
+    """Run (or resume, or extend) the IMP run of ``config`` under ``out``.
+
+    Holds the run's lock throughout. Loads the data only when a stage is missing or
+    hooks are given; checks the config against the data (rewind point, exclusion
+    patterns) before anything is written.
+    """
+    hooks = list(hooks)
+    run = store.RunDir(out, run_id(config))
+    with store.RunLock(run, wait=wait):
+        run.remove_partial_files()
+        pending = [r for r in range(replicates) if not is_complete(run, config, r)]
+        data = load_dataset(config.data, data_root, device) if pending or hooks else None
+        if data is not None:
+            schedule(config, data)
+            prunable_tensors(build_initial_model(config, data, 0), config.prune.exclude,
+                             config.prune.layer_fractions)
+        store.create_run(run, canonical_json(config), device, extra=_plan(run, config, replicates, data_root))
+        for replicate in range(replicates) if data is not None else ():
+            Replicate(config, data, run, replicate, pretrain=pretrain, progress=progress,
+                      report=report).run_levels(hooks)
+    return run
+
+
+def _plan(run: store.RunDir, config: Config, replicates: int, data_root: Path) -> dict:
+    """The run's plan in ``run.h5``: the most levels and replicates ever asked for, every
+    baseline ever asked for, and the latest data root."""
+    old = store.read_run(run) if store.is_run(run.path) else {}
+    baselines = set(filter(None, str(old.get("baselines", "")).split(","))) | set(config.prune.baselines)
+    return {
+        "data_root": str(data_root),
+        "planned_levels": max(int(old.get("planned_levels", 0)), config.prune.levels),
+        "planned_replicates": max(int(old.get("planned_replicates", 0)), replicates),
+        "baselines": ",".join(b for b in BASELINES if b in baselines),
+    }

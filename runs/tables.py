@@ -1,0 +1,44 @@
+"""Plain-text tables for the terminal: the per-level summary of a run and the run list."""
+
+import statistics
+from collections.abc import Sequence
+
+from imp.results import BASELINES
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Right-aligned columns, two spaces apart."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    lines = ["  ".join(h.rjust(w) for h, w in zip(header, widths))]
+    lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in rows]
+    return "\n".join(lines)
+
+
+def _percent(values: list[float]) -> str:
+    """Mean of fractions as a percentage, with the standard deviation when n > 1."""
+    if not values:
+        return "-"
+    mean = statistics.fmean(values)
+    if len(values) == 1:
+        return f"{100 * mean:.2f}%"
+    return f"{100 * mean:.2f}±{100 * statistics.stdev(values):.2f}%"
+
+
+def level_table(rows: list[dict], metric: str = "test_accuracy") -> str:
+    """One line per level: density and ``metric`` of the trunk and of each baseline,
+    averaged over replicates (± standard deviation across them)."""
+    if not rows:
+        return "(no finished levels yet)"
+    baselines = [b for b in BASELINES if any(r["baseline"] == b for r in rows)]
+    header = ["level", "density", "imp", *baselines]
+    lines = []
+    for level in sorted({r["level"] for r in rows}):
+        at = [r for r in rows if r["level"] == level]
+        trunk = [r for r in at if r["baseline"] is None]
+        density = (trunk or at)[0]["density"]
+        cells = [str(level), f"{100 * density:.2f}%", _percent([r[metric] for r in trunk])]
+        cells += [_percent([r[metric] for r in at if r["baseline"] == b]) for b in baselines]
+        lines.append(cells)
+    replicates = len({r["replicate"] for r in rows})
+    title = f"{metric.replace('_', ' ')} (mean over {replicates} replicate(s))"
+    return title + "\n" + format_table(header, lines)

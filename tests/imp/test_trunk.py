@@ -1,0 +1,216 @@
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from imp import store
+from imp.config import load_config, run_id
+from imp.errors import UserError
+from imp.level import state_from_arrays
+from imp.pruning import round_half_up
+from imp.results import level_rows, level_stage
+from imp.trunk import LevelDone, run_imp
+
+REPO = Path(__file__).resolve().parents[2]
+CPU = torch.device("cpu")
+TINY = ["model.widths=[32, 16]", "train.epochs='40it'", "train.eval_every='20it'", "data.batch_size=64",
+        "train.momentum=0.9", "train.weight_decay=1e-3"]
+
+
+def tiny(*extra):
+    return load_config(None, TINY + list(extra))
+
+
+def read(run, stage, replicate=0):
+    return store.read_h5(run.stage_file(replicate, stage))
+
+
+def test_levels_prune_nested_masks_to_the_expected_density(tmp_path):
+    config = tiny("prune.levels=3", "prune.rewind='10it'")
+    run = run_imp(config, tmp_path, tmp_path, CPU)
+    kept, previous_mask = None, None
+    for level in range(4):
+        result = read(run, level_stage(level))
+        if level == 0:
+            kept = result["prunable"]
+            assert result["density"] == 1.0
+        else:
+            kept -= round_half_up(0.2 * kept)
+        assert result["kept"] == kept
+        assert abs(result["density"] - 0.8 ** level) <= 2.5 / result["prunable"]
+        for name, keep in result["mask"].items():
+            assert np.all(result["weights"][name][~keep] == 0)  # exactly zero after training
+            if previous_mask is not None:
+                assert not np.any(keep & ~previous_mask[name])  # nested
+        assert result["start_step"] == (0 if level == 0 else 10)
+        previous_mask = result["mask"]
+    assert read(run, "rewind")["step"] == 10
+
+
+def test_weight_rewinding_starts_each_level_from_mask_times_w_k(tmp_path, monkeypatch):
+    import imp.trunk
+
+    started = []
+    real = imp.trunk.train_level
+
+    def spy(config, data, seeds, start, mask, **kwargs):
+        started.append((start, mask))
+        return real(config, data, seeds, start, mask, **kwargs)
+
+    monkeypatch.setattr(imp.trunk, "train_level", spy)
+    config = tiny("model.name=resnet20", "model.widths=[]", "model.width=4", "prune.levels=2", "prune.rewind='15it'",
+                  "prune.exclude=['fc.weight']")
+    run = run_imp(config, tmp_path, tmp_path, CPU)
+    rewind = state_from_arrays(read(run, "rewind")["weights"])
+    assert any("running_var" in key for key in rewind)
+    for level in (1, 2):
+        start, mask = started[level]
+        assert start.step == 15
+        for key, value in rewind.items():
+            assert torch.equal(start.state[key], value), key  # BatchNorm buffers included
+        assert "fc.weight" not in mask and "features.0.weight" in mask
+        assert np.array_equal(read(run, level_stage(level))["mask"]["features.0.weight"],
+                              mask["features.0.weight"].numpy())
+
+
+@pytest.mark.parametrize("retrain", ["lr_rewind", "finetune"])
+def test_lr_rewinding_and_finetuning_start_from_the_previous_final_weights(tmp_path, monkeypatch, retrain):
+    import imp.trunk
+
+    calls = []
+    real = imp.trunk.train_level
+
+    def spy(config, data, seeds, start, mask, **kwargs):
+        calls.append((start, kwargs.get("train_config")))
+        return real(config, data, seeds, start, mask, **kwargs)
+
+    monkeypatch.setattr(imp.trunk, "train_level", spy)
+    config = tiny("prune.levels=1", "prune.rewind='10it'", f"prune.retrain={retrain}",
+                  "train.schedule=step", "train.milestones=['30it']")
+    run = run_imp(config, tmp_path, tmp_path, CPU)
+    dense = state_from_arrays(read(run, level_stage(0))["weights"])
+    start, train_config = calls[1]
+    assert start.step == 10
+    assert all(torch.equal(start.state[k], dense[k]) for k in dense)
+    if retrain == "finetune":
+        assert train_config.schedule == "constant" and train_config.lr == pytest.approx(0.01)
+    else:
+        assert train_config == config.train
+
+
+def test_baselines_share_the_trunk_density(tmp_path):
+    config = tiny("prune.levels=2", "prune.baselines=['reinit', 'random', 'oneshot']")
+    run = run_imp(config, tmp_path, tmp_path, CPU)
+    dense = read(run, level_stage(0))
+    for level in (1, 2):
+        trunk = read(run, level_stage(level))
+        reinit, random, oneshot = (read(run, level_stage(level, b)) for b in ("reinit", "random", "oneshot"))
+        for name, keep in trunk["mask"].items():
+            assert np.array_equal(reinit["mask"][name], keep)
+            assert random["mask"][name].sum() == keep.sum()  # layerwise density kept
+            assert not np.array_equal(random["mask"][name], keep)
+        assert oneshot["kept"] == trunk["kept"]
+        magnitudes = np.concatenate([np.abs(dense["weights"][n][oneshot["mask"][n]]) for n in trunk["mask"]])
+        dropped = np.concatenate([np.abs(dense["weights"][n][~oneshot["mask"][n]]) for n in trunk["mask"]])
+        assert magnitudes.min() >= dropped.max()  # one-shot keeps the largest dense weights
+    rows = level_rows(run)
+    assert [(r["level"], r["baseline"]) for r in rows] == [
+        (0, None), (1, None), (1, "reinit"), (1, "random"), (1, "oneshot"),
+        (2, None), (2, "reinit"), (2, "random"), (2, "oneshot")]
+
+
+def test_a_run_extends_with_more_levels_and_baselines_without_retraining(tmp_path):
+    seen = []
+    run = run_imp(tiny("prune.levels=1"), tmp_path, tmp_path, CPU)
+    stamps = {p: p.stat().st_mtime_ns for p in run.replicate_dir(0).iterdir()}
+    extended = tiny("prune.levels=2", "prune.baselines=['reinit']")
+    assert run_id(extended) == run.run_id
+    run_imp(extended, tmp_path, tmp_path, CPU, hooks=[seen.append])
+    assert all(p.stat().st_mtime_ns == stamp for p, stamp in stamps.items())
+    assert set(run.stages(0)) == {"rewind", "level_0", "level_1", "level_2", "level_1_reinit", "level_2_reinit"}
+    assert [(event.replicate, event.level) for event in seen] == [(0, 0), (0, 1), (0, 2)]
+    assert isinstance(seen[0], LevelDone) and seen[2].path().name == "level_2.h5"
+    info = store.read_run(run)
+    assert info["planned_levels"] == 2 and info["baselines"] == "reinit"
+
+
+def test_replicates_differ_and_are_reproducible(tmp_path):
+    config = tiny("prune.levels=1")
+    a = run_imp(config, tmp_path / "a", tmp_path, CPU, replicates=2)
+    b = run_imp(config, tmp_path / "b", tmp_path, CPU, replicates=1)
+    first, second = read(a, "level_1", 0), read(a, "level_1", 1)
+    assert not np.array_equal(first["mask"]["1.weight"], second["mask"]["1.weight"])
+    assert first["seeds"]["init"] != second["seeds"]["init"]
+    again = read(b, "level_1", 0)
+    for key in first["weights"]:
+        np.testing.assert_array_equal(first["weights"][key], again["weights"][key])
+
+
+def test_label_noise_is_recorded_at_level_0(tmp_path):
+    run = run_imp(tiny("data.label_noise=0.1", "data.validation=100"), tmp_path, tmp_path, CPU)
+    result = read(run, level_stage(0))
+    noise = result["label_noise"]
+    assert len(noise["index"]) == round(0.1 * (1437 - 100))
+    assert sorted(noise["clean_labels"]) == sorted(noise["noisy_labels"])
+    assert "validation_accuracy" in result["final"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["prune.rewind='40it'"], "prune.rewind = 40it (40 iterations) is not before the end of training"),
+    (["prune.rewind='1ep'", "train.epochs='20it'"], "(23 iterations) is not before the end of training"),
+    (["prune.exclude=['fc.weight']"], "prune.exclude pattern 'fc.weight' matches no prunable tensor"),
+])
+def test_configs_that_do_not_fit_the_data_are_refused_before_training(tmp_path, extra, message):
+    with pytest.raises(UserError) as error:
+        run_imp(tiny("prune.levels=1", *extra), tmp_path, tmp_path, CPU)
+    assert message in str(error.value)
+    assert not list(tmp_path.rglob("*.h5"))
+
+
+def test_a_locked_run_is_refused(tmp_path):
+    config = tiny()
+    with store.RunLock(store.RunDir(tmp_path, run_id(config))):
+        with pytest.raises(store.RunLocked):
+            run_imp(config, tmp_path, tmp_path, CPU)
+
+
+def test_killed_in_level_2_resumes_without_retraining_and_matches_an_uninterrupted_run(tmp_path):
+    overrides = ["model.widths=[64, 32]", "train.epochs='15ep'", "train.eval_every='5ep'",
+                 "data.batch_size=32", "prune.levels=2", "prune.rewind='20it'", "prune.baselines=['reinit']"]
+    args = [sys.executable, "-m", "runs.cli", "run", "--out", str(tmp_path / "killed"), "--quiet"]
+    args += [item for o in overrides for item in ("--set", o)]
+    config = load_config(None, overrides)
+    killed = store.RunDir(tmp_path / "killed", run_id(config))
+    process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not killed.has_stage(0, "level_1_reinit"):
+            assert process.poll() is None and time.monotonic() < deadline, "run ended before level 2"
+            time.sleep(0.005)
+        time.sleep(0.2)  # into level 2's training (a level takes about a second)
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.wait()
+    assert not killed.has_stage(0, "level_2"), "the kill came too late to test a resume"
+    finished = {stage: killed.stage_file(0, stage).stat().st_mtime_ns
+                for stage in ("rewind", "level_0", "level_1", "level_1_reinit")}
+
+    assert subprocess.run(args, cwd=REPO, capture_output=True).returncode == 0
+    assert {s: killed.stage_file(0, s).stat().st_mtime_ns for s in finished} == finished
+    assert not list(killed.path.rglob("*.tmp"))
+
+    uninterrupted = run_imp(config, tmp_path / "whole", tmp_path, CPU)
+    for stage in uninterrupted.stages(0):
+        a, b = read(killed, stage), read(uninterrupted, stage)
+        for key in a["weights"]:
+            np.testing.assert_array_equal(a["weights"][key], b["weights"][key], err_msg=f"{stage} {key}")
+        if "eval" in a:
+            assert a["final"] == b["final"]
+            np.testing.assert_array_equal(a["steps"]["train_loss"], b["steps"]["train_loss"])
