@@ -56,6 +56,10 @@ def _parser() -> argparse.ArgumentParser:
                       help="print one JSON object; its `levels` list has one row per replicate, level and baseline")
     show.set_defaults(command=_show)
 
+    layers = commands.add_parser("layers", help="list the model's prunable tensors and how each is pruned")
+    _config_arguments(layers)
+    layers.set_defaults(command=_layers)
+
     ls = commands.add_parser("ls", help="list the runs in a results folder and their progress")
     ls.add_argument("dir", nargs="?", default=DEFAULT_OUT, help=f"results folder (default: {DEFAULT_OUT})")
     ls.set_defaults(command=_ls)
@@ -123,6 +127,30 @@ def _show(args) -> int:
     print(f"run {run.run_id} in {run.path}")
     print(f"config {json.dumps(config)}")
     print(level_table(rows))
+    return 0
+
+
+def _layers(args) -> int:
+    from imp.data import load_dataset, resolve_root
+    from imp.level import build_initial_model
+    from imp.models import prunable_names
+    from imp.pruning import groups, prunable_tensors
+    from runs.tables import format_table
+
+    config = _load(args)
+    prune = config.prune
+    data = load_dataset(config.data, resolve_root(config.data.root, os.environ))
+    model = build_initial_model(config, data, 0)
+    pruned = prunable_tensors(model, prune.exclude, prune.layer_fractions)
+    rule = {}
+    for names, rate in groups(pruned, prune.strategy, prune.fraction, prune.layer_fractions):
+        for name in names:
+            rule[name] = f"{rate:g} of remaining, " + ("shared threshold" if len(names) > 1 else "on its own")
+    parameters = dict(model.named_parameters())
+    rows = [[name, "x".join(map(str, parameters[name].shape)), str(parameters[name].numel()),
+             rule.get(name, "excluded")] for name in prunable_names(model)]
+    print(format_table(["tensor", "shape", "weights", "pruned per level"], rows))
+    print(f"{sum(parameters[n].numel() for n in pruned)} prunable weights in {len(pruned)} tensors")
     return 0
 
 

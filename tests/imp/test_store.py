@@ -70,6 +70,28 @@ def test_create_run_refuses_a_different_config(tmp_path):
     assert [r.run_id for r in store.find_runs(tmp_path)] == ["r"]
 
 
+def test_create_run_updates_the_plan_and_keeps_the_provenance(tmp_path):
+    run = store.RunDir(tmp_path, "r")
+    store.create_run(run, '{"a":1}', "cpu", extra={"planned_levels": 2, "baselines": ""})
+    date = store.read_run(run)["provenance"]["date"]
+    stamp = run.run_file.stat().st_mtime_ns
+    store.create_run(run, '{"a":1}', "cuda", extra={"planned_levels": 2, "baselines": ""})
+    assert run.run_file.stat().st_mtime_ns == stamp  # unchanged plan: not rewritten
+    store.create_run(run, '{"a":1}', "cuda", extra={"planned_levels": 5})
+    stored = store.read_run(run)
+    assert stored["planned_levels"] == 5 and stored["baselines"] == ""
+    assert stored["provenance"]["date"] == date and stored["provenance"]["device"] == "cpu"
+
+
+def test_read_skips_groups_and_names_an_unreadable_file(tmp_path):
+    path = store.write_h5(tmp_path / "s.h5", {"a": 1, "weights": {"w": np.ones(3)}, "b": np.zeros(2)}, {})
+    assert set(store.read_h5(path, skip=["weights"])) == {"a", "b", "provenance"}
+    broken = tmp_path / "broken.h5"
+    broken.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(UserError, match=f"cannot read {broken}.*delete it and rerun"):
+        store.read_h5(broken)
+
+
 WRITER = textwrap.dedent("""
     import sys
     import numpy as np
@@ -138,6 +160,14 @@ def test_lock_excludes_a_second_process_and_dies_with_its_holder(tmp_path):
         holder.wait()
     with store.RunLock(store.RunDir(tmp_path, "run")):  # the kernel released it on SIGKILL
         pass
+
+
+def test_is_locked_sees_a_holder_without_disturbing_it(tmp_path):
+    run = store.RunDir(tmp_path, "run")
+    assert not store.is_locked(run)
+    with store.RunLock(run):
+        assert store.is_locked(run)
+    assert not store.is_locked(run)
 
 
 def test_lock_is_reentrant_after_release(tmp_path):

@@ -99,3 +99,13 @@ def test_config_prints_every_field_and_the_id(capsys):
     body, id_line = out.rsplit("}\n", 1)
     assert json.loads(body + "}")["train"]["lr"] == 0.2
     assert id_line.startswith("run id ") and '{"train":{"lr":0.2}}' in id_line
+
+
+def test_layers_lists_the_prunable_tensors_and_their_rule(capsys):
+    assert main(["layers", "runs/lenet_mnist.toml", "--set", "data.dataset=digits",
+                 "--set", "prune.layer_fractions={'3.weight' = 0.1}"]) == 0
+    lines = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert lines[1] == ["1.weight", "300x64", "19200", "0.2", "of", "remaining,", "on", "its", "own"]
+    assert lines[2] == ["3.weight", "100x300", "30000", "0.1", "of", "remaining,", "on", "its", "own"]
+    assert lines[3] == ["5.weight", "10x100", "1000", "excluded"]
+    assert lines[4][:2] == ["49200", "prunable"]
