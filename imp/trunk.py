@@ -33,7 +33,6 @@ earlier), which is where landscape measurements attach.
 """
 
 import dataclasses
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,7 +118,7 @@ class Replicate:
         self.plan = schedule(config, data)
         self.seeds = Seeds.from_config(config.train, replicate)
         self.pretrain, self.progress, self.report = pretrain, progress, report
-        self.provenance = store.provenance(canonical_json(config), data.train.x.device)
+        self.config_json = canonical_json(config)
         self.train_config = (finetune_config(config, self.plan) if config.prune.retrain == "finetune"
                              else config.train)
 
@@ -175,16 +174,14 @@ class Replicate:
         self._train(stage, start, mask)
 
     def _train_dense(self) -> None:
+        model = build_initial_model(self.config, self.data, self.seeds.init)
+        start = Start(copy_state(model), 0)
         if self.pretrain is not None:
             start = self.pretrain(self.config, self.data, self.replicate)
-        else:
-            model = build_initial_model(self.config, self.data, self.seeds.init)
-            start = Start(copy_state(model), 0)
         if self.plan.rewind_step < start.step:
             raise UserError(f"prune.rewind ({self.plan.rewind_step} iterations) is before the "
                             f"pre-trained start point (step {start.step})")
-        names = prunable_tensors(build_initial_model(self.config, self.data, 0),
-                                 self.config.prune.exclude, self.config.prune.layer_fractions)
+        names = prunable_tensors(model, self.config.prune.exclude, self.config.prune.layer_fractions)
         self._train(level_stage(0), start, full_mask(start.state, names),
                     snapshot_at=self.plan.rewind_step)
 
@@ -195,17 +192,20 @@ class Replicate:
                                      train_config=train_config, snapshot_at=snapshot_at,
                                      progress=self.progress, label=label)
         if snapshot is not None:
-            store.write_h5(self.run.stage_file(self.replicate, REWIND_STAGE),
-                           {"step": snapshot_at, "weights": snapshot}, self.provenance)
+            self._write(REWIND_STAGE, {"step": snapshot_at, "weights": snapshot})
         if stage == level_stage(0) and bool(self.data.noisy.any()):
             tree["label_noise"] = _label_noise(self.data)
-        store.write_h5(self.run.stage_file(self.replicate, stage), tree, self.provenance)
+        self._write(stage, tree)
         if self.report is not None:
             final = tree["final"]
             self.report(f"replicate {self.replicate} {stage}: density {tree['density']:.2%}, "
                         f"test accuracy {final['test_accuracy']:.2%}, "
                         f"{tree['train_seconds']:.0f} s")
         return tree
+
+    def _write(self, stage: str, tree: dict) -> None:
+        store.write_h5(self.run.stage_file(self.replicate, stage), tree,
+                       store.provenance(self.config_json, self.data.train.x.device))
 
     def _trunk_start(self, previous: dict) -> Start:
         """Where a level starts from, given the network it was pruned from."""

@@ -4,7 +4,6 @@ flip-and-crop augmentation, fixed evaluation subsets and the data root."""
 from __future__ import annotations
 
 import gzip
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,7 @@ import torch.nn.functional as F
 
 from imp import seeds
 from imp.config import DataConfig
-from imp.data import Batches, Dataset, Split, fixed_subset, flip_crop, load_dataset, permute_labels, resolve_root
+from imp.data import Batches, Dataset, fixed_subset, flip_crop, load_dataset, permute_labels, resolve_root
 from imp.errors import UserError
 
 N_DIGITS_TRAIN = 1437
