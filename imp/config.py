@@ -141,9 +141,40 @@ class PruneConfig:
         _check(len(set(self.baselines)) == len(self.baselines), "prune.baselines", "lists a baseline twice")
 
 
+ScoreName = Literal["el2n", "grand", "forgetting"]
+
+
 @dataclass(frozen=True)
 class DietConfig:
-    """Example scores and data-diet pre-training (filled in by the data-diet work)."""
+    """Data-diet pre-training of the rewind point (Paul et al. 2022), and the example
+    scores that choose its subset (Paul et al. 2021; Toneva et al. 2019).
+
+    With ``pretrain`` > 0 the dense network trains from its initialisation for that long
+    on a subset of the training set; that state is the rewind point of every IMP level,
+    and all IMP training uses the full data. See :mod:`imp.diet`.
+    """
+
+    pretrain: Duration = Duration()  # 0it = no data-diet pre-training
+    subset: Literal["all", "easy", "hard", "random"] = "all"  # easy = lowest scores, hard = highest
+    size: int = 0  # examples in the subset (0 with subset = "all": the whole training set)
+    offset: int = 0  # skip this many of the sorted scores first: the window [offset, offset+size)
+    class_balanced: bool = False  # split size and offset over the classes by their frequency
+    score: ScoreName = "el2n"
+    score_step: Duration = Duration(epochs=2)  # t: scores of the network after t of training
+    score_runs: int = 1  # R: scores are averaged over R independent runs
+    scores_file: str = ""  # a file from `lth scores`; "" = compute (cached under <out>/scores)
+    seed: int = 0  # the random subset
+
+    def __post_init__(self):
+        _check(self.size >= 0, "diet.size", "must be >= 0")
+        _check(self.offset >= 0, "diet.offset", "must be >= 0")
+        _check(self.score_runs >= 1, "diet.score_runs", "must be at least 1")
+        _check(self.subset == "all" or self.size > 0, "diet.size", f"must be positive for diet.subset = {self.subset!r}")
+        _check(self.subset != "all" or self.size == 0, "diet.size", "needs diet.subset easy, hard or random")
+        _check(self.subset == "all" or self.pretrain != Duration(), "diet.subset",
+               "only applies with diet.pretrain > 0 (the length of the pre-training on the subset)")
+        _check(self.subset in ("easy", "hard") or self.offset == 0, "diet.offset",
+               "only applies to diet.subset = 'easy' or 'hard'")
 
 
 @dataclass(frozen=True)

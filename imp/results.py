@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from imp import store
+from imp.config import from_dict, to_dict
 from imp.errors import UserError
 
 BASELINES = ("reinit", "random", "oneshot")
@@ -49,15 +50,24 @@ def run_info(run: store.RunDir) -> dict[str, Any]:
     """The run's config (canonical, non-default fields), plan and provenance."""
     stored = store.read_run(run)
     provenance = stored.pop(store.PROVENANCE)
+    config = json.loads(provenance["config"])
     return {
         "run_id": run.run_id,
         "path": str(run.path),
-        "config": json.loads(provenance["config"]),
+        "config": config,
+        "diet": diet_summary(config),
         "planned_levels": int(stored.get("planned_levels", 0)),
         "planned_replicates": int(stored.get("planned_replicates", 1)),
         "baselines": [b for b in str(stored.get("baselines", "")).split(",") if b],
         "provenance": provenance,
     }
+
+
+def diet_summary(config: dict) -> dict[str, Any] | None:
+    """The run's ``[diet]`` settings, defaults filled in; None when there was no diet."""
+    if "pretrain" not in config.get("diet", {}):
+        return None
+    return to_dict(from_dict(config).diet, defaults=True)
 
 
 def level_rows(run: store.RunDir) -> list[dict[str, Any]]:

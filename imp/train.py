@@ -143,6 +143,8 @@ def train(
     end_step: int | None = None,
     hooks: Iterable[Hook] = (),
     after_step: Callable[[nn.Module], None] | None = None,
+    on_batch: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None,
+    iterations_per_epoch: int | None = None,
     progress: bool = False,
     label: str = "",
 ) -> torch.Tensor:
@@ -150,11 +152,14 @@ def train(
 
     The data order and schedule continue from ``start_step`` exactly as an uninterrupted
     run would have them; the optimiser state always starts fresh. ``after_step(model)``
-    runs after every update (e.g. to re-apply a pruning mask). ``label`` names the progress
-    bar. Returns the training loss
+    runs after every update (e.g. to re-apply a pruning mask).
+    ``on_batch(step, positions, logits, labels)`` sees every minibatch's training-mode
+    logits (detached), e.g. to count forgetting events. ``iterations_per_epoch`` overrides
+    the conversion of the schedule's epochs, so training on a subset can follow the full
+    data set's schedule. ``label`` names the progress bar. Returns the training loss
     of every update, ``end_step - start_step`` values on the model's device.
     """
-    iterations_per_epoch = data.iterations_per_epoch(batch_size)
+    iterations_per_epoch = iterations_per_epoch or data.iterations_per_epoch(batch_size)
     end_step = total_iterations(config, iterations_per_epoch) if end_step is None else end_step
     if not 0 <= start_step <= end_step:
         raise ValueError(f"need 0 <= start_step ({start_step}) <= end_step ({end_step})")
@@ -174,7 +179,10 @@ def train(
         x, y = data.train.x[positions], data.train.y[positions]
         if data.augment:
             x = flip_crop(x, data.fill, generator(seeds.augment, "augment", step))
-        loss = F.cross_entropy(model(x), y)
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        if on_batch is not None:
+            on_batch(step, positions, logits.detach(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -42,6 +42,7 @@ import torch
 from imp import store
 from imp.config import Config, TrainConfig, canonical_json, run_id
 from imp.data import Dataset, load_dataset
+from imp.diet import diet_pretrain
 from imp.duration import Duration
 from imp.errors import UserError
 from imp.level import (Start, build_initial_model, copy_state, mask_from_arrays,
@@ -67,8 +68,10 @@ class LevelDone:
 
 
 LevelHook = Callable[[LevelDone], None]
-# A pre-training phase: returns the start of level 0 for (config, data, replicate).
-Pretrain = Callable[[Config, Dataset, int], Start]
+# A pre-training phase: for (config, data, replicate), the start of level 0 (which is also
+# the rewind point) and a tree stored as the replicate's ``pretrain.h5``.
+Pretrain = Callable[[Config, Dataset, int], tuple[Start, dict]]
+PRETRAIN_STAGE = "pretrain"
 
 
 @dataclass(frozen=True)
@@ -81,16 +84,40 @@ class Schedule:
 
 
 def schedule(config: Config, data: Dataset) -> Schedule:
-    """Convert the run's durations, rejecting a rewind point at or after the end of training."""
+    """Convert the run's durations, rejecting a rewind point at or after the end of training.
+
+    With data-diet pre-training the rewind point is the end of the pre-training."""
     iterations_per_epoch = data.iterations_per_epoch(config.data.batch_size)
     iterations = total_iterations(config.train, iterations_per_epoch)
     rewind = config.prune.rewind.iterations_at(iterations_per_epoch)
+    if config.diet.pretrain != Duration():
+        if rewind:
+            raise UserError("prune.rewind and diet.pretrain both set the rewind point; with data-diet "
+                            "pre-training leave prune.rewind at 0it")
+        pretrain = config.diet.pretrain.iterations_at(iterations_per_epoch)
+        if pretrain >= iterations:
+            raise UserError(f"diet.pretrain = {config.diet.pretrain} ({pretrain} iterations) is not before "
+                            f"the end of training (train.epochs = {config.train.epochs} = {iterations} "
+                            "iterations); choose a shorter diet.pretrain")
+        return Schedule(iterations, pretrain, iterations_per_epoch)
     if rewind >= iterations:
         raise UserError(
             f"prune.rewind = {config.prune.rewind} ({rewind} iterations) is not before the end of "
             f"training (train.epochs = {config.train.epochs} = {iterations} iterations at "
             f"{iterations_per_epoch} per epoch); choose a smaller prune.rewind")
     return Schedule(iterations, rewind, iterations_per_epoch)
+
+
+def check(config: Config, data: Dataset) -> None:
+    """Reject what does not fit the data: rewind or pre-training past the end of training,
+    exclusion patterns that match no tensor, a diet subset larger than the training set."""
+    schedule(config, data)
+    prunable_tensors(build_initial_model(config, data, 0), config.prune.exclude,
+                     config.prune.layer_fractions)
+    diet = config.diet
+    if diet.size + diet.offset > len(data.train):
+        raise UserError(f"diet.size ({diet.size}) + diet.offset ({diet.offset}) is larger than the "
+                        f"training set ({len(data.train)} examples); choose a smaller diet.size")
 
 
 def finetune_config(config: Config, plan: Schedule) -> TrainConfig:
@@ -103,6 +130,8 @@ def finetune_config(config: Config, plan: Schedule) -> TrainConfig:
 def stages_planned(config: Config) -> list[str]:
     """Every stage one replicate of ``config`` needs, in the order they are made."""
     names = [REWIND_STAGE, level_stage(0)]
+    if config.diet.pretrain != Duration():
+        names.insert(0, PRETRAIN_STAGE)
     for level in range(1, config.prune.levels + 1):
         names += [level_stage(level)] + [level_stage(level, b) for b in config.prune.baselines]
     return names
@@ -177,9 +206,10 @@ class Replicate:
         model = build_initial_model(self.config, self.data, self.seeds.init)
         start = Start(copy_state(model), 0)
         if self.pretrain is not None:
-            start = self.pretrain(self.config, self.data, self.replicate)
+            start, tree = self.pretrain(self.config, self.data, self.replicate)
+            self._write(PRETRAIN_STAGE, tree)
         if self.plan.rewind_step < start.step:
-            raise UserError(f"prune.rewind ({self.plan.rewind_step} iterations) is before the "
+            raise UserError(f"the rewind point (step {self.plan.rewind_step}) is before the "
                             f"pre-trained start point (step {start.step})")
         names = prunable_tensors(model, self.config.prune.exclude, self.config.prune.layer_fractions)
         self._train(level_stage(0), start, full_mask(start.state, names),
@@ -246,15 +276,15 @@ def run_imp(config: Config, out: str | Path, data_root: Path, device: torch.devi
     patterns) before anything is written.
     """
     hooks = list(hooks)
+    if pretrain is None and config.diet.pretrain != Duration():
+        pretrain = diet_pretrain(out, progress)
     run = store.RunDir(out, run_id(config))
     with store.RunLock(run, wait=wait):
         run.remove_partial_files()
         pending = [r for r in range(replicates) if not is_complete(run, config, r)]
         data = load_dataset(config.data, data_root, device) if pending or hooks else None
         if data is not None:
-            schedule(config, data)
-            prunable_tensors(build_initial_model(config, data, 0), config.prune.exclude,
-                             config.prune.layer_fractions)
+            check(config, data)
         store.create_run(run, canonical_json(config), device, extra=_plan(run, config, replicates, data_root))
         for replicate in range(replicates) if data is not None else ():
             Replicate(config, data, run, replicate, pretrain=pretrain, progress=progress,

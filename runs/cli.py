@@ -11,6 +11,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 from imp.errors import UserError
 
 DEFAULT_OUT = "results"
@@ -55,6 +57,22 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("--json", action="store_true",
                       help="print one JSON object; its `levels` list has one row per replicate, level and baseline")
     show.set_defaults(command=_show)
+
+    scores = commands.add_parser("scores", help="score every training example (EL2N, GraNd, forgetting)")
+    _config_arguments(scores)
+    scores.add_argument("--score", required=True, choices=["el2n", "grand", "forgetting"])
+    scores.add_argument("--step", help="t, a duration: score after this much training, 0 = at init "
+                        "(default: diet.score_step)")
+    scores.add_argument("--runs", type=int, help="R independent runs to average (default: diet.score_runs)")
+    scores.add_argument("--out", default=DEFAULT_OUT, help=f"results folder (default: {DEFAULT_OUT})")
+    scores.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    scores.add_argument("--threads", type=int, default=1, help="CPU intra-op threads (default: 1)")
+    scores.add_argument("--quiet", action="store_true", help="no progress bar")
+    scores.set_defaults(command=_scores)
+
+    correlate = commands.add_parser("correlate", help="Spearman correlations between stored scores")
+    correlate.add_argument("files", nargs="+", help="scores files written by `lth scores`")
+    correlate.set_defaults(command=_correlate)
 
     layers = commands.add_parser("layers", help="list the model's prunable tensors and how each is pruned")
     _config_arguments(layers)
@@ -126,7 +144,54 @@ def _show(args) -> int:
     config = info["config"]
     print(f"run {run.run_id} in {run.path}")
     print(f"config {json.dumps(config)}")
+    if info["diet"] is not None:
+        print("diet " + ", ".join(f"{key} {value}" for key, value in info["diet"].items()))
     print(level_table(rows))
+    return 0
+
+
+def _scores(args) -> int:
+    from imp.data import load_dataset, resolve_root
+    from imp.duration import Duration
+    from imp.runtime import choose_device, set_threads
+    from imp.scores import ScoreSpec, load_or_compute, roc_auc, spearman
+
+    config = _load(args)
+    step = config.diet.score_step
+    if args.step is not None:  # a bare number counts epochs, as in TOML
+        step = Duration.parse(int(args.step) if args.step.isdigit() else args.step)
+    spec = ScoreSpec(args.score, step, config.diet.score_runs if args.runs is None else args.runs)
+    set_threads(args.threads)
+    device = choose_device(args.device)
+    data = load_dataset(config.data, resolve_root(config.data.root, os.environ), device)
+    print(f"{spec.score} after {spec.step} ({config.model.name} on {config.data.dataset}), "
+          f"mean of {spec.runs} run(s), {len(data.train)} examples, {device}", file=sys.stderr)
+    tree, path = load_or_compute(config, data, spec, args.out, progress=not args.quiet and sys.stderr.isatty())
+    mean = tree["mean"]
+    finite = mean[np.isfinite(mean)]
+    print(f"{spec.score}: mean {finite.mean():.4g}, quartiles "
+          + ", ".join(f"{q:.4g}" for q in np.quantile(finite, [0.25, 0.5, 0.75]))
+          + (f", {int((~np.isfinite(mean)).sum())} never learned (+inf)" if len(finite) < len(mean) else ""))
+    print(f"Spearman with the input norm: {spearman(mean, tree['input_norm']):.3f}")
+    if tree["noisy"].any():
+        print(f"ROC-AUC for finding the {int(tree['noisy'].sum())} permuted labels: "
+              f"{roc_auc(mean, tree['noisy']):.3f}")
+    print(f"scores in {path}")
+    return 0
+
+
+def _correlate(args) -> int:
+    from imp.scores import read_scores, spearman
+    from runs.tables import format_table
+
+    trees = [read_scores(path) for path in args.files]
+    if any(not np.array_equal(t["index"], trees[0]["index"]) for t in trees):
+        raise UserError("these scores are over different training sets; compare scores of one [data] section")
+    names = [f"{t['score']}@{t['step']}" for t in trees] + ["input_norm"]
+    columns = [t["mean"] for t in trees] + [trees[0]["input_norm"]]
+    rows = [[name] + [f"{spearman(a, b):.3f}" for b in columns] for name, a in zip(names, columns)]
+    print("Spearman rank correlation")
+    print(format_table(["", *names], rows))
     return 0
 
 

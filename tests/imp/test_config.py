@@ -97,8 +97,8 @@ def test_bad_input_names_the_key(override, message):
 
 
 def test_empty_sections_list_no_keys():
-    with pytest.raises(UserError, match=r"unknown key 'diet.score'; valid keys in diet: \(none yet\)"):
-        load_config(None, ["diet.score=1"])
+    with pytest.raises(UserError, match=r"unknown key 'landscape.points'; valid keys in landscape: \(none yet\)"):
+        load_config(None, ["landscape.points=1"])
 
 
 def test_prune_section():

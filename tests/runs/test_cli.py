@@ -109,3 +109,35 @@ def test_layers_lists_the_prunable_tensors_and_their_rule(capsys):
     assert lines[2] == ["3.weight", "100x300", "30000", "0.1", "of", "remaining,", "on", "its", "own"]
     assert lines[3] == ["5.weight", "10x100", "1000", "excluded"]
     assert lines[4][:2] == ["49200", "prunable"]
+
+
+def test_scores_correlate_and_a_diet_run(tmp_path, capsys):
+    common = ["--set", "model.widths=[16]", "--set", "data.label_noise=0.1", "--out", str(tmp_path), "--quiet"]
+    assert main(["scores", "--score", "el2n", "--step", "3ep", *common]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("el2n: mean ") and out[1].startswith("Spearman with the input norm: ")
+    assert out[2].startswith("ROC-AUC for finding the 144 permuted labels: ")
+    el2n_file = out[-1].removeprefix("scores in ")
+    assert main(["scores", "--score", "grand", "--step", "0", "--runs", "2", *common]) == 0
+    grand_file = capsys.readouterr().out.splitlines()[-1].removeprefix("scores in ")
+
+    assert main(["correlate", el2n_file, grand_file]) == 0
+    table = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert table[1] == ["el2n@3ep", "grand@0it", "input_norm"]
+    assert table[2][0] == "el2n@3ep" and table[2][1] == "1.000" and table[4][3] == "1.000"
+
+    assert main(["run", *common, "--set", "train.epochs='40it'", "--set", "diet.pretrain='10it'",
+                 "--set", "diet.subset=hard", "--set", "diet.size=500", "--set", f"diet.scores_file='{el2n_file}'",
+                 "--set", "diet.score_step='3ep'"]) == 0
+    run_id = capsys.readouterr().out.split("run id ")[1].split(";")[0]
+    assert main(["show", run_id, "--out", str(tmp_path), "--json"]) == 0
+    diet = json.loads(capsys.readouterr().out)["diet"]
+    assert {k: diet[k] for k in ("score", "subset", "size", "pretrain")} == {
+        "score": "el2n", "subset": "hard", "size": 500, "pretrain": "10it"}
+
+
+def test_show_json_has_a_null_diet_without_one(tmp_path, capsys):
+    assert main(["run", "--out", str(tmp_path), *TINY]) == 0
+    run_id = capsys.readouterr().out.split("run id ")[1].split(";")[0]
+    assert main(["show", run_id, "--out", str(tmp_path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["diet"] is None

@@ -1,0 +1,202 @@
+"""Example scores: EL2N, GraNd (Paul et al. 2021) and forgetting events (Toneva et al. 2019).
+
+For every training example (x_i, y_i), each of R independent runs r gives a score and the
+stored score is the mean over runs:
+
+* ``el2n``: ``|| softmax(f(x_i; w_t)) - onehot(y_i) ||_2`` at step t, eval mode, no
+  augmentation.
+* ``grand``: ``|| grad_w CE(f(x_i; w_t), y_i) ||_2`` over all trainable parameters at
+  step t (t = 0: the initialisation), eval-mode BatchNorm, no augmentation
+  (:func:`imp.pergrad.grad_norms`).
+* ``forgetting``: over the first t steps of training, the number of times an example
+  goes from correctly to incorrectly classified between its successive presentations in
+  training minibatches (training-mode logits, augmentation as configured); an example
+  never classified correctly scores +inf.
+
+Run r trains the run's model and data with its own seeds, derived from ``train.seed``,
+``"scores"`` and r, so score runs are independent of the IMP replicates. Labels are the
+training labels as used (permuted ones included, with ``data.label_noise``).
+"""
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from imp import store
+from imp.config import Config, ScoreName, to_dict
+from imp.data import Dataset, Split
+from imp.duration import Duration
+from imp.errors import UserError
+from imp.level import build_initial_model
+from imp.pergrad import grad_norms
+from imp.seeds import derive_seed
+from imp.train import Seeds, train
+
+SCORES = ("el2n", "grand", "forgetting")
+SCORES_DIR = "scores"
+
+
+@dataclass(frozen=True)
+class ScoreSpec:
+    """Which score, after how much training (t), averaged over how many runs (R)."""
+
+    score: ScoreName
+    step: Duration
+    runs: int = 1
+
+    def __post_init__(self):
+        if self.score not in SCORES:
+            raise UserError(f"unknown score {self.score!r}; choose one of {', '.join(SCORES)}")
+        if self.runs < 1:
+            raise UserError(f"score runs must be at least 1, got {self.runs}")
+
+
+def score_id(config: Config, spec: ScoreSpec) -> str:
+    """12 hex digits of sha256 over what the scores depend on: data, model, training, spec."""
+    identity = {key: value for key, value in to_dict(config).items() if key in ("data", "model", "train")}
+    identity["scores"] = {"score": spec.score, "step": str(spec.step), "runs": spec.runs}
+    text = json.dumps(identity, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def scores_path(out: str | Path, config: Config, spec: ScoreSpec) -> Path:
+    return Path(out) / SCORES_DIR / f"{spec.score}_{score_id(config, spec)}.h5"
+
+
+@torch.no_grad()
+def el2n(model: torch.nn.Module, split: Split, batch_size: int = 2048) -> torch.Tensor:
+    """Per-example ``|| softmax(f(x)) - onehot(y) ||_2`` in eval mode (float64, CPU)."""
+    was_training = model.training
+    model.eval()
+    out = []
+    for start in range(0, len(split), batch_size):
+        x, y = split.x[start:start + batch_size], split.y[start:start + batch_size]
+        logits = model(x).double()
+        error = F.softmax(logits, dim=1) - F.one_hot(y, logits.shape[1]).double()
+        out.append(error.norm(dim=1).cpu())
+    model.train(was_training)
+    return torch.cat(out)
+
+
+class Forgetting:
+    """Counts forgetting events per example from the training minibatches (``on_batch``)."""
+
+    def __init__(self, count: int, device: torch.device | str = "cpu"):
+        self.previous = torch.zeros(count, dtype=torch.bool, device=device)
+        self.learned = torch.zeros(count, dtype=torch.bool, device=device)
+        self.events = torch.zeros(count, dtype=torch.int64, device=device)
+
+    def __call__(self, step: int, positions: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        correct = logits.argmax(1) == labels
+        self.events[positions] += (self.previous[positions] & ~correct).long()
+        self.previous[positions] = correct
+        self.learned[positions] |= correct
+
+    def scores(self) -> torch.Tensor:
+        out = self.events.double().cpu()
+        out[~self.learned.cpu()] = float("inf")
+        return out
+
+
+def compute_scores(config: Config, data: Dataset, spec: ScoreSpec, progress: bool = False) -> dict:
+    """Scores of every training example for each of ``spec.runs`` runs, and their mean.
+
+    Returns the tree stored in a scores file (see docs/storage.md).
+    """
+    batch_size = config.data.batch_size
+    step = spec.step.iterations_at(data.iterations_per_epoch(batch_size))
+    per_run = []
+    for run in tqdm(range(spec.runs), disable=not progress, desc=f"{spec.score} runs", leave=False):
+        train_config = dataclasses.replace(config.train, seed=derive_seed(config.train.seed, "scores", run),
+                                           init_seed=None, order_seed=None, augment_seed=None)
+        seeds = Seeds.from_config(train_config)
+        model = build_initial_model(config, data, seeds.init)
+        tracker = Forgetting(len(data.train), data.train.x.device)
+        if step > 0:
+            train(model, data, config.train, batch_size, seeds, end_step=step,
+                  on_batch=tracker if spec.score == "forgetting" else None, progress=progress,
+                  label=f"score run {run}")
+        if spec.score == "el2n":
+            values = el2n(model, data.train)
+        elif spec.score == "grand":
+            values = grad_norms(model, data.train.x, data.train.y)
+        else:
+            values = tracker.scores()
+        per_run.append(values.numpy())
+    per_run = np.stack(per_run)
+    return {
+        "score": spec.score, "step": str(spec.step), "iterations": step, "runs": spec.runs,
+        "per_run": per_run,
+        "mean": per_run.mean(axis=0),
+        "index": data.train.index.cpu().numpy(),  # positions in the original training set
+        "labels": data.train.y.cpu().numpy(),
+        "noisy": data.noisy.cpu().numpy(),
+        "input_norm": data.train.x.flatten(1).norm(dim=1).double().cpu().numpy(),
+    }
+
+
+def load_or_compute(config: Config, data: Dataset, spec: ScoreSpec, out: str | Path,
+                    progress: bool = False) -> tuple[dict, Path]:
+    """The scores of ``spec`` from their cache file under ``out``, computed and written if absent."""
+    path = scores_path(out, config, spec)
+    if path.is_file():
+        return read_scores(path, data), path
+    tree = compute_scores(config, data, spec, progress)
+    store.write_h5(path, tree, store.provenance(json.dumps(to_dict(config), sort_keys=True), data.train.x.device))
+    return tree, path
+
+
+def read_scores(path: str | Path, data: Dataset | None = None) -> dict:
+    """A scores file; with ``data``, checked to be over the same training examples."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"scores file {str(path)!r} not found; `lth scores` writes one")
+    tree = store.read_h5(path)
+    if "mean" not in tree or "index" not in tree:
+        raise UserError(f"{path} is not a scores file written by `lth scores`")
+    if data is not None and not np.array_equal(tree["index"], data.train.index.cpu().numpy()):
+        raise UserError(f"{path} scores a different training set (other data set, validation split "
+                        "or size) than this run; compute scores with this run's [data] section")
+    return tree
+
+
+def ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks 1..n with ties given their average rank (+inf ranks last)."""
+    values = np.asarray(values, dtype=np.float64)
+    order = np.argsort(values, kind="stable")
+    sorted_values = values[order]
+    out = np.empty(len(values))
+    start = 0
+    while start < len(values):
+        end = start + 1
+        while end < len(values) and sorted_values[end] == sorted_values[start]:
+            end += 1
+        out[order[start:end]] = (start + end + 1) / 2
+        start = end
+    return out
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's rank correlation (Pearson correlation of the average ranks)."""
+    ra, rb = ranks(a), ranks(b)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denominator = np.sqrt((ra * ra).sum() * (rb * rb).sum())
+    return float((ra * rb).sum() / denominator) if denominator > 0 else float("nan")
+
+
+def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Area under the ROC curve of ``scores`` for finding the ``positive`` examples: the
+    probability that a random positive outscores a random negative (ties count half)."""
+    positive = np.asarray(positive, dtype=bool)
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    rank_sum = ranks(scores)[positive].sum()
+    return float((rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))

@@ -1,0 +1,63 @@
+"""Subsets of the training set chosen by example scores (Paul et al. 2021, 2022).
+
+Positions index the training split as held by :class:`imp.data.Dataset` (``train``).
+``easy`` keeps the window ``[offset, offset + size)`` of the positions sorted by
+increasing score, ``hard`` the same window of the positions sorted by decreasing score,
+``random`` a seeded uniform sample, ``all`` everything. Sorting is stable: equal scores
+keep position order, so a selection is deterministic. With ``class_balanced`` the size
+and the offset are split over the classes in proportion to their frequency (largest
+remainders, so the parts add up exactly) and each class is selected on its own.
+"""
+
+import numpy as np
+
+from imp.errors import UserError
+
+MODES = ("all", "easy", "hard", "random")
+
+
+def select(scores: np.ndarray | None, labels: np.ndarray, mode: str, size: int = 0, *,
+           offset: int = 0, class_balanced: bool = False, seed: int = 0) -> np.ndarray:
+    """Sorted positions of the chosen examples. ``scores`` may be None for ``all``/``random``."""
+    labels = np.asarray(labels)
+    count = len(labels)
+    if mode == "all":
+        return np.arange(count)
+    if mode not in MODES:
+        raise ValueError(f"unknown subset {mode!r}; choose from {MODES}")
+    if size + offset > count:
+        raise UserError(f"diet.size ({size}) + diet.offset ({offset}) is larger than the training set "
+                        f"({count} examples); choose a smaller diet.size")
+    if mode in ("easy", "hard"):
+        if scores is None or len(scores) != count:
+            raise ValueError("easy and hard subsets need one score per example")
+        scores = np.asarray(scores, dtype=np.float64)
+    if not class_balanced:
+        return np.sort(_pick(np.arange(count), scores, mode, size, offset, seed))
+    classes, counts = np.unique(labels, return_counts=True)
+    sizes, offsets = _split(size, counts), _split(offset, counts)
+    for c, n, want in zip(classes, counts, sizes + offsets):
+        if want > n:
+            raise UserError(f"class {c} has {n} examples, fewer than its share of diet.size + "
+                            f"diet.offset ({want}); choose a smaller diet.size or offset")
+    parts = [_pick(np.flatnonzero(labels == c), scores, mode, sizes[i], offsets[i], seed + int(c))
+             for i, c in enumerate(classes)]
+    return np.sort(np.concatenate(parts))
+
+
+def _pick(positions: np.ndarray, scores: np.ndarray | None, mode: str, size: int, offset: int,
+          seed: int) -> np.ndarray:
+    if mode == "random":
+        return np.random.default_rng(seed).permutation(positions)[:size]
+    key = scores[positions] if mode == "easy" else -scores[positions]
+    order = np.argsort(key, kind="stable")
+    return positions[order[offset:offset + size]]
+
+
+def _split(total: int, counts: np.ndarray) -> np.ndarray:
+    """``total`` split in proportion to ``counts`` by largest remainders (sums exactly)."""
+    exact = total * counts / counts.sum()
+    parts = np.floor(exact).astype(int)
+    short = total - parts.sum()
+    parts[np.argsort(-(exact - parts), kind="stable")[:short]] += 1
+    return parts
