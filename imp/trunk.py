@@ -208,6 +208,9 @@ class Replicate:
         if self.pretrain is not None:
             start, tree = self.pretrain(self.config, self.data, self.replicate)
             self._write(PRETRAIN_STAGE, tree)
+            if self.report is not None:
+                self.report(f"replicate {self.replicate} pre-training: {start.step} iterations on "
+                            f"{len(tree.get('positions', ()))} examples ({tree.get('subset', 'custom')})")
         if self.plan.rewind_step < start.step:
             raise UserError(f"the rewind point (step {self.plan.rewind_step}) is before the "
                             f"pre-trained start point (step {start.step})")

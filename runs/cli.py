@@ -114,6 +114,12 @@ def _run(args) -> int:
     print(f"run {run_id(config)}: {config.model.name} on {config.data.dataset}, {config.train.epochs} "
           f"per level, levels 0-{prune.levels} ({prune.retrain}, {prune.fraction:g} per level), "
           f"{args.replicates} replicate(s), {device}", file=sys.stderr)
+    if config.diet.pretrain.epochs or config.diet.pretrain.iterations:
+        diet = config.diet
+        print(f"data diet: pre-train for {diet.pretrain} on "
+              + ("all examples" if diet.subset == "all" else f"{diet.size} {diet.subset} examples")
+              + (f" by {diet.score} after {diet.score_step} ({diet.score_runs} run(s))"
+                 if diet.subset in ("easy", "hard") else ""), file=sys.stderr)
     report = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     run = run_imp(config, args.out, root, device, replicates=args.replicates,
                   progress=not args.quiet and sys.stderr.isatty(), wait=args.wait,
