@@ -9,7 +9,7 @@ REPO = Path(__file__).resolve().parents[1]
 LAYERS = ["imp", "landscape", "analysis", "runs"]
 FORBIDDEN = {layer: set(LAYERS[i + 1:]) for i, layer in enumerate(LAYERS)}
 # analysis reads results through the store and never imports training code.
-FORBIDDEN["analysis"] |= {"imp.train", "imp.dense", "imp.data", "imp.models"}
+FORBIDDEN["analysis"] |= {"imp.train", "imp.trunk", "imp.level", "imp.diet", "imp.pergrad", "imp.data", "imp.models"}
 
 
 def imported_modules(path: Path) -> set[str]:
