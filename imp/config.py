@@ -177,9 +177,39 @@ class DietConfig:
                "only applies to diet.subset = 'easy' or 'hard'")
 
 
+Direction = Literal["gaussian", "pruned"]
+
+
 @dataclass(frozen=True)
 class LandscapeConfig:
-    """Barriers, perturbations and Hessians (filled in by the landscape work)."""
+    """What :mod:`landscape` measures after each IMP level (see landscape/ for definitions).
+
+    These are analyses of the run, stored with it; none of them is part of the run id.
+    The evaluation settings (``points``, ``examples``, ``bn``, ``bn_examples``) are fixed
+    for a run the first time something is measured, so its results stay comparable.
+    """
+
+    successive: bool = _extent(False)  # error barrier between levels L and L+1
+    siblings: int = _extent(0)  # copies per level (the trunk's + siblings 1..N-1); 0 = none
+    sibling_levels: tuple[int, ...] = _extent(())  # () = every level
+    per_example: bool = _extent(False)  # per-example midpoint barriers B_i between siblings
+    tau: float = _extent(0.0)  # report the fraction of examples with B_i <= tau
+    perturb_sizes: tuple[float, ...] = _extent(())  # multiples of ||m_L w_k - m_{L+1} w_k||
+    perturb_directions: tuple[Direction, ...] = _extent(("gaussian",))
+    perturb_levels: tuple[int, ...] = _extent(())  # () = every level that has a next mask
+    points: int = _extent(25)  # interpolation points, both ends included
+    examples: int = _extent(10000)  # fixed train and test examples per curve (0 = all)
+    bn: Literal["reestimate", "interpolate"] = _extent("reestimate")
+    bn_examples: int = _extent(2048)  # training examples for re-estimating BatchNorm statistics
+
+    def __post_init__(self):
+        _check(self.siblings == 0 or self.siblings >= 2, "landscape.siblings", "must be 0 or at least 2")
+        _check(self.points >= 2, "landscape.points", "must be at least 2")
+        _check(self.examples >= 0, "landscape.examples", "must be >= 0")
+        _check(self.bn_examples > 0, "landscape.bn_examples", "must be positive")
+        _check(all(level >= 0 for level in self.sibling_levels + self.perturb_levels),
+               "landscape levels", "must be >= 0")
+        _check(len(self.perturb_directions) > 0, "landscape.perturb_directions", "must not be empty")
 
 
 @dataclass(frozen=True)
@@ -212,6 +242,12 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
             raw = tomllib.loads(path.read_text())
         except tomllib.TOMLDecodeError as error:
             raise UserError(f"{path}: not valid TOML ({error})") from None
+    return with_overrides(raw, overrides)
+
+
+def with_overrides(raw: dict[str, Any], overrides: typing.Sequence[str] = ()) -> Config:
+    """A config from nested plain data (e.g. a stored canonical config) and overrides."""
+    raw = {key: dict(value) if isinstance(value, dict) else value for key, value in raw.items()}
     for override in overrides:
         key, value = _parse_override(override)
         section, _, name = key.partition(".")

@@ -27,6 +27,26 @@ def level_stage(level: int, baseline: str | None = None) -> str:
     return f"level_{level}" if baseline is None else f"level_{level}_{baseline}"
 
 
+def barrier_stage(level: int) -> str:
+    """The error barrier between trunk levels ``level`` and ``level + 1``."""
+    return f"barrier_{level}"
+
+
+def sibling_stage(level: int, copy: int) -> str:
+    """Copy ``copy`` of level ``level`` trained from its start with other data-order seeds."""
+    return f"sibling_{level}_{copy}"
+
+
+def instability_stage(level: int) -> str:
+    """The barriers between the sibling copies of level ``level``."""
+    return f"instability_{level}"
+
+
+def perturb_stage(level: int, direction: str, size: float) -> str:
+    """Level ``level`` trained from a perturbed start, and its barrier to the unperturbed one."""
+    return f"perturb_{level}_{direction}_{size:g}"
+
+
 def parse_stage(stage: str) -> tuple[int, str | None] | None:
     """``(level, baseline)`` of a level stage name, None for other stages."""
     match = _LEVEL.fullmatch(stage)
@@ -84,15 +104,29 @@ def level_rows(run: store.RunDir) -> list[dict[str, Any]]:
             if parsed is None:
                 continue
             tree = store.read_h5(run.stage_file(replicate, stage), skip=_SUMMARY_SKIP)
-            rows.append({
+            row = {
                 "replicate": replicate, "level": parsed[0], "baseline": parsed[1],
                 "density": tree["density"], "kept": tree["kept"], "prunable": tree["prunable"],
                 **tree["final"],
                 "iterations": tree["iterations"], "start_step": tree["start_step"],
                 "train_seconds": tree["train_seconds"],
-            })
+            }
+            if parsed[1] is None:
+                row.update(_landscape_columns(run, replicate, parsed[0]))
+            rows.append(row)
     order = {None: 0, **{b: i + 1 for i, b in enumerate(BASELINES)}}
     return sorted(rows, key=lambda r: (r["replicate"], r["level"], order[r["baseline"]]))
+
+
+def _landscape_columns(run: store.RunDir, replicate: int, level: int) -> dict[str, float]:
+    """Barrier summaries of a trunk level, where they were measured (interpolated baseline)."""
+    out = {}
+    for key, stage in (("barrier_to_next_test_error", barrier_stage(level)),
+                       ("instability_test_error", instability_stage(level))):
+        if run.has_stage(replicate, stage):
+            tree = store.read_h5(run.stage_file(replicate, stage), skip=("curve", "pairs", "per_example"))
+            out[key] = tree["barrier"]["test_error"]["interpolated"]
+    return out
 
 
 def levels_done(run: store.RunDir, replicate: int) -> int:

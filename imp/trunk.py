@@ -176,9 +176,7 @@ class Replicate:
             if level == 0:
                 self._train_dense()
             else:
-                mask = magnitude_prune(_weights(previous), _mask(previous), self.config.prune.fraction,
-                                       self.config.prune.strategy, self.config.prune.layer_fractions)
-                self._train(stage, self._trunk_start(previous), mask)
+                self._train(stage, self._trunk_start(previous), self.next_mask(level - 1))
         return store.read_h5(self.run.stage_file(self.replicate, stage))
 
     def baseline(self, level: int, baseline: str, trunk: dict, dense: dict) -> None:
@@ -235,6 +233,25 @@ class Replicate:
                         f"test accuracy {final['test_accuracy']:.2%}, "
                         f"{tree['train_seconds']:.0f} s")
         return tree
+
+    def start_of(self, level: int) -> tuple[Start, Mask, TrainConfig]:
+        """How a copy of finished trunk level ``level`` is trained: from the start point the
+        trunk's levels >= 1 use (in ``rewind`` mode the masked rewind point at step k; for
+        level 0 the rewind point itself), under its mask, with its schedule."""
+        tree = store.read_h5(self.run.stage_file(self.replicate, level_stage(level)),
+                             skip=("weights", "steps", "eval"))
+        if level == 0:
+            rewind = store.read_h5(self.run.stage_file(self.replicate, REWIND_STAGE))
+            start = Start(state_from_arrays(rewind["weights"]), int(rewind["step"]))
+            return start, _mask(tree), self.config.train
+        previous = store.read_h5(self.run.stage_file(self.replicate, level_stage(level - 1)))
+        return self._trunk_start(previous), _mask(tree), self.train_config
+
+    def next_mask(self, level: int) -> Mask:
+        """The mask level ``level + 1`` has or will have: level ``level``'s final weights pruned."""
+        tree = store.read_h5(self.run.stage_file(self.replicate, level_stage(level)))
+        return magnitude_prune(_weights(tree), _mask(tree), self.config.prune.fraction,
+                               self.config.prune.strategy, self.config.prune.layer_fractions)
 
     def _write(self, stage: str, tree: dict) -> None:
         store.write_h5(self.run.stage_file(self.replicate, stage), tree,

@@ -74,6 +74,21 @@ def _parser() -> argparse.ArgumentParser:
     correlate.add_argument("files", nargs="+", help="scores files written by `lth scores`")
     correlate.set_defaults(command=_correlate)
 
+    barrier = commands.add_parser("barrier", help="error barriers of a run's levels (successive, siblings)")
+    barrier.add_argument("run", help="a run folder, or a run id under --out")
+    barrier.add_argument("--siblings", type=int, default=0, help="copies per level for instability (>= 2)")
+    barrier.add_argument("--per-example", action="store_true", help="per-example midpoint barriers of siblings")
+    _measure_arguments(barrier)
+    barrier.set_defaults(command=_barrier)
+
+    perturb = commands.add_parser("perturb", help="train perturbed copies of a run's levels and measure barriers")
+    perturb.add_argument("run", help="a run folder, or a run id under --out")
+    perturb.add_argument("--sizes", required=True, type=float, nargs="+",
+                         help="multiples of ||m_L w_k - m_(L+1) w_k||")
+    perturb.add_argument("--directions", nargs="+", default=["gaussian"], choices=["gaussian", "pruned"])
+    _measure_arguments(perturb)
+    perturb.set_defaults(command=_perturb)
+
     layers = commands.add_parser("layers", help="list the model's prunable tensors and how each is pruned")
     _config_arguments(layers)
     layers.set_defaults(command=_layers)
@@ -82,6 +97,16 @@ def _parser() -> argparse.ArgumentParser:
     ls.add_argument("dir", nargs="?", default=DEFAULT_OUT, help=f"results folder (default: {DEFAULT_OUT})")
     ls.set_defaults(command=_ls)
     return parser
+
+
+def _measure_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--levels", type=int, nargs="+", help="only these levels (default: all finished)")
+    parser.add_argument("--out", default=DEFAULT_OUT, help=f"results folder (default: {DEFAULT_OUT})")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="landscape.KEY=VALUE",
+                        help="landscape settings, e.g. landscape.points=11 (repeatable)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    parser.add_argument("--threads", type=int, default=1, help="CPU intra-op threads (default: 1)")
+    parser.add_argument("--wait", action="store_true", help="wait if another process holds the run")
 
 
 def _config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -102,6 +127,7 @@ def _run(args) -> int:
     from imp.results import level_rows
     from imp.runtime import choose_device, set_threads
     from imp.trunk import run_imp
+    from landscape.hooks import level_hooks
     from runs.tables import level_table
 
     config = _load(args)
@@ -123,7 +149,7 @@ def _run(args) -> int:
     report = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     run = run_imp(config, args.out, root, device, replicates=args.replicates,
                   progress=not args.quiet and sys.stderr.isatty(), wait=args.wait,
-                  report=report)
+                  report=report, hooks=level_hooks(config, device))
     print(level_table(level_rows(run)))
     print(f"run id {run.run_id}; results in {run.path}")
     return 0
@@ -198,6 +224,52 @@ def _correlate(args) -> int:
     rows = [[name] + [f"{spearman(a, b):.3f}" for b in columns] for name, a in zip(names, columns)]
     print("Spearman rank correlation")
     print(format_table(["", *names], rows))
+    return 0
+
+
+def _barrier(args) -> int:
+    extra = ["landscape.successive=true"]
+    if args.siblings:
+        extra.append(f"landscape.siblings={args.siblings}")
+    if args.per_example:
+        extra.append("landscape.per_example=true")
+    return _measure(args, extra, "barrier_to_next_test_error", "instability_test_error")
+
+
+def _perturb(args) -> int:
+    extra = [f"landscape.perturb_sizes={list(args.sizes)}",
+             f"landscape.perturb_directions={json.dumps(args.directions)}"]
+    return _measure(args, extra)
+
+
+def _measure(args, extra: list[str], *columns: str) -> int:
+    """Load a run, apply landscape overrides, measure its finished levels under its lock."""
+    from imp import store
+    from imp.config import with_overrides
+    from imp.data import load_dataset, resolve_root
+    from imp.results import find_run, level_rows, run_info
+    from imp.runtime import choose_device, set_threads
+    from landscape.hooks import measure_run
+
+    run = find_run(args.run, args.out)
+    info = run_info(run)
+    for override in args.overrides:
+        if not override.startswith("landscape."):
+            raise UserError(f"--set {override}: only landscape.* settings can change for an existing run")
+    config = with_overrides(info["config"], extra + list(args.overrides))
+    set_threads(args.threads)
+    device = choose_device(args.device)
+    root = resolve_root(str(store.read_run(run).get("data_root", "")), os.environ)
+    with store.RunLock(run, wait=args.wait):
+        data = load_dataset(config.data, root, device)
+        measure_run(config, data, run, device, args.levels)
+    rows = [r for r in level_rows(run) if r["baseline"] is None]
+    for column in columns:
+        print(f"{column} (interpolated baseline), per replicate and level:")
+        for row in rows:
+            if column in row:
+                print(f"  replicate {row['replicate']} level {row['level']}: {row[column]:.4f}")
+    print(f"results in {run.path}")
     return 0
 
 

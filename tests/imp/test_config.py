@@ -96,9 +96,9 @@ def test_bad_input_names_the_key(override, message):
         load_config(None, [override])
 
 
-def test_empty_sections_list_no_keys():
-    with pytest.raises(UserError, match=r"unknown key 'landscape.points'; valid keys in landscape: \(none yet\)"):
-        load_config(None, ["landscape.points=1"])
+def test_an_unknown_key_far_from_any_lists_the_valid_ones():
+    with pytest.raises(UserError, match=r"unknown key 'landscape.xyzzy'; valid keys in landscape: successive, siblings"):
+        load_config(None, ["landscape.xyzzy=1"])
 
 
 def test_prune_section():
