@@ -47,6 +47,11 @@ def perturb_stage(level: int, direction: str, size: float) -> str:
     return f"perturb_{level}_{direction}_{size:g}"
 
 
+def pair_stage(a: str, b: str) -> str:
+    """The barrier between any two stored networks (named by their stage names)."""
+    return f"pair_{a}__{b}"
+
+
 def parse_stage(stage: str) -> tuple[int, str | None] | None:
     """``(level, baseline)`` of a level stage name, None for other stages."""
     match = _LEVEL.fullmatch(stage)

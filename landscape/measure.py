@@ -24,6 +24,7 @@ Callers hold the run's lock.
 
 import json
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -34,7 +35,7 @@ from imp.data import Dataset, Split, fixed_subset
 from imp.errors import UserError
 from imp.level import State, build_initial_model, state_from_arrays, train_level
 from imp.pruning import Mask
-from imp.results import (barrier_stage, instability_stage, level_stage, perturb_stage,
+from imp.results import (barrier_stage, instability_stage, level_stage, pair_stage, perturb_stage,
                          sibling_stage)
 from imp.seeds import derive_seed, generator
 from imp.train import Seeds
@@ -173,6 +174,27 @@ class Measurements:
         tree.update({"direction": direction, "size": size, "natural_scale": scale,
                      "perturbation_norm": abs(size) * scale})
         self._write(stage, tree)
+
+    def pair(self, a: str, b: str) -> tuple[str, dict]:
+        """The barrier between two stored networks: stage names of this replicate or paths of
+        stage files (same architecture), stored as ``pair_<a>__<b>.h5`` in this replicate."""
+        states = []
+        for name in (a, b):
+            path = Path(name) if name.endswith(".h5") else self.run.stage_file(self.replicate, name)
+            if not path.is_file():
+                raise UserError(f"{name}: no such stage file; give a stage of the run (e.g. level_3) or a .h5 path")
+            tree = store.read_h5(path)
+            if "weights" not in tree:
+                raise UserError(f"{path} holds no network weights")
+            states.append(state_from_arrays(tree["weights"]))
+        stage = pair_stage(Path(a).stem, Path(b).stem)
+        if not self._has(stage):
+            try:
+                tree = compare(self.config, self.data, self.probe, *states)
+            except RuntimeError as error:  # load_state_dict on another architecture
+                raise UserError(f"{a} and {b} do not fit this run's model: {str(error).splitlines()[0]}") from None
+            self._write(stage, {"networks": f"{a} {b}", **tree})
+        return stage, store.read_h5(self.run.stage_file(self.replicate, stage))
 
 
 def _sibling_seeds(seeds: Seeds, copy: int) -> Seeds:

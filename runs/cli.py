@@ -78,6 +78,10 @@ def _parser() -> argparse.ArgumentParser:
     barrier.add_argument("run", help="a run folder, or a run id under --out")
     barrier.add_argument("--siblings", type=int, default=0, help="copies per level for instability (>= 2)")
     barrier.add_argument("--per-example", action="store_true", help="per-example midpoint barriers of siblings")
+    barrier.add_argument("--between", nargs=2, metavar=("A", "B"),
+                         help="instead: the barrier between two stored networks (stage names such as "
+                              "level_3 and level_3_reinit, or .h5 paths)")
+    barrier.add_argument("--replicate", type=int, default=0, help="the replicate of --between (default: 0)")
     _measure_arguments(barrier)
     barrier.set_defaults(command=_barrier)
 
@@ -228,6 +232,8 @@ def _correlate(args) -> int:
 
 
 def _barrier(args) -> int:
+    if args.between:
+        return _measure(args, [], between=args.between)
     extra = ["landscape.successive=true"]
     if args.siblings:
         extra.append(f"landscape.siblings={args.siblings}")
@@ -242,14 +248,17 @@ def _perturb(args) -> int:
     return _measure(args, extra)
 
 
-def _measure(args, extra: list[str], *columns: str) -> int:
-    """Load a run, apply landscape overrides, measure its finished levels under its lock."""
+def _measure(args, extra: list[str], *columns: str, between: Sequence[str] = ()) -> int:
+    """Load a run, apply landscape overrides, measure its finished levels (or the pair
+    ``between``) under its lock."""
     from imp import store
     from imp.config import with_overrides
     from imp.data import load_dataset, resolve_root
     from imp.results import find_run, level_rows, run_info
     from imp.runtime import choose_device, set_threads
     from landscape.hooks import measure_run
+    from landscape.measure import Measurements, claim_settings
+    from runs.tables import format_table
 
     run = find_run(args.run, args.out)
     info = run_info(run)
@@ -262,6 +271,15 @@ def _measure(args, extra: list[str], *columns: str) -> int:
     root = resolve_root(str(store.read_run(run).get("data_root", "")), os.environ)
     with store.RunLock(run, wait=args.wait):
         data = load_dataset(config.data, root, device)
+        if between:
+            claim_settings(run, config, device)
+            stage, tree = Measurements(config, data, run, args.replicate).pair(*between)
+            rows = [[key, f"{value['interpolated']:.4f}", f"{value['mean']:.4f}"]
+                    for key, value in sorted(tree["barrier"].items())]
+            print(f"barrier between {between[0]} and {between[1]}:")
+            print(format_table(["", "interpolated", "mean"], rows))
+            print(f"results in {run.stage_file(args.replicate, stage)}")
+            return 0
         measure_run(config, data, run, device, args.levels)
     rows = [r for r in level_rows(run) if r["baseline"] is None]
     for column in columns:

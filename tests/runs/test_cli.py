@@ -141,3 +141,32 @@ def test_show_json_has_a_null_diet_without_one(tmp_path, capsys):
     run_id = capsys.readouterr().out.split("run id ")[1].split(";")[0]
     assert main(["show", run_id, "--out", str(tmp_path), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["diet"] is None
+
+
+def test_barrier_and_perturb_on_a_finished_run(tmp_path, capsys):
+    small = ["--set", "landscape.points=3", "--set", "landscape.examples=200"]
+    assert main(["run", "--out", str(tmp_path), *TINY, "--set", "prune.levels=2"]) == 0
+    run_id = capsys.readouterr().out.split("run id ")[1].split(";")[0]
+    assert main(["barrier", run_id, "--out", str(tmp_path), "--siblings", "2", "--levels", "1", *small]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "barrier_to_next_test_error (interpolated baseline), per replicate and level:"
+    assert out[1].startswith("  replicate 0 level 1: ")
+    assert out[2] == "instability_test_error (interpolated baseline), per replicate and level:"
+    assert out[3].startswith("  replicate 0 level 1: ")
+    assert main(["perturb", run_id, "--out", str(tmp_path), "--sizes", "0.5", "--levels", "0", *small]) == 0
+    assert (tmp_path / run_id / "replicate_0" / "perturb_0_gaussian_0.5.h5").is_file()
+    capsys.readouterr()
+    assert main(["show", run_id, "--out", str(tmp_path), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["levels"]
+    assert "barrier_to_next_test_error" in rows[1] and "instability_test_error" in rows[1]
+    assert main(["barrier", run_id, "--out", str(tmp_path), "--between", "level_2", "sibling_1_1", *small]) == 0
+    table = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert table[0] == ["barrier", "between", "level_2", "and", "sibling_1_1:"]
+    assert [row[0] for row in table[2:6]] == ["test_error", "test_loss", "train_error", "train_loss"]
+    assert (tmp_path / run_id / "replicate_0" / "pair_level_2__sibling_1_1.h5").is_file()
+    assert main(["barrier", run_id, "--out", str(tmp_path), "--between", "level_2", "level_9", *small]) == 2
+    assert "level_9: no such stage file" in capsys.readouterr().err
+    assert main(["barrier", run_id, "--out", str(tmp_path), "--set", "landscape.points=5"]) == 2
+    assert "measured its landscape with" in capsys.readouterr().err
+    assert main(["barrier", run_id, "--out", str(tmp_path), "--set", "train.lr=1"]) == 2
+    assert "only landscape.* settings can change" in capsys.readouterr().err
