@@ -5,6 +5,9 @@ from collections.abc import Sequence
 
 from imp.results import BASELINES
 
+# Landscape summaries shown when measured: test-error barriers (interpolated convention).
+LANDSCAPE_COLUMNS = {"barrier_to_next_test_error": "barrier to next", "instability_test_error": "instability"}
+
 
 def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """Right-aligned columns, two spaces apart."""
@@ -25,12 +28,14 @@ def _percent(values: list[float]) -> str:
 
 
 def level_table(rows: list[dict], metric: str = "test_accuracy") -> str:
-    """One line per level: density and ``metric`` of the trunk and of each baseline,
-    averaged over replicates (± standard deviation across them)."""
+    """One line per level: density and ``metric`` of the trunk and of each baseline, and
+    the trunk's test-error barriers where measured (percentage points), averaged over
+    replicates (± standard deviation across them)."""
     if not rows:
         return "(no finished levels yet)"
     baselines = [b for b in BASELINES if any(r["baseline"] == b for r in rows)]
-    header = ["level", "density", "imp", *baselines]
+    extra = [key for key in LANDSCAPE_COLUMNS if any(key in r for r in rows)]
+    header = ["level", "density", "imp", *baselines, *(LANDSCAPE_COLUMNS[key] for key in extra)]
     lines = []
     for level in sorted({r["level"] for r in rows}):
         at = [r for r in rows if r["level"] == level]
@@ -38,6 +43,7 @@ def level_table(rows: list[dict], metric: str = "test_accuracy") -> str:
         density = (trunk or at)[0]["density"]
         cells = [str(level), f"{100 * density:.2f}%", _percent([r[metric] for r in trunk])]
         cells += [_percent([r[metric] for r in at if r["baseline"] == b]) for b in baselines]
+        cells += [_percent([r[key] for r in trunk if key in r]) for key in extra]
         lines.append(cells)
     replicates = len({r["replicate"] for r in rows})
     title = f"{metric.replace('_', ' ')} (mean over {replicates} replicate(s))"
