@@ -178,7 +178,7 @@ class Measurements:
     def pair(self, a: str, b: str) -> tuple[str, dict]:
         """The barrier between two stored networks: stage names of this replicate or paths of
         stage files (same architecture), stored as ``pair_<a>__<b>.h5`` in this replicate."""
-        states = []
+        states, names = [], []
         for name in (a, b):
             path = Path(name) if name.endswith(".h5") else self.run.stage_file(self.replicate, name)
             if not path.is_file():
@@ -187,7 +187,10 @@ class Measurements:
             if "weights" not in tree:
                 raise UserError(f"{path} holds no network weights")
             states.append(state_from_arrays(tree["weights"]))
-        stage = pair_stage(Path(a).stem, Path(b).stem)
+            # a file elsewhere is named by its run, replicate and stage
+            inside = path.resolve().parent == self.run.replicate_dir(self.replicate).resolve()
+            names.append(path.stem if inside else f"{path.parent.parent.name}.{path.parent.name}.{path.stem}")
+        stage = pair_stage(*names)
         if not self._has(stage):
             try:
                 tree = compare(self.config, self.data, self.probe, *states)

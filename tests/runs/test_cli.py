@@ -164,6 +164,12 @@ def test_barrier_and_perturb_on_a_finished_run(tmp_path, capsys):
     assert table[0] == ["barrier", "between", "level_2", "and", "sibling_1_1:"]
     assert [row[0] for row in table[2:6]] == ["test_error", "test_loss", "train_error", "train_loss"]
     assert (tmp_path / run_id / "replicate_0" / "pair_level_2__sibling_1_1.h5").is_file()
+    elsewhere = tmp_path / run_id / "replicate_0" / "level_0.h5"
+    copy = tmp_path / "other" / "abc" / "replicate_1" / "level_0.h5"
+    copy.parent.mkdir(parents=True)
+    copy.write_bytes(elsewhere.read_bytes())
+    assert main(["barrier", run_id, "--out", str(tmp_path), "--between", str(elsewhere), str(copy), *small]) == 0
+    assert "pair_level_0__abc.replicate_1.level_0.h5" in capsys.readouterr().out
     assert main(["barrier", run_id, "--out", str(tmp_path), "--between", "level_2", "level_9", *small]) == 2
     assert "level_9: no such stage file" in capsys.readouterr().err
     assert main(["barrier", run_id, "--out", str(tmp_path), "--set", "landscape.points=5"]) == 2
