@@ -201,6 +201,18 @@ class LandscapeConfig:
     examples: int = _extent(10000)  # fixed train and test examples per curve (0 = all)
     bn: Literal["reestimate", "interpolate"] = _extent("reestimate")
     bn_examples: int = _extent(2048)  # training examples for re-estimating BatchNorm statistics
+    hessian: bool = _extent(False)  # Hessian spectrum and predicted prune limit after each level
+    hessian_levels: tuple[int, ...] = _extent(())  # () = every level
+    hessian_k: int = _extent(5)  # top eigenvalues by Lanczos
+    hessian_tol: float = _extent(1e-3)  # relative Ritz residual at which Lanczos stops
+    hessian_examples: int = _extent(1000)  # fixed training examples of the loss
+    hessian_bn: Literal["eval", "train"] = _extent("eval")  # BatchNorm statistics in the loss
+    slq_runs: int = _extent(10)  # stochastic Lanczos quadrature of the whole spectrum
+    slq_steps: int = _extent(30)
+    trace_samples: int = _extent(20)  # Hutchinson samples for the trace (0 = skip)
+    prune_eps: float = _extent(0.01)  # allowed increase of the training loss for the prediction
+    prune_check: tuple[float, ...] = _extent(())  # fractions pruned in one iteration to measure the limit
+    matching_tolerance: float = _extent(0.005)  # matching = test error within this of the dense network's
 
     def __post_init__(self):
         _check(self.siblings == 0 or self.siblings >= 2, "landscape.siblings", "must be 0 or at least 2")
@@ -210,6 +222,13 @@ class LandscapeConfig:
         _check(all(level >= 0 for level in self.sibling_levels + self.perturb_levels),
                "landscape levels", "must be >= 0")
         _check(len(self.perturb_directions) > 0, "landscape.perturb_directions", "must not be empty")
+        _check(self.hessian_k >= 1, "landscape.hessian_k", "must be at least 1")
+        _check(self.hessian_tol > 0, "landscape.hessian_tol", "must be positive")
+        _check(self.slq_runs >= 1 and self.slq_steps >= 2, "landscape.slq_runs/slq_steps", "must be >= 1 and >= 2")
+        _check(self.prune_eps > 0, "landscape.prune_eps", "must be positive")
+        _check(all(0 < f < 1 for f in self.prune_check), "landscape.prune_check", "fractions must be in (0, 1)")
+        _check(self.matching_tolerance >= 0, "landscape.matching_tolerance", "must be >= 0")
+        _check(all(level >= 0 for level in self.hessian_levels), "landscape.hessian_levels", "must be >= 0")
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,16 @@ def perturb_stage(level: int, direction: str, size: float) -> str:
     return f"perturb_{level}_{direction}_{size:g}"
 
 
+def hessian_stage(level: int) -> str:
+    """The Hessian spectrum and predicted prune limit of trunk level ``level``."""
+    return f"hessian_{level}"
+
+
+def prune_check_stage(level: int, fraction: float) -> str:
+    """Level ``level`` pruned by ``fraction`` in one iteration and retrained."""
+    return f"prune_check_{level}_{fraction:g}"
+
+
 def pair_stage(a: str, b: str) -> str:
     """The barrier between any two stored networks (named by their stage names)."""
     return f"pair_{a}__{b}"
@@ -131,6 +141,16 @@ def _landscape_columns(run: store.RunDir, replicate: int, level: int) -> dict[st
         if run.has_stage(replicate, stage):
             tree = store.read_h5(run.stage_file(replicate, stage), skip=("curve", "pairs", "per_example"))
             out[key] = tree["barrier"]["test_error"]["interpolated"]
+    if run.has_stage(replicate, hessian_stage(level)):
+        tree = store.read_h5(run.stage_file(replicate, hessian_stage(level)), skip=("slq", "projection"))
+        out["hessian_top_eigenvalue"] = float(tree["eigenvalues"][0])
+        out["predicted_max_prune_fraction"] = tree["predicted_fraction"]
+        out["conservative_max_prune_fraction"] = tree["conservative_fraction"]
+    checks = [store.read_h5(run.stage_file(replicate, s), skip=_SUMMARY_SKIP)
+              for s in run.stages(replicate) if s.startswith(f"prune_check_{level}_")]
+    if checks:
+        matching = [c["fraction"] for c in checks if c["matching"]]
+        out["measured_max_prune_fraction"] = max(matching, default=0.0)
     return out
 
 

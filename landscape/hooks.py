@@ -15,11 +15,12 @@ from imp.data import Dataset
 from imp.results import levels_done
 from imp.trunk import LevelDone, LevelHook
 from landscape.measure import Measurements, claim_settings
+from landscape.spectra import measure_hessian, prune_check
 
 
 def wanted(config: Config) -> bool:
     ls = config.landscape
-    return bool(ls.successive or ls.siblings or ls.perturb_sizes)
+    return bool(ls.successive or ls.siblings or ls.perturb_sizes or ls.hessian or ls.prune_check)
 
 
 def measure_level(config: Config, data: Dataset, run: store.RunDir, replicate: int, level: int) -> None:
@@ -39,6 +40,11 @@ def _at(measurements: Measurements, config: Config, level: int) -> None:
         for direction in ls.perturb_directions:
             for size in ls.perturb_sizes:
                 measurements.perturb(level, direction, size)
+    if (ls.hessian or ls.prune_check) and (not ls.hessian_levels or level in ls.hessian_levels):
+        if ls.hessian:
+            measure_hessian(measurements, level)
+        for fraction in ls.prune_check:
+            prune_check(measurements, level, fraction)
 
 
 def level_hooks(config: Config, device: torch.device) -> list[LevelHook]:

@@ -93,6 +93,14 @@ def _parser() -> argparse.ArgumentParser:
     _measure_arguments(perturb)
     perturb.set_defaults(command=_perturb)
 
+    hessian = commands.add_parser("hessian", help="Hessian spectra of a run's levels and predicted prune limits")
+    hessian.add_argument("run", help="a run folder, or a run id under --out")
+    hessian.add_argument("--k", type=int, default=5, help="top eigenvalues (default: 5)")
+    hessian.add_argument("--check", type=float, nargs="*",
+                         help="also prune these fractions in one iteration and retrain, e.g. 0.2 0.4 0.6 0.8")
+    _measure_arguments(hessian)
+    hessian.set_defaults(command=_hessian)
+
     layers = commands.add_parser("layers", help="list the model's prunable tensors and how each is pruned")
     _config_arguments(layers)
     layers.set_defaults(command=_layers)
@@ -248,6 +256,14 @@ def _perturb(args) -> int:
     return _measure(args, extra)
 
 
+def _hessian(args) -> int:
+    extra = ["landscape.hessian=true", f"landscape.hessian_k={args.k}"]
+    if args.check:
+        extra.append(f"landscape.prune_check={list(args.check)}")
+    return _measure(args, extra, "hessian_top_eigenvalue", "predicted_max_prune_fraction",
+                    "conservative_max_prune_fraction", "measured_max_prune_fraction")
+
+
 def _measure(args, extra: list[str], *columns: str, between: Sequence[str] = ()) -> int:
     """Load a run, apply landscape overrides, measure its finished levels (or the pair
     ``between``) under its lock."""
@@ -283,7 +299,8 @@ def _measure(args, extra: list[str], *columns: str, between: Sequence[str] = ())
         measure_run(config, data, run, device, args.levels)
     rows = [r for r in level_rows(run) if r["baseline"] is None]
     for column in columns:
-        print(f"{column} (interpolated baseline), per replicate and level:")
+        print(f"{column}" + (" (interpolated baseline)" if "barrier" in column or "instab" in column else "")
+              + ", per replicate and level:")
         for row in rows:
             if column in row:
                 print(f"  replicate {row['replicate']} level {row['level']}: {row[column]:.4f}")
