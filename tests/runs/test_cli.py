@@ -176,3 +176,20 @@ def test_barrier_and_perturb_on_a_finished_run(tmp_path, capsys):
     assert "measured its landscape with" in capsys.readouterr().err
     assert main(["barrier", run_id, "--out", str(tmp_path), "--set", "train.lr=1"]) == 2
     assert "only landscape.* settings can change" in capsys.readouterr().err
+
+
+def test_hessian_on_a_finished_run(tmp_path, capsys):
+    assert main(["run", "--out", str(tmp_path), *TINY, "--set", "prune.levels=1"]) == 0
+    run_id = capsys.readouterr().out.split("run id ")[1].split(";")[0]
+    assert main(["hessian", run_id, "--out", str(tmp_path), "--k", "3", "--check", "0.5", "--levels", "1",
+                 "--set", "landscape.hessian_examples=100", "--set", "landscape.slq_runs=2",
+                 "--set", "landscape.slq_steps=5", "--set", "landscape.trace_samples=0"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "hessian_top_eigenvalue, per replicate and level:"
+    assert out[1].startswith("  replicate 0 level 1: ") and len(out) == 9
+    assert out[6] == "measured_max_prune_fraction, per replicate and level:"
+    assert out[7] in ("  replicate 0 level 1: 0.5000", "  replicate 0 level 1: 0.0000")
+    assert main(["show", run_id, "--out", str(tmp_path), "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)["levels"][1]
+    assert row["level"] == 1 and row["hessian_top_eigenvalue"] > 0
+    assert 0 <= row["predicted_max_prune_fraction"] <= 1
