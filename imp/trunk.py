@@ -176,7 +176,7 @@ class Replicate:
             if level == 0:
                 self._train_dense()
             else:
-                self._train(stage, self._trunk_start(previous), self.next_mask(level - 1))
+                self._train(stage, self.start_after(previous), self.prune(previous))
         return store.read_h5(self.run.stage_file(self.replicate, stage))
 
     def baseline(self, level: int, baseline: str, trunk: dict, dense: dict) -> None:
@@ -197,7 +197,7 @@ class Replicate:
                                      prune.layer_fractions)
             else:
                 raise ValueError(f"unknown baseline {baseline!r}; choose from {BASELINES}")
-            start = self._trunk_start(dense)
+            start = self.start_after(dense)
         self._train(stage, start, mask)
 
     def _train_dense(self) -> None:
@@ -205,7 +205,7 @@ class Replicate:
         start = Start(copy_state(model), 0)
         if self.pretrain is not None:
             start, tree = self.pretrain(self.config, self.data, self.replicate)
-            self._write(PRETRAIN_STAGE, tree)
+            self.write(PRETRAIN_STAGE, tree)
             if self.report is not None:
                 self.report(f"replicate {self.replicate} pre-training: {start.step} iterations on "
                             f"{len(tree.get('positions', ()))} examples ({tree.get('subset', 'custom')})")
@@ -223,10 +223,10 @@ class Replicate:
                                      train_config=train_config, snapshot_at=snapshot_at,
                                      progress=self.progress, label=label)
         if snapshot is not None:
-            self._write(REWIND_STAGE, {"step": snapshot_at, "weights": snapshot})
+            self.write(REWIND_STAGE, {"step": snapshot_at, "weights": snapshot})
         if stage == level_stage(0) and bool(self.data.noisy.any()):
             tree["label_noise"] = _label_noise(self.data)
-        self._write(stage, tree)
+        self.write(stage, tree)
         if self.report is not None:
             final = tree["final"]
             self.report(f"replicate {self.replicate} {stage}: density {tree['density']:.2%}, "
@@ -245,19 +245,22 @@ class Replicate:
             start = Start(state_from_arrays(rewind["weights"]), int(rewind["step"]))
             return start, _mask(tree), self.config.train
         previous = store.read_h5(self.run.stage_file(self.replicate, level_stage(level - 1)))
-        return self._trunk_start(previous), _mask(tree), self.train_config
+        return self.start_after(previous), _mask(tree), self.train_config
 
     def next_mask(self, level: int) -> Mask:
         """The mask level ``level + 1`` has or will have: level ``level``'s final weights pruned."""
-        tree = store.read_h5(self.run.stage_file(self.replicate, level_stage(level)))
+        return self.prune(store.read_h5(self.run.stage_file(self.replicate, level_stage(level))))
+
+    def prune(self, tree: dict) -> Mask:
+        """One level of the run's magnitude pruning applied to a stored level ``tree``."""
         return magnitude_prune(_weights(tree), _mask(tree), self.config.prune.fraction,
                                self.config.prune.strategy, self.config.prune.layer_fractions)
 
-    def _write(self, stage: str, tree: dict) -> None:
+    def write(self, stage: str, tree: dict) -> None:
         store.write_h5(self.run.stage_file(self.replicate, stage), tree,
                        store.provenance(self.config_json, self.data.train.x.device))
 
-    def _trunk_start(self, previous: dict) -> Start:
+    def start_after(self, previous: dict) -> Start:
         """Where a level starts from, given the network it was pruned from."""
         if self.config.prune.retrain == "rewind":
             rewind = store.read_h5(self.run.stage_file(self.replicate, REWIND_STAGE))

@@ -98,23 +98,23 @@ class Measurements:
         self.trunk = Replicate(config, data, run, replicate)
         self.probe = make_probe(config, data)
 
-    def _has(self, stage: str) -> bool:
+    def has(self, stage: str) -> bool:
         return self.run.has_stage(self.replicate, stage)
 
-    def _weights(self, stage: str) -> State:
+    def weights(self, stage: str) -> State:
         return state_from_arrays(store.read_h5(self.run.stage_file(self.replicate, stage))["weights"])
 
-    def _write(self, stage: str, tree: dict) -> None:
-        self.trunk._write(stage, tree)
+    def write(self, stage: str, tree: dict) -> None:
+        self.trunk.write(stage, tree)
 
     def successive(self, level: int) -> None:
         """Barrier between trunk levels ``level`` and ``level + 1`` (both must be finished)."""
         stage = barrier_stage(level)
-        if self._has(stage) or not self._has(level_stage(level + 1)):
+        if self.has(stage) or not self.has(level_stage(level + 1)):
             return
-        tree = compare(self.config, self.data, self.probe, self._weights(level_stage(level)),
-                       self._weights(level_stage(level + 1)))
-        self._write(stage, {"levels": np.array([level, level + 1]), **tree})
+        tree = compare(self.config, self.data, self.probe, self.weights(level_stage(level)),
+                       self.weights(level_stage(level + 1)))
+        self.write(stage, {"levels": np.array([level, level + 1]), **tree})
 
     def siblings(self, level: int, copies: int) -> None:
         """Train the sibling copies of ``level`` and measure the barriers between all pairs."""
@@ -126,15 +126,15 @@ class Measurements:
                 states.append(state_from_arrays(trunk_tree["weights"]))
                 continue
             stage = sibling_stage(level, copy)
-            if not self._has(stage):
+            if not self.has(stage):
                 seeds = self.trunk.seeds if copy == 0 else _sibling_seeds(self.trunk.seeds, copy)
                 tree, _ = train_level(self.config, self.data, seeds, start, mask, train_config=train_config,
                                       label=f"replicate {self.replicate} {stage}")
                 tree["copy"] = copy
-                self._write(stage, tree)
-            states.append(self._weights(stage))
+                self.write(stage, tree)
+            states.append(self.weights(stage))
         stage = instability_stage(level)
-        if self._has(stage):
+        if self.has(stage):
             return
         pairs, per_example = {}, []
         for i in range(copies):
@@ -154,12 +154,12 @@ class Measurements:
             tree["per_example"] = {"midpoint_barrier": values, "tau": tau,
                                    "fraction_at_most_tau": float(np.mean(values <= tau)),
                                    "index": self.probe.splits["train"].index.cpu().numpy()}
-        self._write(stage, tree)
+        self.write(stage, tree)
 
     def perturb(self, level: int, direction: str, size: float) -> None:
         """Train level ``level`` from a perturbed start and measure its barrier to the trunk's."""
         stage = perturb_stage(level, direction, size)
-        if self._has(stage):
+        if self.has(stage):
             return
         start, mask, train_config = self.trunk.start_of(level)
         unit, scale = perturbation(start.state, mask, self.trunk.next_mask(level), direction,
@@ -170,10 +170,10 @@ class Measurements:
         tree, _ = train_level(self.config, self.data, self.trunk.seeds, replace(start, state=state), mask,
                               train_config=train_config, label=f"replicate {self.replicate} {stage}")
         tree.update(compare(self.config, self.data, self.probe, tree["weights"],
-                            self._weights(level_stage(level))))
+                            self.weights(level_stage(level))))
         tree.update({"direction": direction, "size": size, "natural_scale": scale,
                      "perturbation_norm": abs(size) * scale})
-        self._write(stage, tree)
+        self.write(stage, tree)
 
     def pair(self, a: str, b: str) -> tuple[str, dict]:
         """The barrier between two stored networks: stage names of this replicate or paths of
@@ -191,12 +191,12 @@ class Measurements:
             inside = path.resolve().parent == self.run.replicate_dir(self.replicate).resolve()
             names.append(path.stem if inside else f"{path.parent.parent.name}.{path.parent.name}.{path.stem}")
         stage = pair_stage(*names)
-        if not self._has(stage):
+        if not self.has(stage):
             try:
                 tree = compare(self.config, self.data, self.probe, *states)
             except RuntimeError as error:  # load_state_dict on another architecture
                 raise UserError(f"{a} and {b} do not fit this run's model: {str(error).splitlines()[0]}") from None
-            self._write(stage, {"networks": f"{a} {b}", **tree})
+            self.write(stage, {"networks": f"{a} {b}", **tree})
         return stage, store.read_h5(self.run.stage_file(self.replicate, stage))
 
 

@@ -30,7 +30,7 @@ from landscape.prunelimit import (conservative_fraction, predicted_fraction, pro
 
 def measure_hessian(m: Measurements, level: int) -> None:
     stage = hessian_stage(level)
-    if m._has(stage):
+    if m.has(stage):
         return
     ls, seed = m.config.landscape, m.config.train.seed
     tree = store.read_h5(m.run.stage_file(m.replicate, level_stage(level)))
@@ -59,18 +59,18 @@ def measure_hessian(m: Measurements, level: int) -> None:
     if ls.trace_samples:
         trace = hutchinson_trace(operator, ls.trace_samples, seed=derive_seed(seed, "trace", level))
         out["trace"], out["trace_std_error"] = float(trace["trace"]), float(trace["std_error"])
-    m._write(stage, out)
+    m.write(stage, out)
 
 
 def prune_check(m: Measurements, level: int, fraction: float) -> None:
     stage = prune_check_stage(level, fraction)
-    if m._has(stage):
+    if m.has(stage):
         return
     prune, ls = m.config.prune, m.config.landscape
     tree = store.read_h5(m.run.stage_file(m.replicate, level_stage(level)))
     mask = magnitude_prune(state_from_arrays(tree["weights"]), mask_from_arrays(tree["mask"]), fraction,
                            prune.strategy, prune.layer_fractions)
-    start = m.trunk._trunk_start(tree)
+    start = m.trunk.start_after(tree)
     out, _ = train_level(m.config, m.data, m.trunk.seeds, start, mask, train_config=m.trunk.train_config,
                          label=f"replicate {m.replicate} {stage}")
     dense = store.read_h5(m.run.stage_file(m.replicate, level_stage(0)), skip=("weights", "mask", "steps"))
@@ -79,4 +79,4 @@ def prune_check(m: Measurements, level: int, fraction: float) -> None:
     out.update({"fraction": fraction, "from_level": level, "dense_test_error": dense_error,
                 "matching_tolerance": ls.matching_tolerance,
                 "matching": bool(error <= dense_error + ls.matching_tolerance)})
-    m._write(stage, out)
+    m.write(stage, out)
