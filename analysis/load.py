@@ -1,0 +1,141 @@
+"""Runs as tidy pandas frames, read through the store (no training code here).
+
+Every frame has ``run_id`` and the run's config as columns named ``section.key``
+(defaults filled in; lists as JSON text), so any set of runs can be grouped by, e.g.,
+``prune.rewind`` or ``diet.subset``. The frames and their columns:
+
+* ``levels``: one row per run, replicate, level and baseline (``"imp"`` for the trunk),
+  the columns of :func:`imp.results.level_rows`;
+* ``curves``: one row per point of a stored barrier curve: ``kind`` (``successive``,
+  ``instability``, ``perturb``, ``pair``), ``level``, ``label``, ``alpha``, ``split``,
+  ``metric`` (``error``/``loss``), ``value``;
+* ``barriers``: one row per barrier: ``kind``, ``level``, ``label``, ``split``, ``metric``,
+  ``interpolated``, ``mean``, ``density``, and ``direction``/``size`` for perturbations;
+* ``per_example``: one row per example of a sibling measurement: ``level``,
+  ``midpoint_barrier``, ``tau``;
+* ``scores``: from score files: ``score``, ``step``, ``name``, ``position``, ``value``,
+  ``noisy``, ``input_norm``, ``label``.
+"""
+
+import json
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from imp import store
+from imp.config import from_dict, to_dict
+from imp.errors import UserError
+from imp.results import find_run, level_rows, run_info
+
+_KINDS = [("successive", re.compile(r"barrier_(\d+)")), ("instability", re.compile(r"instability_(\d+)")),
+          ("perturb", re.compile(r"perturb_(\d+)_([a-z]+)_(.+)")), ("pair", re.compile(r"pair_(.+)__(.+)"))]
+
+
+def load_runs(names: Iterable[str], out: str | Path = "results") -> list[store.RunDir]:
+    """Runs given as folders or ids under ``out``; a name that is not a run is an error."""
+    runs = [find_run(str(name), out) for name in names]
+    if not runs:
+        raise UserError("no runs given")
+    return runs
+
+
+def config_columns(config: dict) -> dict:
+    """A run's full config flattened to ``section.key`` columns."""
+    full = to_dict(from_dict(config), defaults=True)
+    return {f"{section}.{key}": (json.dumps(value) if isinstance(value, (list, dict)) else value)
+            for section, values in full.items() for key, value in values.items()}
+
+
+def _with_config(rows: list[dict], run: store.RunDir) -> list[dict]:
+    columns = {"run_id": run.run_id, **config_columns(run_info(run)["config"])}
+    return [{**columns, **row} for row in rows]
+
+
+def levels_frame(runs: Iterable[store.RunDir]) -> pd.DataFrame:
+    rows = []
+    for run in runs:
+        found = level_rows(run)
+        for row in found:
+            row["baseline"] = row["baseline"] or "imp"
+        rows += _with_config(found, run)
+    return pd.DataFrame(rows)
+
+
+def _landscape_stages(run: store.RunDir):
+    """``(replicate, kind, level, extra, tree)`` for every landscape stage of a run."""
+    for replicate in run.replicates():
+        for stage in run.stages(replicate):
+            for kind, pattern in _KINDS:
+                match = pattern.fullmatch(stage)
+                if match:
+                    tree = store.read_h5(run.stage_file(replicate, stage), skip=("weights", "mask", "steps", "eval"))
+                    level = int(match[1]) if kind != "pair" else -1
+                    yield replicate, kind, level, match.groups(), tree
+                    break
+
+
+def _pieces(kind: str, level: int, extra: tuple, tree: dict):
+    """``(label, curve, barrier, fields)`` of each measured pair in a landscape stage."""
+    if kind == "successive":
+        yield f"{level}->{level + 1}", tree["curve"], tree["barrier"], {}
+    elif kind == "instability":
+        for pair, value in sorted(tree["pairs"].items()):
+            yield pair, value["curve"], value["barrier"], {}
+    elif kind == "perturb":
+        yield f"{extra[1]} {extra[2]}", tree["curve"], tree["barrier"], {"direction": extra[1], "size": float(extra[2])}
+    else:
+        yield f"{extra[0]} vs {extra[1]}", tree["curve"], tree["barrier"], {}
+
+
+def landscape_frames(runs: Iterable[store.RunDir]) -> dict[str, pd.DataFrame]:
+    """The ``curves``, ``barriers`` and ``per_example`` frames of the runs."""
+    curves, barriers, per_example = [], [], []
+    for run in runs:
+        density = {(r["replicate"], r["level"]): r["density"] for r in level_rows(run) if r["baseline"] is None}
+        run_curves, run_barriers, run_examples = [], [], []
+        for replicate, kind, level, extra, tree in _landscape_stages(run):
+            base = {"replicate": replicate, "kind": kind, "level": level}
+            for label, curve, barrier, fields in _pieces(kind, level, extra, tree):
+                for key, value in barrier.items():
+                    split, metric = key.split("_", 1)
+                    run_barriers.append({**base, "label": label, "split": split, "metric": metric,
+                                         "interpolated": value["interpolated"], "mean": value["mean"],
+                                         "density": density.get((replicate, level), np.nan), **fields})
+                    run_curves += [{**base, "label": label, "alpha": a, "split": split, "metric": metric, "value": v}
+                                   for a, v in zip(curve["alpha"], curve[key])]
+            if kind == "instability" and "per_example" in tree:
+                values = tree["per_example"]
+                run_examples += [{"replicate": replicate, "level": level, "midpoint_barrier": b,
+                                  "tau": values["tau"]} for b in values["midpoint_barrier"]]
+        curves += _with_config(run_curves, run)
+        barriers += _with_config(run_barriers, run)
+        per_example += _with_config(run_examples, run)
+    return {"curves": pd.DataFrame(curves), "barriers": pd.DataFrame(barriers),
+            "per_example": pd.DataFrame(per_example)}
+
+
+def score_files(runs: Iterable[store.RunDir]) -> list[Path]:
+    """The score files in the results folders the runs live in."""
+    folders = sorted({run.out / "scores" for run in runs})
+    return sorted(path for folder in folders if folder.is_dir() for path in folder.glob("*.h5"))
+
+
+def scores_frame(paths: Iterable[Path]) -> pd.DataFrame:
+    frames = []
+    for path in paths:
+        tree = store.read_h5(path, skip=("per_run",))
+        name = f"{tree['score']}@{tree['step']}"
+        frames.append(pd.DataFrame({
+            "score": tree["score"], "step": tree["step"], "name": name,
+            "position": np.arange(len(tree["mean"])), "value": tree["mean"], "noisy": tree["noisy"],
+            "input_norm": tree["input_norm"], "label": tree["labels"]}))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def load_frames(names: Iterable[str], out: str | Path = "results") -> dict[str, pd.DataFrame]:
+    """Every frame of the given runs (and the score files beside them)."""
+    runs = load_runs(names, out)
+    return {"levels": levels_frame(runs), **landscape_frames(runs), "scores": scores_frame(score_files(runs))}

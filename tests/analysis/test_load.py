@@ -1,0 +1,82 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from analysis.load import config_columns, load_frames, load_runs
+from imp import store
+from imp.config import load_config
+from imp.data import load_dataset
+from imp.duration import Duration
+from imp.errors import UserError
+from imp.scores import ScoreSpec, load_or_compute
+from imp.trunk import run_imp
+from landscape.hooks import level_hooks
+
+CPU = torch.device("cpu")
+TINY = ["model.widths=[16]", "train.epochs='40it'", "train.eval_every='20it'", "data.batch_size=64",
+        "prune.levels=2", "prune.baselines=['reinit']", "landscape.successive=true", "landscape.siblings=2",
+        "landscape.sibling_levels=[1]", "landscape.per_example=true", "landscape.points=3",
+        "landscape.examples=100", "landscape.perturb_sizes=[0.5]", "landscape.perturb_levels=[0]"]
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("results")
+    ids = []
+    for rewind in ("0it", "10it"):
+        config = load_config(None, TINY + [f"prune.rewind='{rewind}'"])
+        ids.append(run_imp(config, out, out, CPU, replicates=2, hooks=level_hooks(config, CPU)).run_id)
+    config = load_config(None, TINY)
+    load_or_compute(config, load_dataset(config.data, out), ScoreSpec("el2n", Duration(iterations=20)), out)
+    (out / "not_a_run").mkdir()
+    (out / "notes.txt").write_text("unrelated")
+    return out, ids
+
+
+def test_frames_of_several_runs(results):
+    out, ids = results
+    frames = load_frames(ids, out)
+    levels = frames["levels"]
+    assert len(levels) == 2 * 2 * (3 + 2)  # runs x replicates x (trunk levels + reinit levels)
+    assert set(levels["baseline"]) == {"imp", "reinit"}
+    assert sorted(levels["prune.rewind"].unique()) == ["0it", "10it"]
+    assert levels["prune.exclude"].iloc[0] == "[]"  # lists as JSON text, so frames can group by them
+    trunk = levels[(levels["baseline"] == "imp") & (levels["level"] < 2)]
+    assert trunk["barrier_to_next_test_error"].notna().all()
+
+    barriers = frames["barriers"]
+    assert set(barriers["kind"]) == {"successive", "instability", "perturb"}
+    assert set(barriers["split"]) == {"train", "test"} and set(barriers["metric"]) == {"error", "loss"}
+    perturb = barriers[barriers["kind"] == "perturb"]
+    assert set(perturb["size"]) == {0.5} and set(perturb["direction"]) == {"gaussian"}
+    stored = store.read_h5(store.RunDir(out, ids[0]).stage_file(1, "barrier_0"))
+    row = barriers[(barriers["run_id"] == ids[0]) & (barriers["replicate"] == 1) & (barriers["kind"] == "successive")
+                   & (barriers["level"] == 0) & (barriers["split"] == "test") & (barriers["metric"] == "error")]
+    assert row["interpolated"].item() == stored["barrier"]["test_error"]["interpolated"]
+    assert row["density"].item() == 1.0
+
+    curves = frames["curves"]
+    one = curves[(curves["run_id"] == ids[0]) & (curves["replicate"] == 1) & (curves["kind"] == "successive")
+                 & (curves["level"] == 0) & (curves["split"] == "test") & (curves["metric"] == "error")]
+    np.testing.assert_array_equal(one["alpha"], [0.0, 0.5, 1.0])
+    np.testing.assert_array_equal(one["value"], stored["curve"]["test_error"])
+    assert len(frames["per_example"]) == 2 * 2 * 100  # runs x replicates x examples (level 1 only)
+
+    scores = frames["scores"]
+    assert set(scores["name"]) == {"el2n@20it"} and len(scores) == 1437
+
+
+def test_config_columns_fill_defaults():
+    columns = config_columns(json.loads('{"train":{"lr":0.2}}'))
+    assert columns["train.lr"] == 0.2 and columns["train.epochs"] == "10ep" and columns["prune.fraction"] == 0.2
+    assert "prune.levels" not in columns and "data.root" not in columns  # extents and platform fields are not config
+
+
+def test_a_path_that_is_not_a_run_is_named(results):
+    out, _ = results
+    with pytest.raises(UserError, match="'not_a_run' is not a run folder"):
+        load_runs(["not_a_run"], out)
+    with pytest.raises(UserError, match="no runs given"):
+        load_runs([], out)
