@@ -101,6 +101,25 @@ def _parser() -> argparse.ArgumentParser:
     _measure_arguments(hessian)
     hessian.set_defaults(command=_hessian)
 
+    plot = commands.add_parser("plot", help="write every figure the runs' results support")
+    plot.add_argument("runs", nargs="+", help="run folders, or run ids under --out")
+    plot.add_argument("--out", default=DEFAULT_OUT, help=f"results folder of run ids (default: {DEFAULT_OUT})")
+    plot.add_argument("--to", default="figures", help="folder for the figures (default: figures)")
+    plot.add_argument("--format", default="png", choices=["png", "pdf", "svg"])
+    plot.set_defaults(command=_plot)
+
+    report = commands.add_parser("report", help="one self-contained HTML report of the runs")
+    report.add_argument("runs", nargs="+", help="run folders, or run ids under --out")
+    report.add_argument("--out", default=DEFAULT_OUT, help=f"results folder of run ids (default: {DEFAULT_OUT})")
+    report.add_argument("--to", default="report.html", help="the HTML file to write (default: report.html)")
+    report.set_defaults(command=_report)
+
+    compare = commands.add_parser("compare", help="compare groups of runs (e.g. rewind points) level by level")
+    compare.add_argument("runs", nargs="+", help="run folders, or run ids under --out")
+    compare.add_argument("--by", required=True, help="a config key, e.g. prune.rewind or diet.subset")
+    compare.add_argument("--out", default=DEFAULT_OUT, help=f"results folder of run ids (default: {DEFAULT_OUT})")
+    compare.set_defaults(command=_compare)
+
     layers = commands.add_parser("layers", help="list the model's prunable tensors and how each is pruned")
     _config_arguments(layers)
     layers.set_defaults(command=_layers)
@@ -305,6 +324,41 @@ def _measure(args, extra: list[str], *columns: str, between: Sequence[str] = ())
             if column in row:
                 print(f"  replicate {row['replicate']} level {row['level']}: {row[column]:.4f}")
     print(f"results in {run.path}")
+    return 0
+
+
+def _plot(args) -> int:
+    from analysis.load import load_frames
+    from analysis.report import save_figures
+
+    paths, skipped = save_figures(load_frames(args.runs, args.out), args.to, args.format)
+    for path in paths:
+        print(path)
+    for name, reason in skipped.items():
+        print(f"skipped {name}: {reason}", file=sys.stderr)
+    return 0
+
+
+def _report(args) -> int:
+    from analysis.load import load_frames, load_runs
+    from analysis.report import write_report
+    from imp.results import run_info
+
+    infos = [run_info(run) for run in load_runs(args.runs, args.out)]
+    path = write_report(load_frames(args.runs, args.out), infos, args.to)
+    print(f"report in {path}")
+    return 0
+
+
+def _compare(args) -> int:
+    from analysis.load import levels_frame, load_runs
+    from analysis.report import compare
+
+    try:
+        table = compare(levels_frame(load_runs(args.runs, args.out)), args.by)
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     return 0
 
 

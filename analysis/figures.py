@@ -1,0 +1,300 @@
+"""The standard figures: each takes a tidy frame (see :mod:`analysis.load`) and an optional
+Axes and returns the Figure; saving is the caller's job.
+
+Units on the axes: accuracies and errors in %, barriers in percentage points, density as
+% of the prunable weights kept, losses in nats. Every curve is a mean over replicates with
+a 95% bootstrap confidence band (seaborn ``errorbar=("ci", 95)``); titles give n. A frame
+without the rows or columns a figure needs raises ValueError, which the report prints as
+"not computed". The data-diet figures (scores, per-example barriers) live in
+:mod:`analysis.figures_scores`; :data:`FIGURES` lists all of them.
+"""
+
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+from analysis.figures_scores import (FIGSIZE, new_axes, per_example_histogram, place_legend,
+                                     replicates_note, require, score_histogram, score_scatter,
+                                     set_title)
+from imp.duration import Duration
+from imp.errors import UserError
+
+TRUNK = "imp"
+CI = {"errorbar": ("ci", 95), "seed": 0}  # bootstrap over replicates, seeded: figures reproduce
+# Fixed colours, so that a baseline looks the same in every figure whatever else is shown.
+BASELINE_ORDER = (TRUNK, "reinit", "random", "oneshot")
+BASELINE_COLOURS = dict(zip(BASELINE_ORDER, sns.color_palette("colorblind", 4)))
+KIND_NAMES = {"successive": "L → L+1", "instability": "instability"}
+CONFIG_NAMES = {"prune.rewind": "rewind step k", "diet.subset": "data-diet subset",
+                "diet.size": "subset size (examples)", "diet.pretrain": "pre-training length"}
+PRUNE_LIMITS = {"predicted_max_prune_fraction": "predicted",
+                "conservative_max_prune_fraction": "conservative",
+                "measured_max_prune_fraction": "measured"}
+
+
+def _density_axis(ax, percent: pd.Series) -> None:
+    """Log density axis in %, sparser to the right, ticks at 1-2-5 steps (1-9 within a
+    decade and a half, so a short range still gets several ticks)."""
+    ax.set_xscale("log")
+    short = np.log10(percent.max() / percent.min()) < 1.5
+    subs = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0) if short else (1.0, 2.0, 5.0)
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=subs))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    if not ax.xaxis_inverted():
+        ax.invert_xaxis()
+    ax.set_xlabel("density: weights kept (%, log scale, sparser →)")
+
+
+def _runs(frame: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
+    """The frame with a ``run`` column and the style variable: ``"run"`` when it holds
+    several runs (one line style each), else None."""
+    return frame.assign(run=frame["run_id"]), "run" if frame["run_id"].nunique() > 1 else None
+
+
+def _trunk(levels: pd.DataFrame, figure: str, columns: list[str]) -> pd.DataFrame:
+    require(levels, ["baseline", "level", "replicate", "run_id", *columns], figure)
+    trunk = levels[levels["baseline"] == TRUNK]
+    if trunk.empty:
+        raise ValueError(f"{figure}: no trunk rows (baseline == {TRUNK!r})")
+    return trunk
+
+
+def category_order(values: pd.Series, iterations_per_epoch: int | None = None) -> list:
+    """Distinct values in a meaningful order: numbers by size, durations ("500it", "2ep") by
+    length of training, anything else alphabetically. Durations that mix epochs and
+    iterations need ``iterations_per_epoch`` (a ValueError says so)."""
+    distinct = list(pd.unique(values.dropna()))
+    if all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool) for v in distinct):
+        return sorted(distinct)
+    try:
+        durations = {v: Duration.parse(str(v)) for v in distinct}
+    except UserError:
+        return sorted(distinct, key=str)
+    if iterations_per_epoch is not None:
+        return sorted(distinct, key=lambda v: durations[v].iterations_at(iterations_per_epoch))
+    if any(d.epochs for d in durations.values()) and any(d.iterations for d in durations.values()):
+        raise ValueError(f"cannot order {distinct} without iterations_per_epoch: "
+                         "they mix epochs and iterations")
+    return sorted(distinct, key=lambda v: (durations[v].epochs, durations[v].iterations))
+
+
+def accuracy_vs_density(levels: pd.DataFrame, ax=None, tolerance: float = 0.005):
+    """Test accuracy of IMP and its baselines against density, with the dense network's
+    accuracy (level 0 of the trunk, mean over runs and replicates) ± ``tolerance`` (a
+    fraction: 0.005 = 0.5 points) as the matching band."""
+    figure = "accuracy_vs_density"
+    require(levels, ["run_id", "replicate", "level", "baseline", "density", "test_accuracy"],
+            figure)
+    frame = levels.assign(x=100 * levels["density"], y=100 * levels["test_accuracy"])
+    present = list(pd.unique(frame["baseline"]))
+    order = [b for b in BASELINE_ORDER if b in present] + sorted(set(present) - set(BASELINE_ORDER))
+    palette = {b: BASELINE_COLOURS.get(b, "0.4") for b in order}
+    frame, style = _runs(frame)
+    ax = new_axes(ax)
+    sns.lineplot(frame, x="x", y="y", hue="baseline", hue_order=order, palette=palette,
+                 style=style, marker="o", markersize=5,
+                 **CI, ax=ax)
+    dense = frame.loc[(frame["baseline"] == TRUNK) & (frame["level"] == 0), "y"]
+    if not dense.empty:
+        mean, band = dense.mean(), 100 * tolerance
+        ax.axhline(mean, color="0.3", linestyle="--", linewidth=1,
+                   label=f"dense network ({mean:.2f}%)")
+        ax.axhspan(mean - band, mean + band, color="0.5", alpha=0.15, linewidth=0,
+                   label=f"matching (±{band:g} points)")
+    _density_axis(ax, frame["x"])
+    ax.set_ylabel("test accuracy (%)")
+    set_title(ax, f"Test accuracy vs density ({replicates_note(frame)})")
+    place_legend(ax, None if style else "baseline")
+    return ax.figure
+
+
+def rewind_comparison(levels: pd.DataFrame, by: str = "prune.rewind", ax=None,
+                      iterations_per_epoch: int | None = None):
+    """Test accuracy of the IMP trunk against density, one line per value of the config
+    column ``by`` (rewind step, data-diet subset, ...)."""
+    trunk = _trunk(levels, "rewind_comparison", ["density", "test_accuracy", by])
+    trunk = trunk[trunk[by].notna()]
+    if trunk.empty:
+        raise ValueError(f"rewind_comparison: no trunk rows with a value of {by!r}")
+    order = category_order(trunk[by], iterations_per_epoch)
+    name = CONFIG_NAMES.get(by, by)
+    frame = trunk.assign(x=100 * trunk["density"], y=100 * trunk["test_accuracy"],
+                         **{name: trunk[by].astype(str)})
+    ax = new_axes(ax)
+    palette = sns.color_palette("viridis" if len(order) > 3 else "colorblind", len(order))
+    sns.lineplot(frame, x="x", y="y", hue=name, hue_order=[str(v) for v in order],
+                 palette=palette, marker="o", markersize=5, **CI, ax=ax)
+    _density_axis(ax, frame["x"])
+    ax.set_ylabel("test accuracy (%)")
+    set_title(ax, f"IMP by {name} ({replicates_note(frame)})")
+    place_legend(ax, name)
+    return ax.figure
+
+
+def _select(barriers: pd.DataFrame, figure: str, kinds, split: str, metric: str,
+            convention: str) -> pd.DataFrame:
+    if convention not in ("interpolated", "mean"):
+        raise ValueError(f"{figure}: convention is 'interpolated' or 'mean', not {convention!r}")
+    require(barriers, ["run_id", "replicate", "kind", "level", "split", "metric", convention],
+            figure)
+    rows = barriers[barriers["kind"].isin(kinds) & (barriers["split"] == split)
+                    & (barriers["metric"] == metric) & barriers[convention].notna()]
+    if rows.empty:
+        raise ValueError(f"{figure}: no {'/'.join(kinds)} barriers of {split} {metric}")
+    scale = 100 if metric == "error" else 1
+    return rows.assign(y=scale * rows[convention])
+
+
+def _barrier_label(split: str, metric: str, convention: str) -> str:
+    unit = "percentage points" if metric == "error" else "nats"
+    return f"{split} {metric} barrier ({unit}, {convention})"
+
+
+def barrier_curves(curves: pd.DataFrame, ax=None, split: str = "test", metric: str = "error"):
+    """Error (or loss) along the linear path between the final networks of levels L and
+    L+1, one line per pair of levels (mean over replicates, 95% CI)."""
+    figure = "barrier_curves"
+    require(curves, ["run_id", "replicate", "kind", "level", "label", "alpha", "split",
+                     "metric", "value"], figure)
+    rows = curves[(curves["kind"] == "successive") & (curves["split"] == split)
+                  & (curves["metric"] == metric)]
+    if rows.empty:
+        raise ValueError(f"{figure}: no successive-level curves of {split} {metric}")
+    rows = rows.assign(y=(100 if metric == "error" else 1) * rows["value"])
+    order = list(rows.sort_values("level")["label"].drop_duplicates())
+    rows, style = _runs(rows.rename(columns={"label": "levels"}))
+    ax = new_axes(ax)
+    sns.lineplot(rows, x="alpha", y="y", hue="levels", hue_order=order,
+                 palette=sns.color_palette("viridis", len(order)), style=style,
+                 **CI, ax=ax)
+    ax.set_xlabel("interpolation α (0 = level L, 1 = level L+1)")
+    ax.set_ylabel(f"{split} {metric} ({'%' if metric == 'error' else 'nats'})")
+    ax.set_xlim(0, 1)
+    set_title(ax, f"Linear paths between successive levels ({replicates_note(rows)})")
+    place_legend(ax, None if style else "levels")
+    return ax.figure
+
+
+def barrier_vs_level(barriers: pd.DataFrame, ax=None, split: str = "test",
+                     metric: str = "error", convention: str = "interpolated"):
+    """Barriers between successive levels and instability (mean barrier between
+    siblings) against density, mean over pairs and replicates with 95% CI."""
+    rows = _select(barriers, "barrier_vs_level", ("successive", "instability"), split,
+                   metric, convention)
+    rows, style = _runs(rows.assign(barrier=rows["kind"].map(KIND_NAMES)))
+    by_density = "density" in rows and rows["density"].notna().all()
+    x = "x" if by_density else "level"
+    if by_density:
+        rows = rows.assign(x=100 * rows["density"])
+    order = [KIND_NAMES[k] for k in KIND_NAMES if k in set(rows["kind"])]
+    ax = new_axes(ax)
+    ax.axhline(0, color="0.6", linewidth=0.8)
+    sns.lineplot(rows, x=x, y="y", hue="barrier", hue_order=order,
+                 palette=sns.color_palette("colorblind", 2)[:len(order)],
+                 style=style, marker="o", markersize=5,
+                 **CI, ax=ax)
+    if by_density:
+        _density_axis(ax, rows["x"])
+    else:
+        ax.set_xlabel("IMP level")
+    ax.set_ylabel(_barrier_label(split, metric, convention))
+    set_title(ax, f"Error barriers along IMP ({replicates_note(rows)})")
+    place_legend(ax, None if style else "barrier")
+    return ax.figure
+
+
+def instability_vs(barriers: pd.DataFrame, by: str = "prune.rewind", ax=None,
+                   split: str = "test", metric: str = "error",
+                   convention: str = "interpolated", iterations_per_epoch: int | None = None):
+    """Instability (barrier between siblings) against a config column, e.g. the rewind
+    step (Frankle et al. 2020, Fig. 3), one line per level."""
+    figure = "instability_vs"
+    require(barriers, [by], figure)
+    rows = _select(barriers, figure, ("instability",), split, metric, convention)
+    rows = rows[rows[by].notna()]
+    if rows.empty:
+        raise ValueError(f"{figure}: no instability rows with a value of {by!r}")
+    order = [str(v) for v in category_order(rows[by], iterations_per_epoch)]
+    level_order = [str(v) for v in sorted(rows["level"].unique())]
+    rows = rows.assign(x=rows[by].astype(str), hue=rows["level"].astype(str))
+    # several runs at one value of `by` (e.g. other seeds) are pooled, as replicates are
+    ax = new_axes(ax)
+    ax.axhline(0, color="0.6", linewidth=0.8)
+    sns.pointplot(rows, x="x", y="y", hue="hue", order=order, hue_order=level_order,
+                  palette=sns.color_palette("viridis", len(level_order)),
+                  **CI, dodge=0.3 if len(level_order) > 1 else False,
+                  markersize=5, linewidth=1.5, ax=ax)
+    ax.set_xlabel(CONFIG_NAMES.get(by, by))
+    ax.set_ylabel(_barrier_label(split, metric, convention))
+    set_title(ax, f"Instability by {CONFIG_NAMES.get(by, by)} ({replicates_note(rows)})")
+    place_legend(ax, "level")
+    return ax.figure
+
+
+def hessian_vs_level(levels: pd.DataFrame, ax=None):
+    """Top eigenvalue of the training-loss Hessian, restricted to the unpruned weights,
+    of each measured trunk level's final network."""
+    trunk = _trunk(levels, "hessian_vs_level", ["hessian_top_eigenvalue"])
+    rows = trunk[trunk["hessian_top_eigenvalue"].notna()]
+    if rows.empty:
+        raise ValueError("hessian_vs_level: no level has a measured Hessian eigenvalue")
+    rows, style = _runs(rows)
+    ax = new_axes(ax)
+    sns.lineplot(rows, x="level", y="hessian_top_eigenvalue", hue=style, style=style,
+                 palette="colorblind" if style else None, marker="o", markersize=6,
+                 **CI, ax=ax)
+    ax.set_xlabel("IMP level")
+    ax.set_ylabel("top Hessian eigenvalue $\\lambda_{max}$\n(train loss, unpruned weights)")
+    set_title(ax, f"Sharpness along IMP ({replicates_note(rows)})")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    if style:
+        place_legend(ax, "run")
+    return ax.figure
+
+
+def prune_limit(levels: pd.DataFrame, ax=None):
+    """The largest fraction of a level's remaining weights that can be pruned at once:
+    predicted from the Hessian, its conservative bound, and measured."""
+    figure = "prune_limit"
+    present = [c for c in PRUNE_LIMITS if c in levels.columns]
+    if not present:
+        raise ValueError(f"{figure}: needs columns {list(PRUNE_LIMITS)}; none present")
+    trunk = _trunk(levels, figure, [])
+    rows = trunk.melt(id_vars=["run_id", "replicate", "level"], value_vars=present,
+                      var_name="estimate", value_name="fraction").dropna(subset=["fraction"])
+    if rows.empty:
+        raise ValueError(f"{figure}: no level has a predicted or measured prune limit")
+    rows = rows.assign(y=100 * rows["fraction"], estimate=rows["estimate"].map(PRUNE_LIMITS))
+    order = [PRUNE_LIMITS[c] for c in present if PRUNE_LIMITS[c] in set(rows["estimate"])]
+    rows, style = _runs(rows)
+    ax = new_axes(ax)
+    sns.lineplot(rows, x="level", y="y", hue="estimate", hue_order=order,
+                 style=style or "estimate", style_order=None if style else order,
+                 palette=sns.color_palette("colorblind", 3)[:len(order)],
+                 markers=True, markersize=7, **CI, ax=ax)
+    ax.set_xlabel("IMP level")
+    ax.set_ylabel("largest prunable fraction\n(% of remaining weights)")
+    ax.set_ylim(0, 100)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    set_title(ax, f"Largest one-shot prune ({replicates_note(rows)})")
+    place_legend(ax, None if style else "prune limit")
+    return ax.figure
+
+
+# name -> (function, the frame it takes). Each is called as function(frame, ax=None).
+FIGURES = {
+    "accuracy_vs_density": (accuracy_vs_density, "levels"),
+    "rewind_comparison": (rewind_comparison, "levels"),
+    "hessian_vs_level": (hessian_vs_level, "levels"),
+    "prune_limit": (prune_limit, "levels"),
+    "barrier_curves": (barrier_curves, "curves"),
+    "barrier_vs_level": (barrier_vs_level, "barriers"),
+    "instability_vs": (instability_vs, "barriers"),
+    "per_example_histogram": (per_example_histogram, "per_example"),
+    "score_histogram": (score_histogram, "scores"),
+    "score_scatter": (score_scatter, "scores"),
+}
+
+__all__ = ["FIGURES", "FIGSIZE", "category_order", *FIGURES]

@@ -1,0 +1,111 @@
+"""Figures to files, one self-contained HTML report, and group comparisons.
+
+The report embeds every figure the runs' results support (PNG, base64), the per-level
+summary of each run, a comparison by rewind point, the provenance of every run, and a
+note for each figure that could not be drawn (and why: usually, not computed).
+"""
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # the report and plot commands never open windows
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from analysis.figures import FIGURES  # noqa: E402
+
+
+def draw_all(frames: dict[str, pd.DataFrame]) -> tuple[dict[str, plt.Figure], dict[str, str]]:
+    """Every figure the frames support, and for the others the reason they were skipped."""
+    drawn, skipped = {}, {}
+    for name, (function, frame) in FIGURES.items():
+        data = frames.get(frame, pd.DataFrame())
+        try:
+            drawn[name] = function(data)
+        except ValueError as error:
+            skipped[name] = str(error)
+    return drawn, skipped
+
+
+def save_figures(frames: dict[str, pd.DataFrame], out: str | Path, fmt: str = "png") -> tuple[list[Path], dict]:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    drawn, skipped = draw_all(frames)
+    paths = []
+    for name, figure in drawn.items():
+        path = out / f"{name}.{fmt}"
+        figure.savefig(path, dpi=150, bbox_inches="tight")
+        plt.close(figure)
+        paths.append(path)
+    return paths, skipped
+
+
+def compare(levels: pd.DataFrame, by: str, metric: str = "test_accuracy") -> pd.DataFrame:
+    """Per group of ``by`` and level (trunk only): n, density, mean and standard deviation."""
+    if levels.empty:
+        raise ValueError("no finished levels to compare")
+    if by not in levels.columns:
+        keys = sorted(c for c in levels.columns if "." in c)
+        raise ValueError(f"unknown key {by!r}; choose a config key such as {', '.join(keys[:8])}, ...")
+    trunk = levels[levels["baseline"] == "imp"]
+    grouped = trunk.groupby([by, "level"])
+    table = pd.DataFrame({"n": grouped[metric].count(), "density": grouped["density"].mean(),
+                          "mean": grouped[metric].mean(), "std": grouped[metric].std()})
+    return table.reset_index()
+
+
+def _png(figure: plt.Figure) -> str:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(figure)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _summary(levels: pd.DataFrame) -> str:
+    if levels.empty:
+        return "<p>No finished levels.</p>"
+    columns = [c for c in ["density", "test_accuracy", "train_accuracy", "test_loss", "barrier_to_next_test_error",
+                           "instability_test_error", "hessian_top_eigenvalue", "predicted_max_prune_fraction",
+                           "measured_max_prune_fraction"] if c in levels.columns]
+    table = levels.groupby(["run_id", "baseline", "level"])[columns].mean()
+    table.insert(0, "n", levels.groupby(["run_id", "baseline", "level"]).size())
+    return table.to_html(float_format=lambda v: f"{v:.4f}", na_rep="-")
+
+
+def write_report(frames: dict[str, pd.DataFrame], infos: list[dict], path: str | Path) -> Path:
+    """One HTML page with every figure embedded, summary tables, provenance and notes."""
+    path = Path(path)
+    drawn, skipped = draw_all(frames)
+    levels = frames.get("levels", pd.DataFrame())
+    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>lth report</title>",
+             "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}img{max-width:100%}"
+             "table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px}</style>",
+             "</head><body><h1>Lottery-ticket report</h1>",
+             f"<p>Runs: {', '.join(html.escape(i['run_id']) for i in infos)}</p>",
+             "<h2>Summary per level</h2>", _summary(levels)]
+    if not levels.empty and levels["prune.rewind"].nunique() > 1:
+        parts += ["<h2>Comparison of rewind points</h2>", compare(levels, "prune.rewind").to_html(index=False)]
+    parts.append("<h2>Figures</h2>")
+    for name, figure in drawn.items():
+        parts.append(f"<h3>{html.escape(name)}</h3><img alt='{html.escape(name)}' "
+                     f"src='data:image/png;base64,{_png(figure)}'>")
+    parts.append("<h2>Not computed</h2>")
+    parts.append("<ul>" + "".join(f"<li><b>{html.escape(n)}</b>: {html.escape(r)}</li>" for n, r in skipped.items())
+                 + "</ul>" if skipped else "<p>Everything was computed.</p>")
+    parts.append("<h2>Provenance</h2>")
+    for info in infos:
+        parts.append(f"<h3>{html.escape(info['run_id'])}</h3><pre>"
+                     + html.escape(json.dumps({"config": info["config"], "provenance": info["provenance"],
+                                               "planned_levels": info["planned_levels"],
+                                               "planned_replicates": info["planned_replicates"],
+                                               "baselines": info["baselines"], "diet": info["diet"]},
+                                              indent=2, default=str)) + "</pre>")
+    parts.append("</body></html>")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(parts))
+    return path

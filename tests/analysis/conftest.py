@@ -1,0 +1,32 @@
+"""A small real results folder shared by the analysis tests: two runs (rewind 0 and 10
+iterations), two replicates, landscape measurements, a scores file, and unrelated files."""
+
+import pytest
+import torch
+
+from imp.config import load_config
+from imp.data import load_dataset
+from imp.duration import Duration
+from imp.scores import ScoreSpec, load_or_compute
+from imp.trunk import run_imp
+from landscape.hooks import level_hooks
+
+CPU = torch.device("cpu")
+TINY = ["model.widths=[16]", "train.epochs='40it'", "train.eval_every='20it'", "data.batch_size=64",
+        "prune.levels=2", "prune.baselines=['reinit']", "landscape.successive=true", "landscape.siblings=2",
+        "landscape.sibling_levels=[1]", "landscape.per_example=true", "landscape.points=3",
+        "landscape.examples=100", "landscape.perturb_sizes=[0.5]", "landscape.perturb_levels=[0]"]
+
+
+@pytest.fixture(scope="session")
+def results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("results")
+    ids = []
+    for rewind in ("0it", "10it"):
+        config = load_config(None, TINY + [f"prune.rewind='{rewind}'"])
+        ids.append(run_imp(config, out, out, CPU, replicates=2, hooks=level_hooks(config, CPU)).run_id)
+    config = load_config(None, TINY)
+    load_or_compute(config, load_dataset(config.data, out), ScoreSpec("el2n", Duration(iterations=20)), out)
+    (out / "not_a_run").mkdir()
+    (out / "notes.txt").write_text("unrelated")
+    return out, ids

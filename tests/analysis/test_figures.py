@@ -1,0 +1,216 @@
+"""Every standard figure renders from a synthetic frame of the loader's schema under Agg."""
+
+import matplotlib
+
+matplotlib.use("Agg")  # before pyplot: no display in tests
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from analysis import figures  # noqa: E402
+from analysis.figures import FIGURES, category_order  # noqa: E402
+
+RUNS = {"run0": "0it", "run1": "2000it"}  # run id -> prune.rewind
+LEVELS = range(6)
+REPLICATES = (0, 1)
+
+
+def config(run_id: str) -> dict:
+    return {"prune.rewind": RUNS[run_id], "diet.subset": "all", "diet.size": 0,
+            "diet.pretrain": "0it", "model.name": "lenet_300_100", "data.dataset": "mnist"}
+
+
+def make_levels() -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    rows = []
+    for run_id in RUNS:
+        for replicate in REPLICATES:
+            for level in LEVELS:
+                for baseline in ("imp", "reinit") if level else ("imp",):
+                    drop = 0.001 * level if baseline == "imp" else 0.004 * level
+                    measured = baseline == "imp" and level % 2 == 0
+                    sharpness = 20.0 + 3 * level + 4 * replicate + 6 * (run_id == "run1")
+                    rows.append({"run_id": run_id, "replicate": replicate, "level": level,
+                                 "baseline": baseline, "density": 0.8 ** level,
+                                 "test_accuracy": 0.98 - drop + rng.normal(0, 0.001),
+                                 "train_accuracy": 0.995, "test_loss": 0.07,
+                                 "hessian_top_eigenvalue": sharpness if measured else np.nan,
+                                 "predicted_max_prune_fraction": 0.6 - 0.05 * level,
+                                 "conservative_max_prune_fraction": 0.1,
+                                 "measured_max_prune_fraction": 0.5 - 0.04 * level,
+                                 **config(run_id)})
+    frame = pd.DataFrame(rows)
+    unmeasured = (frame["baseline"] != "imp") | (frame["level"] % 2 == 1)
+    frame.loc[unmeasured, [c for c in frame if c.endswith("max_prune_fraction")]] = np.nan
+    return frame
+
+
+def make_curves() -> pd.DataFrame:
+    rows = []
+    for replicate in REPLICATES:
+        for level in range(5):
+            for alpha in np.linspace(0, 1, 5):
+                for split in ("train", "test"):
+                    for metric, base in (("error", 0.02), ("loss", 0.07)):
+                        bump = (0.002 + 0.001 * level + 0.0005 * replicate) * np.sin(np.pi * alpha)
+                        rows.append({"run_id": "run0", "replicate": replicate, "kind": "successive",
+                                     "level": level, "label": f"{level}->{level + 1}",
+                                     "alpha": alpha, "split": split, "metric": metric,
+                                     "value": base + bump, **config("run0")})
+    return pd.DataFrame(rows)
+
+
+def make_barriers() -> pd.DataFrame:
+    rows = []
+    for run_id, scale in zip(RUNS, (1.0, 0.3)):
+        for replicate in REPLICATES:
+            for level in range(5):
+                kinds = [("successive", f"{level}->{level + 1}")]
+                kinds += [("instability", "0_1"), ("instability", "0_2")] if level % 2 == 0 else []
+                for kind, label in kinds:
+                    value = scale * (0.002 if kind == "successive" else 0.004 - 0.0005 * level)
+                    value += 0.0003 * replicate
+                    for split in ("train", "test"):
+                        for metric in ("error", "loss"):
+                            rows.append({"run_id": run_id, "replicate": replicate, "kind": kind,
+                                         "level": level, "label": label, "split": split,
+                                         "metric": metric, "interpolated": value,
+                                         "mean": value * 1.1, "density": 0.8 ** level,
+                                         "direction": None, "size": np.nan, **config(run_id)})
+            rows.append({**rows[-1], "kind": "perturb", "label": "gaussian 0.5",
+                         "direction": "gaussian", "size": 0.5})
+    return pd.DataFrame(rows)
+
+
+def make_per_example(examples: int = 400) -> pd.DataFrame:
+    rng = np.random.default_rng(1)
+    frames = [pd.DataFrame({"run_id": "run0", "replicate": replicate, "level": level,
+                            "midpoint_barrier": rng.normal(0.02 - 0.01 * level / 4, 0.03, examples),
+                            "tau": 0.0, **config("run0")})
+              for level in (0, 4) for replicate in REPLICATES]
+    return pd.concat(frames, ignore_index=True)
+
+
+def make_scores(examples: int = 2000) -> pd.DataFrame:
+    rng = np.random.default_rng(2)
+    noisy = rng.random(examples) < 0.1
+    norm = rng.gamma(9, 1, examples)
+    el2n = np.clip(rng.beta(0.5, 4, examples) + 0.8 * noisy, 0, 1.41)
+    forgetting = np.where(rng.random(examples) < 0.9, 0.0, rng.integers(1, 6, examples) * 1.0)
+    forgetting[noisy & (rng.random(examples) < 0.5)] = np.inf
+    grand = el2n * norm / 5 + rng.normal(0, 0.01, examples)
+    values = {("el2n", "2ep"): el2n, ("grand", "2ep"): grand, ("forgetting", "10ep"): forgetting}
+    frames = [pd.DataFrame({"score": score, "step": step, "name": f"{score}@{step}",
+                            "position": np.arange(examples), "value": value, "noisy": noisy,
+                            "input_norm": norm, "label": rng.integers(0, 10, examples)})
+              for (score, step), value in values.items()]
+    return pd.concat(frames, ignore_index=True)
+
+
+FRAMES = {"levels": make_levels, "curves": make_curves, "barriers": make_barriers,
+          "per_example": make_per_example, "scores": make_scores}
+# figure -> (x label fragment, log x axis)
+EXPECTED = {"accuracy_vs_density": ("density", True), "rewind_comparison": ("density", True),
+            "hessian_vs_level": ("level", False), "prune_limit": ("level", False),
+            "barrier_curves": ("α", False), "barrier_vs_level": ("density", True),
+            "instability_vs": ("rewind step", False), "per_example_histogram": ("B_i", False),
+            "score_histogram": ("EL2N", False), "score_scatter": ("el2n@2ep", False)}
+
+
+@pytest.fixture(scope="module")
+def frames() -> dict:
+    return {name: make() for name, make in FRAMES.items()}
+
+
+def test_every_figure_is_listed():
+    assert set(FIGURES) == set(EXPECTED)
+    assert all(frame in FRAMES for _, frame in FIGURES.values())
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_figure_renders(name, frames, tmp_path):
+    function, frame = FIGURES[name]
+    fig = function(frames[frame])
+    try:
+        assert isinstance(fig, Figure)
+        ax = fig.axes[0]
+        label, log_x = EXPECTED[name]
+        assert label in ax.get_xlabel() and ax.get_ylabel()
+        assert ax.get_title(loc="left") or fig.get_suptitle()
+        assert ax.lines or ax.collections or ax.patches
+        assert (ax.get_xscale() == "log") == log_x
+        assert ax.get_legend() is not None or fig.legends
+        fig.savefig(tmp_path / f"{name}.png", dpi=60)
+        assert (tmp_path / f"{name}.png").stat().st_size > 1000
+    finally:
+        plt.close(fig)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_empty_frame_raises(name, frames):
+    function, frame = FIGURES[name]
+    with pytest.raises(ValueError, match=name):
+        function(frames[frame].iloc[:0])
+    with pytest.raises(ValueError, match=name):
+        function(pd.DataFrame({"unrelated": [1.0]}))
+
+
+def test_draws_into_a_given_axes(frames):
+    fig, ax = plt.subplots()
+    try:
+        assert figures.accuracy_vs_density(frames["levels"], ax=ax) is fig
+        legend = [t.get_text() for t in ax.get_legend().texts]
+        assert "matching (±0.5 points)" in legend and legend.index("imp") < legend.index("reinit")
+        # the dense mean is the level-0 trunk mean, in %
+        levels = frames["levels"]
+        dense = 100 * levels.query("level == 0 and baseline == 'imp'")["test_accuracy"].mean()
+        assert any(np.allclose(line.get_ydata(), dense) for line in ax.lines)
+    finally:
+        plt.close(fig)
+
+
+def test_missing_measurements_raise(frames):
+    levels = frames["levels"].assign(hessian_top_eigenvalue=np.nan)
+    with pytest.raises(ValueError, match="Hessian"):
+        figures.hessian_vs_level(levels)
+    with pytest.raises(ValueError, match="prune_limit"):
+        figures.prune_limit(frames["levels"].drop(columns=list(figures.PRUNE_LIMITS)))
+    with pytest.raises(ValueError, match="one panel each"):
+        figures.score_histogram(frames["scores"], ax=plt.subplots()[1])
+    plt.close("all")
+
+
+def test_score_scatter_reports_the_rank_correlation(frames):
+    scores = frames["scores"]
+    fig = figures.score_scatter(scores, "el2n@2ep", "forgetting@10ep")
+    title = fig.axes[0].get_legend().get_title().get_text()
+    assert title.startswith("Spearman ρ = ") and float(title.split("= ")[1]) > 0
+    assert "∞" in fig.axes[0].get_ylabel()
+    fig = figures.score_scatter(scores, "input_norm", "el2n@2ep")
+    assert fig.axes[0].get_xlabel() == "input_norm"
+    with pytest.raises(ValueError, match="no score named 'el2n'"):
+        figures.score_scatter(scores, "el2n", "grand@2ep")
+    plt.close("all")
+
+
+def test_per_example_legend_gives_the_fraction_below_tau(frames):
+    per_example = frames["per_example"]
+    fig = figures.per_example_histogram(per_example)
+    legend = [t.get_text() for t in fig.axes[0].get_legend().texts]
+    below = per_example[per_example["level"] == 0]["midpoint_barrier"].le(0).mean()
+    assert f"L0: {100 * below:.0f}%" in legend and "$\\tau$ = 0" in legend
+    plt.close(fig)
+
+
+def test_category_order():
+    steps = pd.Series(["2000it", "0it", "500it", "0it"])
+    assert category_order(steps) == ["0it", "500it", "2000it"]
+    assert category_order(pd.Series(["2ep", "1ep", "0it"])) == ["0it", "1ep", "2ep"]
+    assert category_order(pd.Series(["1ep", "600it"]), iterations_per_epoch=469) == ["1ep", "600it"]
+    with pytest.raises(ValueError, match="iterations_per_epoch"):
+        category_order(pd.Series(["1ep", "600it"]))
+    assert category_order(pd.Series([6000, 600, None])) == [600, 6000]
+    assert category_order(pd.Series(["hard", "easy", "random"])) == ["easy", "hard", "random"]
