@@ -1,5 +1,6 @@
 """A small real results folder shared by the analysis tests: two runs (rewind 0 and 10
-iterations), two replicates, landscape measurements, a scores file, and unrelated files."""
+iterations) with two replicates and every landscape measurement, a third run with levels
+only (its id last), a scores file, and unrelated files."""
 
 import pytest
 import torch
@@ -15,7 +16,9 @@ CPU = torch.device("cpu")
 TINY = ["model.widths=[16]", "train.epochs='40it'", "train.eval_every='20it'", "data.batch_size=64",
         "prune.levels=2", "prune.baselines=['reinit']", "landscape.successive=true", "landscape.siblings=2",
         "landscape.sibling_levels=[1]", "landscape.per_example=true", "landscape.points=3",
-        "landscape.examples=100", "landscape.perturb_sizes=[0.5]", "landscape.perturb_levels=[0]"]
+        "landscape.examples=100", "landscape.perturb_sizes=[0.5]", "landscape.perturb_levels=[0]",
+        "landscape.hessian=true", "landscape.hessian_levels=[1]", "landscape.hessian_examples=100",
+        "landscape.slq_runs=2", "landscape.slq_steps=5", "landscape.trace_samples=0", "landscape.prune_check=[0.5]"]
 
 
 @pytest.fixture(scope="session")
@@ -26,7 +29,11 @@ def results(tmp_path_factory):
         config = load_config(None, TINY + [f"prune.rewind='{rewind}'"])
         ids.append(run_imp(config, out, out, CPU, replicates=2, hooks=level_hooks(config, CPU)).run_id)
     config = load_config(None, TINY)
-    load_or_compute(config, load_dataset(config.data, out), ScoreSpec("el2n", Duration(iterations=20)), out)
+    data = load_dataset(config.data, out)
+    for score, step in (("el2n", 20), ("grand", 0)):
+        load_or_compute(config, data, ScoreSpec(score, Duration(iterations=step)), out)
+    plain = run_imp(load_config(None, TINY[:5] + ["train.lr=0.05"]), out, out, CPU).run_id  # nothing measured
+    ids.append(plain)
     (out / "not_a_run").mkdir()
     (out / "notes.txt").write_text("unrelated")
     return out, ids

@@ -9,7 +9,7 @@ from imp.errors import UserError
 
 def test_frames_of_several_runs(results):
     out, ids = results
-    frames = load_frames(ids, out)
+    frames = load_frames(ids[:2], out)
     levels = frames["levels"]
     assert len(levels) == 2 * 2 * (3 + 2)  # runs x replicates x (trunk levels + reinit levels)
     assert set(levels["baseline"]) == {"imp", "reinit"}
@@ -20,6 +20,7 @@ def test_frames_of_several_runs(results):
 
     barriers = frames["barriers"]
     assert set(barriers["kind"]) == {"successive", "instability", "perturb"}
+    assert levels["hessian_top_eigenvalue"].notna().sum() == 2 * 2  # level 1 of each run and replicate
     assert set(barriers["split"]) == {"train", "test"} and set(barriers["metric"]) == {"error", "loss"}
     perturb = barriers[barriers["kind"] == "perturb"]
     assert set(perturb["size"]) == {0.5} and set(perturb["direction"]) == {"gaussian"}
@@ -37,7 +38,7 @@ def test_frames_of_several_runs(results):
     assert len(frames["per_example"]) == 2 * 2 * 100  # runs x replicates x examples (level 1 only)
 
     scores = frames["scores"]
-    assert set(scores["name"]) == {"el2n@20it"} and len(scores) == 1437
+    assert set(scores["name"]) == {"el2n@20it", "grand@0it"} and len(scores) == 2 * 1437
 
 
 def test_config_columns_fill_defaults():
