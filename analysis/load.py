@@ -13,6 +13,9 @@ Every frame has ``run_id`` and the run's config as columns named ``section.key``
   ``interpolated``, ``mean``, ``density``, and ``direction``/``size`` for perturbations;
 * ``per_example``: one row per example of a sibling measurement: ``level``,
   ``midpoint_barrier``, ``tau``;
+* ``metrics``: the evaluations during training: one row per run, replicate, level,
+  baseline and evaluated ``step``, with ``train_loss``, ``train_accuracy``, ``test_loss``,
+  ``test_accuracy`` (and validation columns when there is a validation split);
 * ``scores``: from score files: ``score``, ``step``, ``name``, ``position``, ``value``,
   ``noisy``, ``input_norm``, ``label``.
 """
@@ -28,7 +31,7 @@ import pandas as pd
 from imp import store
 from imp.config import from_dict, to_dict
 from imp.errors import UserError
-from imp.results import find_run, level_rows, run_info
+from imp.results import find_run, level_rows, parse_stage, run_info
 
 _KINDS = [("successive", re.compile(r"barrier_(\d+)")), ("instability", re.compile(r"instability_(\d+)")),
           ("perturb", re.compile(r"perturb_(\d+)_([a-z]+)_(.+)")), ("pair", re.compile(r"pair_(.+)__(.+)"))]
@@ -61,6 +64,24 @@ def levels_frame(runs: Iterable[store.RunDir]) -> pd.DataFrame:
         for row in found:
             row["baseline"] = row["baseline"] or "imp"
         rows += _with_config(found, run)
+    return pd.DataFrame(rows)
+
+
+def metrics_frame(runs: Iterable[store.RunDir]) -> pd.DataFrame:
+    rows = []
+    for run in runs:
+        run_rows = []
+        for replicate in run.replicates():
+            for stage in run.stages(replicate):
+                parsed = parse_stage(stage)
+                if parsed is None:
+                    continue
+                evaluations = store.read_h5(run.stage_file(replicate, stage), skip=("weights", "mask", "steps"))["eval"]
+                keys = [k for k in evaluations if k != "provenance"]
+                for i in range(len(evaluations["step"])):
+                    run_rows.append({"replicate": replicate, "level": parsed[0], "baseline": parsed[1] or "imp",
+                                     **{k: evaluations[k][i].item() for k in keys}})
+        rows += _with_config(run_rows, run)
     return pd.DataFrame(rows)
 
 
@@ -138,4 +159,5 @@ def scores_frame(paths: Iterable[Path]) -> pd.DataFrame:
 def load_frames(names: Iterable[str], out: str | Path = "results") -> dict[str, pd.DataFrame]:
     """Every frame of the given runs (and the score files beside them)."""
     runs = load_runs(names, out)
-    return {"levels": levels_frame(runs), **landscape_frames(runs), "scores": scores_frame(score_files(runs))}
+    return {"levels": levels_frame(runs), "metrics": metrics_frame(runs), **landscape_frames(runs),
+            "scores": scores_frame(score_files(runs))}

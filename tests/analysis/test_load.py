@@ -37,6 +37,12 @@ def test_frames_of_several_runs(results):
     np.testing.assert_array_equal(one["value"], stored["curve"]["test_error"])
     assert len(frames["per_example"]) == 2 * 2 * 100  # runs x replicates x examples (level 1 only)
 
+    metrics = frames["metrics"]
+    one_level = metrics[(metrics["run_id"] == ids[1]) & (metrics["replicate"] == 0) & (metrics["level"] == 1)
+                        & (metrics["baseline"] == "reinit")]
+    assert one_level["step"].tolist() == [10, 20, 40]  # from the rewind step, every 20 iterations, the end
+    assert {"train_accuracy", "test_loss"} <= set(metrics.columns)
+
     scores = frames["scores"]
     assert set(scores["name"]) == {"el2n@20it", "grand@0it"} and len(scores) == 2 * 1437
 
