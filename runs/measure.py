@@ -1,0 +1,125 @@
+"""The commands that measure: example scores and the landscape of existing runs."""
+
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+import numpy as np
+
+from imp.errors import UserError
+
+
+def scores(args) -> int:
+    from imp.config import load_config
+    from imp.data import load_dataset, resolve_root
+    from imp.duration import Duration
+    from imp.runtime import choose_device, set_threads
+    from imp.scores import ScoreSpec, load_or_compute, roc_auc, spearman
+
+    config = load_config(args.config, args.overrides)
+    step = config.diet.score_step
+    if args.step is not None:  # a bare number counts epochs, as in TOML
+        step = Duration.parse(int(args.step) if args.step.isdigit() else args.step)
+    spec = ScoreSpec(args.score, step, config.diet.score_runs if args.runs is None else args.runs)
+    set_threads(args.threads)
+    device = choose_device(args.device)
+    data = load_dataset(config.data, resolve_root(config.data.root, os.environ), device)
+    print(f"{spec.score} after {spec.step} ({config.model.name} on {config.data.dataset}), "
+          f"mean of {spec.runs} run(s), {len(data.train)} examples, {device}", file=sys.stderr)
+    tree, path = load_or_compute(config, data, spec, args.out, progress=not args.quiet and sys.stderr.isatty())
+    mean = tree["mean"]
+    finite = mean[np.isfinite(mean)]
+    print(f"{spec.score}: mean {finite.mean():.4g}, quartiles "
+          + ", ".join(f"{q:.4g}" for q in np.quantile(finite, [0.25, 0.5, 0.75]))
+          + (f", {int((~np.isfinite(mean)).sum())} never learned (+inf)" if len(finite) < len(mean) else ""))
+    print(f"Spearman with the input norm: {spearman(mean, tree['input_norm']):.3f}")
+    if tree["noisy"].any():
+        print(f"ROC-AUC for finding the {int(tree['noisy'].sum())} permuted labels: "
+              f"{roc_auc(mean, tree['noisy']):.3f}")
+    print(f"scores in {path}")
+    return 0
+
+
+def correlate(args) -> int:
+    from imp.scores import read_scores, spearman
+    from runs.tables import format_table
+
+    trees = [read_scores(path) for path in args.files]
+    if any(not np.array_equal(t["index"], trees[0]["index"]) for t in trees):
+        raise UserError("these scores are over different training sets; compare scores of one [data] section")
+    names = [f"{t['score']}@{t['step']}" for t in trees] + ["input_norm"]
+    columns = [t["mean"] for t in trees] + [trees[0]["input_norm"]]
+    rows = [[name] + [f"{spearman(a, b):.3f}" for b in columns] for name, a in zip(names, columns)]
+    print("Spearman rank correlation")
+    print(format_table(["", *names], rows))
+    return 0
+
+
+def barrier(args) -> int:
+    if args.between:
+        return _on_run(args, [], between=args.between)
+    extra = ["landscape.successive=true"]
+    if args.siblings:
+        extra.append(f"landscape.siblings={args.siblings}")
+    if args.per_example:
+        extra.append("landscape.per_example=true")
+    return _on_run(args, extra, "barrier_to_next_test_error", "instability_test_error")
+
+
+def perturb(args) -> int:
+    extra = [f"landscape.perturb_sizes={list(args.sizes)}",
+             f"landscape.perturb_directions={json.dumps(args.directions)}"]
+    return _on_run(args, extra)
+
+
+def hessian(args) -> int:
+    extra = ["landscape.hessian=true", f"landscape.hessian_k={args.k}"]
+    if args.check:
+        extra.append(f"landscape.prune_check={list(args.check)}")
+    return _on_run(args, extra, "hessian_top_eigenvalue", "predicted_max_prune_fraction",
+                    "conservative_max_prune_fraction", "measured_max_prune_fraction")
+
+
+def _on_run(args, extra: list[str], *columns: str, between: Sequence[str] = ()) -> int:
+    """Load a run, apply landscape overrides, measure its finished levels (or the pair
+    ``between``) under its lock."""
+    from imp import store
+    from imp.config import with_overrides
+    from imp.data import load_dataset, resolve_root
+    from imp.results import find_run, level_rows, run_info
+    from imp.runtime import choose_device, set_threads
+    from landscape.hooks import measure_run
+    from landscape.measure import Measurements, claim_settings
+    from runs.tables import format_table
+
+    run = find_run(args.run, args.out)
+    info = run_info(run)
+    for override in args.overrides:
+        if not override.startswith("landscape."):
+            raise UserError(f"--set {override}: only landscape.* settings can change for an existing run")
+    config = with_overrides(info["config"], extra + list(args.overrides))
+    set_threads(args.threads)
+    device = choose_device(args.device)
+    root = resolve_root(str(store.read_run(run).get("data_root", "")), os.environ)
+    with store.RunLock(run, wait=args.wait):
+        data = load_dataset(config.data, root, device)
+        if between:
+            claim_settings(run, config, device)
+            stage, tree = Measurements(config, data, run, args.replicate).pair(*between)
+            rows = [[key, f"{value['interpolated']:.4f}", f"{value['mean']:.4f}"]
+                    for key, value in sorted(tree["barrier"].items())]
+            print(f"barrier between {between[0]} and {between[1]}:")
+            print(format_table(["", "interpolated", "mean"], rows))
+            print(f"results in {run.stage_file(args.replicate, stage)}")
+            return 0
+        measure_run(config, data, run, device, args.levels)
+    rows = [r for r in level_rows(run) if r["baseline"] is None]
+    for column in columns:
+        print(f"{column}" + (" (interpolated baseline)" if "barrier" in column or "instab" in column else "")
+              + ", per replicate and level:")
+        for row in rows:
+            if column in row:
+                print(f"  replicate {row['replicate']} level {row['level']}: {row[column]:.4f}")
+    print(f"results in {run.path}")
+    return 0
