@@ -17,7 +17,7 @@ matplotlib.use("Agg")  # the report and plot commands never open windows
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from analysis.figures import FIGURES  # noqa: E402
+from analysis.figures import FIGURES, category_order  # noqa: E402
 
 
 def draw_all(frames: dict[str, pd.DataFrame]) -> tuple[dict[str, plt.Figure], dict[str, str]]:
@@ -55,8 +55,12 @@ def compare(levels: pd.DataFrame, by: str, metric: str = "test_accuracy") -> pd.
     trunk = levels[levels["baseline"] == "imp"]
     grouped = trunk.groupby([by, "level"])
     table = pd.DataFrame({"n": grouped[metric].count(), "density": grouped["density"].mean(),
-                          "mean": grouped[metric].mean(), "std": grouped[metric].std()})
-    return table.reset_index()
+                          "mean": grouped[metric].mean(), "std": grouped[metric].std()}).reset_index()
+    try:  # rewind points by length of training, numbers by size
+        order = {value: i for i, value in enumerate(category_order(table[by]))}
+    except ValueError:
+        order = {value: i for i, value in enumerate(sorted(table[by].unique(), key=str))}
+    return table.sort_values([by, "level"], key=lambda c: c.map(order) if c.name == by else c, ignore_index=True)
 
 
 def _png(figure: plt.Figure) -> str:

@@ -261,6 +261,8 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
             raw = tomllib.loads(path.read_text())
         except tomllib.TOMLDecodeError as error:
             raise UserError(f"{path}: not valid TOML ({error})") from None
+        if "sweep" in raw:
+            raise UserError(f"{path} is a sweep file (it has a [sweep] table); run it with `lth sweep {path}`")
     return with_overrides(raw, overrides)
 
 

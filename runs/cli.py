@@ -125,6 +125,22 @@ def _parser() -> argparse.ArgumentParser:
     _config_arguments(layers)
     layers.set_defaults(command=_layers)
 
+    sweep = commands.add_parser("sweep", help="run (or resume, or submit) every run of a sweep file")
+    sweep.add_argument("file", help="a TOML run config with a [sweep] table of axes")
+    sweep.add_argument("--out", default=DEFAULT_OUT, help=f"results folder (default: {DEFAULT_OUT})")
+    sweep.add_argument("--executor", default="local", choices=["local", "parallel", "slurm"],
+                       help="local: one run after another; parallel: --workers processes; slurm: one job per run")
+    sweep.add_argument("--workers", type=int, default=max(1, os.cpu_count() or 1),
+                       help="worker processes for --executor parallel (default: one per core)")
+    sweep.add_argument("--threads", type=int, default=0,
+                       help="CPU threads per worker (default: the cores divided between the workers)")
+    sweep.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    sweep.add_argument("--partition", help="Slurm partition")
+    sweep.add_argument("--gpus-per-job", type=int, default=0, help="Slurm GPUs per job (default: 0)")
+    sweep.add_argument("--cpus-per-job", type=int, default=1, help="Slurm CPUs per job (default: 1)")
+    sweep.add_argument("--minutes", type=int, default=24 * 60, help="Slurm time limit per job (default: 1440)")
+    sweep.set_defaults(command=_sweep)
+
     ls = commands.add_parser("ls", help="list the runs in a results folder and their progress")
     ls.add_argument("dir", nargs="?", default=DEFAULT_OUT, help=f"results folder (default: {DEFAULT_OUT})")
     ls.set_defaults(command=_ls)
@@ -214,6 +230,14 @@ def _show(args) -> int:
     return 0
 
 
+def _sweep(args) -> int:
+    from runs.sweep import main_sweep
+
+    if args.workers < 1:
+        raise UserError(f"--workers must be at least 1, got {args.workers}")
+    return main_sweep(args)
+
+
 def _layers(args) -> int:
     from imp.data import load_dataset, resolve_root
     from imp.level import build_initial_model
@@ -240,6 +264,7 @@ def _layers(args) -> int:
 
 def _ls(args) -> int:
     from imp import store
+    from runs.sweep import read_manifests
     from imp.results import levels_done, run_info
     from runs.tables import format_table
 
@@ -267,6 +292,11 @@ def _ls(args) -> int:
         print(f"no runs in {out}")
         return 0
     print(format_table(["run", "model", "data", "levels", "replicates", "baselines", "state"], lines))
+    states = {line[0]: line[-1] for line in lines}
+    for manifest in read_manifests(out):
+        done = sum(states.get(run_id) == "done" for run_id in manifest["runs"])
+        running = sum(states.get(run_id) == "running" for run_id in manifest["runs"])
+        print(f"sweep {manifest['name']}: {done}/{len(manifest['runs'])} runs done, {running} running")
     return 0
 
 

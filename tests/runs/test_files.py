@@ -6,13 +6,17 @@ from pathlib import Path
 import pytest
 
 from imp.config import load_config, run_id
+from runs.sweep import load_sweep
 
 RUNS = Path(__file__).resolve().parents[2] / "runs"
 
 
 @pytest.mark.parametrize("path", sorted(RUNS.rglob("*.toml")), ids=lambda p: p.name)
 def test_experiment_files_parse(path):
-    assert len(run_id(load_config(path))) == 12
+    if "[sweep]" in path.read_text():
+        assert all(len(run_id(config)) == 12 for config in load_sweep(path).configs)
+    else:
+        assert len(run_id(load_config(path))) == 12
 
 
 @pytest.mark.parametrize("path", sorted(RUNS.rglob("*.py")), ids=lambda p: str(p.relative_to(RUNS)))

@@ -1,0 +1,173 @@
+"""Sweeps: a grid of runs from one TOML file, run sequentially, in local worker
+processes, or as Slurm jobs through submitit.
+
+A sweep file is a run config plus a ``[sweep]`` table whose keys are ``section.key``
+axes with a list of values each, and optionally ``replicates``::
+
+    [sweep]
+    "prune.rewind" = ["0it", "200it", "800it"]
+    "diet.subset" = ["easy", "random"]
+    replicates = 2
+
+The grid is the product of the axes, in the order written. Every point is an ordinary
+run (its own id); running the sweep again resumes it, since finished stages are never
+recomputed. A run that another process is writing (its lock is held, on any machine
+sharing the file system) is skipped and reported, never written twice. The sweep's
+list of runs is kept in ``OUT/sweeps/<name>.json`` for ``lth ls``.
+"""
+
+import copy
+import itertools
+import json
+import os
+import sys
+import tomllib
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+from imp.config import Config, from_dict, run_id, to_dict
+from imp.errors import UserError
+
+SWEEPS_DIR = "sweeps"
+
+
+@dataclass(frozen=True)
+class Sweep:
+    name: str
+    configs: list[Config]
+    replicates: int
+
+
+def load_sweep(path: str | Path) -> Sweep:
+    """Read a sweep file and expand its grid, checking every axis and every point."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"sweep file {str(path)!r} not found")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as error:
+        raise UserError(f"{path}: not valid TOML ({error})") from None
+    grid = raw.pop("sweep", None)
+    if not isinstance(grid, dict):
+        raise UserError(f"{path} has no [sweep] table; `lth run` takes plain run configs")
+    replicates = grid.pop("replicates", 1)
+    if isinstance(replicates, bool) or not isinstance(replicates, int) or replicates < 1:
+        raise UserError(f"{path}: sweep.replicates must be a positive integer, got {replicates!r}")
+    for axis, values in grid.items():
+        if "." not in axis:
+            raise UserError(f"{path}: sweep axis {axis!r} must look like section.key, e.g. \"prune.rewind\"")
+        if not isinstance(values, list) or not values:
+            raise UserError(f"{path}: sweep axis {axis!r} needs a non-empty list of values")
+    configs = []
+    for point in itertools.product(*grid.values()):
+        point_raw = copy.deepcopy(raw)
+        for axis, value in zip(grid, point):
+            section, key = axis.split(".", 1)
+            point_raw.setdefault(section, {})[key] = value
+        configs.append(from_dict(point_raw))
+    return Sweep(path.stem, configs, replicates)
+
+
+def run_point(config_data: dict[str, Any], out: str, replicates: int, device: str, threads: int) -> str:
+    """Run (or resume) one point of a sweep in this process; returns how it ended.
+
+    The argument is plain data, so the same function runs in a worker process or a
+    Slurm job.
+    """
+    from imp.data import resolve_root
+    from imp.runtime import choose_device, set_threads
+    from imp.store import RunLocked
+    from imp.trunk import run_imp
+    from landscape.hooks import level_hooks
+
+    config = from_dict(config_data)
+    set_threads(threads)
+    chosen = choose_device(device)
+    try:
+        run = run_imp(config, out, resolve_root(config.data.root, os.environ), chosen,
+                      replicates=replicates, hooks=level_hooks(config, chosen))
+    except RunLocked:
+        return f"{run_id(config)}: skipped, another process is writing it"
+    return f"{run.run_id}: done"
+
+
+def write_manifest(sweep: Sweep, out: str | Path) -> Path:
+    path = Path(out) / SWEEPS_DIR / f"{sweep.name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    manifest = {"name": sweep.name, "replicates": sweep.replicates, "runs": [run_id(c) for c in sweep.configs]}
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(manifest, indent=1))
+    os.replace(temporary, path)
+    return path
+
+
+def read_manifests(out: str | Path) -> list[dict]:
+    folder = Path(out) / SWEEPS_DIR
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+
+
+def _plain(config: Config) -> dict[str, Any]:
+    return to_dict(config, defaults=True, platform=True)
+
+
+def run_sweep(sweep: Sweep, out: str | Path, *, workers: int = 1, device: str = "auto",
+              threads: int = 0, report: Callable[[str], None] = print) -> None:
+    """Every point, in this process (``workers = 1``) or in that many worker processes.
+
+    ``threads = 0`` divides the machine's cores between the workers.
+    """
+    from imp.runtime import available_cores
+
+    write_manifest(sweep, out)
+    threads = threads or max(1, available_cores() // max(workers, 1))
+    arguments = [(_plain(c), str(out), sweep.replicates, device, threads) for c in sweep.configs]
+    if workers <= 1:
+        for args in arguments:
+            report(run_point(*args))
+        return
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        for line in pool.map(run_point, *zip(*arguments)):
+            report(line)
+
+
+def submit_sweep(sweep: Sweep, out: str | Path, executor, *, device: str = "auto", threads: int = 1,
+                 report: Callable[[str], None] = print) -> list:
+    """Submit one job per point to a submitit executor (Slurm, or its local executor)."""
+    write_manifest(sweep, out)
+    jobs = [executor.submit(run_point, _plain(c), str(Path(out).resolve()), sweep.replicates, device, threads)
+            for c in sweep.configs]
+    for config, job in zip(sweep.configs, jobs):
+        report(f"{run_id(config)}: submitted as job {job.job_id}")
+    return jobs
+
+
+def slurm_executor(out: str | Path, *, partition: str | None, gpus_per_job: int, cpus_per_job: int,
+                   minutes: int):
+    import submitit
+
+    executor = submitit.AutoExecutor(folder=str(Path(out) / SWEEPS_DIR / "slurm"), cluster="slurm")
+    params = {"timeout_min": minutes, "cpus_per_task": cpus_per_job, "gpus_per_node": gpus_per_job}
+    if partition:
+        params["slurm_partition"] = partition
+    executor.update_parameters(**params)
+    return executor
+
+
+def main_sweep(args) -> int:
+    """``lth sweep``: expand the file, then run or submit every point."""
+    sweep = load_sweep(args.file)
+    print(f"sweep {sweep.name}: {len(sweep.configs)} run(s) x {sweep.replicates} replicate(s), "
+          f"executor {args.executor}", file=sys.stderr)
+    if args.executor == "slurm":
+        executor = slurm_executor(args.out, partition=args.partition, gpus_per_job=args.gpus_per_job,
+                                  cpus_per_job=args.cpus_per_job, minutes=args.minutes)
+        submit_sweep(sweep, args.out, executor, device=args.device, threads=args.cpus_per_job)
+        print(f"follow with `lth ls {args.out}`")
+        return 0
+    workers = args.workers if args.executor == "parallel" else 1
+    run_sweep(sweep, args.out, workers=workers, device=args.device, threads=args.threads)
+    return 0

@@ -1,0 +1,103 @@
+import numpy as np
+import pytest
+
+from imp import store
+from imp.config import run_id
+from imp.errors import UserError
+from runs.cli import main
+from runs.sweep import load_sweep, read_manifests, run_point, run_sweep, submit_sweep, _plain
+
+SWEEP = """
+[model]
+widths = [16]
+[train]
+epochs = "40it"
+eval_every = "20it"
+[data]
+batch_size = 64
+[prune]
+levels = 1
+[sweep]
+"prune.rewind" = ["0it", "10it"]
+"train.lr" = [0.1, 0.05]
+replicates = 2
+"""
+
+
+def write(tmp_path, text=SWEEP, name="grid.toml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_the_grid_expands_in_the_order_written(tmp_path):
+    sweep = load_sweep(write(tmp_path))
+    assert sweep.name == "grid" and sweep.replicates == 2
+    points = [(str(c.prune.rewind), c.train.lr) for c in sweep.configs]
+    assert points == [("0it", 0.1), ("0it", 0.05), ("10it", 0.1), ("10it", 0.05)]
+    assert len({run_id(c) for c in sweep.configs}) == 4
+    assert all(c.model.widths == (16,) and c.prune.levels == 1 for c in sweep.configs)
+
+
+@pytest.mark.parametrize("text, message", [
+    (SWEEP.replace('"prune.rewind"', '"prune.rewnd"'), "unknown key 'prune.rewnd'; did you mean 'prune.rewind'?"),
+    (SWEEP.replace('"train.lr" = [0.1, 0.05]', '"train.lr" = []'), "sweep axis 'train.lr' needs a non-empty list"),
+    (SWEEP.replace('"train.lr"', '"lr"'), "sweep axis 'lr' must look like section.key"),
+    (SWEEP.replace("replicates = 2", "replicates = 0"), "sweep.replicates must be a positive integer"),
+    (SWEEP.split("[sweep]")[0], "has no [sweep] table; `lth run` takes plain run configs"),
+    (SWEEP.replace('[0.1, 0.05]', '[0.1, -1.0]'), "train.lr must be positive"),
+])
+def test_bad_sweep_files(tmp_path, text, message):
+    with pytest.raises(UserError) as error:
+        load_sweep(write(tmp_path, text))
+    assert message in str(error.value)
+
+
+def test_a_sweep_file_given_to_lth_run_is_named(tmp_path, capsys):
+    assert main(["run", str(write(tmp_path)), "--out", str(tmp_path)]) == 2
+    assert "is a sweep file (it has a [sweep] table); run it with `lth sweep" in capsys.readouterr().err
+
+
+def finals(out, sweep):
+    return {run_id(c): store.read_h5(store.RunDir(out, run_id(c)).stage_file(r, "level_1"))["weights"]
+            for c in sweep.configs for r in range(sweep.replicates)}
+
+
+def test_sequential_and_parallel_sweeps_agree_and_resume(tmp_path, capsys):
+    sweep = load_sweep(write(tmp_path, SWEEP.replace('"train.lr" = [0.1, 0.05]', '"train.lr" = [0.1]')))
+    lines = []
+    run_sweep(sweep, tmp_path / "seq", threads=1, report=lines.append)
+    assert [line.split(": ")[1] for line in lines] == ["done", "done"]
+    files = sorted((tmp_path / "seq").rglob("level_*.h5"))
+    assert len(files) == 2 * 2 * 2  # runs x replicates x levels
+    stamps = [f.stat().st_mtime_ns for f in files]
+    run_sweep(sweep, tmp_path / "seq", threads=1, report=lines.append)  # resume: nothing to do
+    assert [f.stat().st_mtime_ns for f in files] == stamps
+
+    run_sweep(sweep, tmp_path / "par", workers=2, threads=1, report=lines.append)
+    sequential, parallel = finals(tmp_path / "seq", sweep), finals(tmp_path / "par", sweep)
+    for key in sequential:
+        np.testing.assert_array_equal(sequential[key]["1.weight"], parallel[key]["1.weight"])
+    assert read_manifests(tmp_path / "par")[0]["runs"] == [run_id(c) for c in sweep.configs]
+    assert main(["ls", str(tmp_path / "par")]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "sweep grid: 2/2 runs done, 0 running"
+
+
+def test_a_run_held_elsewhere_is_skipped(tmp_path):
+    config = load_sweep(write(tmp_path)).configs[0]
+    with store.RunLock(store.RunDir(tmp_path, run_id(config))):
+        line = run_point(_plain(config), str(tmp_path), 1, "cpu", 1)
+    assert line == f"{run_id(config)}: skipped, another process is writing it"
+    assert not list(tmp_path.rglob("level_*.h5"))
+
+
+def test_the_slurm_path_through_submitits_local_executor(tmp_path):
+    submitit = pytest.importorskip("submitit")
+    sweep = load_sweep(write(tmp_path, SWEEP.replace('"train.lr" = [0.1, 0.05]', '"train.lr" = [0.1]')))
+    executor = submitit.LocalExecutor(folder=str(tmp_path / "jobs"))
+    executor.update_parameters(timeout_min=10)
+    lines = []
+    jobs = submit_sweep(sweep, tmp_path / "out", executor, device="cpu", report=lines.append)
+    assert [job.result() for job in jobs] == [f"{run_id(c)}: done" for c in sweep.configs]
+    assert all("submitted as job" in line for line in lines)
+    assert len(list((tmp_path / "out").rglob("level_1.h5"))) == 2 * 2
