@@ -31,8 +31,9 @@ ModelName = Literal[
 
 
 def _platform(default):
-    """A field that says where or how to run, not what to compute: kept out of the run id."""
-    return field(default=default, metadata={"identity": False})
+    """A field that says where or how to run, not what to compute: kept out of the run id
+    and recorded in every result's provenance instead (:func:`platform_json`)."""
+    return field(default=default, metadata={"identity": False, "platform": True})
 
 
 def _extent(default):
@@ -98,6 +99,9 @@ class TrainConfig:
     augment_seed: int | None = None
     eval_every: Duration = Duration(epochs=1)
     eval_examples: int = 0  # 0 = whole train and test sets; else a fixed subset of each
+    precision: Literal["fp32", "bf16"] = _platform("fp32")  # bf16: autocast, BatchNorm and loss in fp32
+    channels_last: bool = _platform(False)  # channels-last memory format for conv nets
+    compile: bool = _platform(False)  # torch.compile the training forward pass
 
     def __post_init__(self):
         _check(self.epochs != Duration(), "train.epochs", "must be longer than 0it")
@@ -408,6 +412,22 @@ def _plain(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in sorted(value.items())}
     return value
+
+
+def platform_json(config: Config) -> str:
+    """The fields that say where and how a run ran (data root, precision, ...), as JSON."""
+    def pick(section) -> dict:
+        out = {}
+        for f in dataclasses.fields(section):
+            value = getattr(section, f.name)
+            if _is_section(value):
+                nested = pick(value)
+                if nested:
+                    out[f.name] = nested
+            elif f.metadata.get("platform"):
+                out[f.name] = _plain(value)
+        return out
+    return json.dumps(pick(config), sort_keys=True, separators=(",", ":"))
 
 
 def canonical_json(config: Config) -> str:

@@ -118,13 +118,15 @@ def _git_state() -> tuple[str, bool]:
     return revision.stdout.strip(), bool(status.stdout.strip())
 
 
-def provenance(config_json: str, device: str | torch.device) -> dict[str, Any]:
-    """Where a result came from: config, code version, git state, torch, device and date."""
+def provenance(config_json: str, device: str | torch.device, platform: str = "{}") -> dict[str, Any]:
+    """Where a result came from: config, how it ran (``platform``: data root, precision,
+    memory format, compilation, as JSON), code version, git state, torch, device, date."""
     from imp import __version__
 
     revision, dirty = _git_state()
     return {
         "config": config_json,
+        "platform": platform,
         "lth_version": __version__,
         "git_revision": revision,
         "git_dirty": dirty,

@@ -6,6 +6,7 @@ initialisation and a snapshot at step k is the rewind point ``w_k``. Hooks due a
 last step run after the last update.
 """
 
+import contextlib
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -61,6 +62,37 @@ def learning_rate(step: int, config: TrainConfig, iterations_per_epoch: int) -> 
     if step < warmup:
         rate *= (step + 1) / warmup
     return rate
+
+
+COMPILE_BACKEND = "inductor"  # torch.compile backend of train.compile (tests use "eager")
+
+
+def training_forward(model: nn.Module, config: TrainConfig) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The model as the training loop calls it, set up for the config's GPU options:
+    channels-last memory format, BatchNorm kept in fp32 under bf16 autocast, and
+    ``torch.compile`` (DESIGN §5). Weights and state dict stay those of ``model``."""
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if config.precision == "bf16":
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and not getattr(module, "_lth_fp32", False):
+                module.forward = _fp32(module.forward)
+                module._lth_fp32 = True
+    return torch.compile(model, backend=COMPILE_BACKEND) if config.compile else model
+
+
+def _fp32(forward: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return forward(x.float())
+    return run
+
+
+def autocast(config: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast for ``precision = "bf16"``, else nothing."""
+    if config.precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def make_optimizer(parameters: Iterable[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
@@ -167,6 +199,8 @@ def train(
     device = data.train.x.device
     batches = Batches(len(data.train), batch_size, seeds.order, device)
     optimizer = make_optimizer(model.parameters(), config)
+    forward = training_forward(model, config)
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     losses = torch.zeros(end_step - start_step, device=device)
     model.train()
     bar = tqdm(total=end_step - start_step, disable=not progress, unit="it", leave=False,
@@ -179,8 +213,11 @@ def train(
         x, y = data.train.x[positions], data.train.y[positions]
         if data.augment:
             x = flip_crop(x, data.fill, generator(seeds.augment, "augment", step))
-        logits = model(x)
-        loss = F.cross_entropy(logits, y)
+        if x.dim() == 4:
+            x = x.contiguous(memory_format=memory_format)
+        with autocast(config, device):
+            logits = forward(x)
+        loss = F.cross_entropy(logits.float(), y)  # the loss in fp32 whatever the autocast
         if on_batch is not None:
             on_batch(step, positions, logits.detach(), y)
         optimizer.zero_grad(set_to_none=True)

@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 
 from imp import store
-from imp.config import Config, TrainConfig, canonical_json, run_id
+from imp.config import Config, TrainConfig, canonical_json, platform_json, run_id
 from imp.data import Dataset, load_dataset
 from imp.diet import diet_pretrain
 from imp.duration import Duration
@@ -258,7 +258,7 @@ class Replicate:
 
     def write(self, stage: str, tree: dict) -> None:
         store.write_h5(self.run.stage_file(self.replicate, stage), tree,
-                       store.provenance(self.config_json, self.data.train.x.device))
+                       store.provenance(self.config_json, self.data.train.x.device, platform_json(self.config)))
 
     def start_after(self, previous: dict) -> Start:
         """Where a level starts from, given the network it was pruned from."""

@@ -16,7 +16,7 @@ from imp import store
 from imp.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
-PROVENANCE_KEYS = {"config", "lth_version", "git_revision", "git_dirty", "torch_version",
+PROVENANCE_KEYS = {"config", "platform", "lth_version", "git_revision", "git_dirty", "torch_version",
                    "device", "date"}
 
 

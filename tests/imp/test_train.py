@@ -194,3 +194,66 @@ def test_adam_trains(digits):
     model = small_mlp(digits)
     train(model, digits, TrainConfig(optimizer="adam", lr=1e-3, epochs=Duration(10)), 64, Seeds(0, 0, 0))
     assert evaluate(model, digits.test)["accuracy"] > 0.85  # 0.919 measured; chance is 0.1
+
+
+def _fast_setup(tmp_path, *extra):
+    from imp.config import load_config
+    from imp.data import load_dataset
+    from imp.level import build_initial_model
+
+    config = load_config(None, ["model.name=resnet20", "model.width=4", "data.batch_size=64",
+                                "train.momentum=0.9", "train.lr=0.01", *extra])
+    data = load_dataset(config.data, tmp_path)
+    model = build_initial_model(config, data, 0)
+    return config, data, model
+
+
+def test_bf16_autocast_keeps_batchnorm_and_the_loss_in_fp32(tmp_path):
+    config, data, model = _fast_setup(tmp_path, "train.precision=bf16")
+    seen = []
+    batchnorm = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    batchnorm.register_forward_hook(lambda m, i, o: seen.append(("bn", o.dtype)))
+    conv.register_forward_hook(lambda m, i, o: seen.append(("conv", o.dtype)))
+    losses = train(model, data, config.train, 64, Seeds(0, 0, 0), end_step=10)
+    assert torch.isfinite(losses).all() and losses.dtype == torch.float32
+    assert ("conv", torch.bfloat16) in seen and ("bn", torch.float32) in seen
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # the weights stay fp32
+    reference = _fast_setup(tmp_path)[2]
+    train(reference, data, config.train.__class__(**{**config.train.__dict__, "precision": "fp32"}), 64,
+          Seeds(0, 0, 0), end_step=10)
+    assert not torch.equal(next(model.parameters()), next(reference.parameters()))
+
+
+def test_channels_last_and_compile_train_the_same_network(tmp_path, monkeypatch):
+    import imp.train
+
+    monkeypatch.setattr(imp.train, "COMPILE_BACKEND", "eager")  # the compile path, without a compiler
+    results = {}
+    for name, extra in [("plain", []), ("channels_last", ["train.channels_last=true"]),
+                        ("compile", ["train.compile=true"])]:
+        config, data, model = _fast_setup(tmp_path, *extra)
+        # one update: later ones amplify rounding differences through BatchNorm (measured:
+        # below 1e-5 after one step, 5e-4 after four), which says nothing about the format
+        train(model, data, config.train, 64, Seeds(0, 0, 0), end_step=1)
+        results[name] = {k: v.contiguous() for k, v in model.state_dict().items()}
+    for key, value in results["plain"].items():
+        assert torch.equal(results["compile"][key], value), key
+        torch.testing.assert_close(results["channels_last"][key], value, rtol=1e-4, atol=1e-5)
+
+
+def test_platform_options_are_provenance_not_identity(tmp_path):
+    import json
+
+    from imp import store
+    from imp.config import load_config, platform_json, run_id
+    from imp.trunk import run_imp
+
+    base = ["model.widths=[8]", "train.epochs='10it'", "train.eval_every='10it'"]
+    fast = load_config(None, base + ["train.precision=bf16"])
+    assert run_id(fast) == run_id(load_config(None, base))
+    assert json.loads(platform_json(fast))["train"]["precision"] == "bf16"
+    run = run_imp(fast, tmp_path, tmp_path, torch.device("cpu"))
+    stored = json.loads(store.read_h5(run.stage_file(0, "level_0"))["provenance"]["platform"])
+    assert stored["train"] == {"channels_last": False, "compile": False, "precision": "bf16"}
+    assert stored["data"]["root"] == ""
