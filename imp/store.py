@@ -234,7 +234,7 @@ def read_config_json(run: RunDir) -> str:
 
 
 def create_run(run: RunDir, config_json: str, device: str | torch.device,
-               extra: Mapping[str, Any] | None = None) -> None:
+               extra: Mapping[str, Any] | None = None, platform: str = "{}") -> None:
     """Write ``run.h5``; if it exists, check that it describes the same config.
 
     ``extra`` becomes root attributes (e.g. the data root and the plan: levels,
@@ -243,7 +243,7 @@ def create_run(run: RunDir, config_json: str, device: str | torch.device,
     """
     extra = dict(extra or {})
     if not run.run_file.is_file():
-        write_h5(run.run_file, extra, provenance(config_json, device))
+        write_h5(run.run_file, extra, provenance(config_json, device, platform))
         return
     stored = read_h5(run.run_file)
     if json.loads(stored[PROVENANCE]["config"]) != json.loads(config_json):

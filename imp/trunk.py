@@ -308,7 +308,8 @@ def run_imp(config: Config, out: str | Path, data_root: Path, device: torch.devi
         data = load_dataset(config.data, data_root, device) if pending or hooks else None
         if data is not None:
             check(config, data)
-        store.create_run(run, canonical_json(config), device, extra=_plan(run, config, replicates, data_root))
+        store.create_run(run, canonical_json(config), device, extra=_plan(run, config, replicates, data_root),
+                         platform=platform_json(config))
         for replicate in range(replicates) if data is not None else ():
             Replicate(config, data, run, replicate, pretrain=pretrain, progress=progress,
                       report=report).run_levels(hooks)

@@ -128,7 +128,7 @@ def summary_rows(benchmark: Benchmark, status: int, output: str) -> list[list[st
         if value is None:
             shown, met = (f"failed (exit status {status})" if status else "line not found"), "?"
         else:
-            shown = f"{value:g}x"
+            shown = f"{value}x"
             met = "-" if ratio.target is None else ("yes" if value >= ratio.target else "no")
         rows.append([benchmark.name, ratio.compared, shown, target, met])
     return rows
