@@ -9,7 +9,7 @@ def plot(args) -> int:
     from analysis.load import load_frames
     from analysis.report import save_figures
 
-    paths, skipped = save_figures(load_frames(args.runs, args.out), args.to, args.format)
+    paths, skipped = save_figures(load_frames(args.runs, args.results), args.out, args.format)
     for path in paths:
         print(path)
     for name, reason in skipped.items():
@@ -22,8 +22,8 @@ def report(args) -> int:
     from analysis.report import write_report
     from imp.results import run_info
 
-    infos = [run_info(run) for run in load_runs(args.runs, args.out)]
-    path = write_report(load_frames(args.runs, args.out), infos, args.to)
+    infos = [run_info(run) for run in load_runs(args.runs, args.results)]
+    path = write_report(load_frames(args.runs, args.results), infos, args.out)
     print(f"report in {path}")
     return 0
 
@@ -33,7 +33,7 @@ def compare(args) -> int:
     from analysis.report import compare
 
     try:
-        table = compare(levels_frame(load_runs(args.runs, args.out)), args.by)
+        table = compare(levels_frame(load_runs(args.runs, args.results)), args.by)
     except ValueError as error:
         raise UserError(str(error)) from None
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))

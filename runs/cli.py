@@ -103,22 +103,22 @@ def _parser() -> argparse.ArgumentParser:
     hessian.set_defaults(command=measure.hessian)
 
     plot = commands.add_parser("plot", help="write every figure the runs' results support")
-    plot.add_argument("runs", nargs="+", help="run folders, or run ids under --out")
-    plot.add_argument("--out", default=DEFAULT_OUT, help=f"results folder of run ids (default: {DEFAULT_OUT})")
-    plot.add_argument("--to", default="figures", help="folder for the figures (default: figures)")
+    plot.add_argument("runs", nargs="+", help="run folders, or run ids under --results")
+    plot.add_argument("--out", default="figures", help="folder for the figures (default: figures)")
     plot.add_argument("--format", default="png", choices=["png", "pdf", "svg"])
+    _results_argument(plot)
     plot.set_defaults(command=analyse.plot)
 
     report = commands.add_parser("report", help="one self-contained HTML report of the runs")
-    report.add_argument("runs", nargs="+", help="run folders, or run ids under --out")
-    report.add_argument("--out", default=DEFAULT_OUT, help=f"results folder of run ids (default: {DEFAULT_OUT})")
-    report.add_argument("--to", default="report.html", help="the HTML file to write (default: report.html)")
+    report.add_argument("runs", nargs="+", help="run folders, or run ids under --results")
+    report.add_argument("--out", default="report.html", help="the HTML file to write (default: report.html)")
+    _results_argument(report)
     report.set_defaults(command=analyse.report)
 
     compare = commands.add_parser("compare", help="compare groups of runs (e.g. rewind points) level by level")
-    compare.add_argument("runs", nargs="+", help="run folders, or run ids under --out")
+    compare.add_argument("runs", nargs="+", help="run folders, or run ids under --results")
     compare.add_argument("--by", required=True, help="a config key, e.g. prune.rewind or diet.subset")
-    compare.add_argument("--out", default=DEFAULT_OUT, help=f"results folder of run ids (default: {DEFAULT_OUT})")
+    _results_argument(compare)
     compare.set_defaults(command=analyse.compare)
 
     layers = commands.add_parser("layers", help="list the model's prunable tensors and how each is pruned")
@@ -145,6 +145,10 @@ def _parser() -> argparse.ArgumentParser:
     ls.add_argument("dir", nargs="?", default=DEFAULT_OUT, help=f"results folder (default: {DEFAULT_OUT})")
     ls.set_defaults(command=_ls)
     return parser
+
+
+def _results_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--results", default=DEFAULT_OUT, help=f"where run ids are looked up (default: {DEFAULT_OUT})")
 
 
 def _measure_arguments(parser: argparse.ArgumentParser) -> None:

@@ -36,7 +36,7 @@ def test_the_report_notes_what_was_not_computed(results, tmp_path):
 
 def test_plot_writes_the_supported_figures(results, tmp_path, capsys):
     out, ids = results
-    assert main(["plot", *ids[:2], "--out", str(out), "--to", str(tmp_path / "figs"), "--format", "svg"]) == 0
+    assert main(["plot", *ids[:2], "--results", str(out), "--out", str(tmp_path / "figs"), "--format", "svg"]) == 0
     written = capsys.readouterr().out.split()
     assert written and all(path.endswith(".svg") for path in written)
     assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == sorted(p.split("/")[-1] for p in written)
@@ -47,9 +47,9 @@ def test_compare_groups_by_a_config_key(results, capsys):
     table = compare(levels_frame(load_runs(ids[:2], out)), "prune.rewind")
     assert list(table.columns) == ["prune.rewind", "level", "n", "density", "mean", "std"]
     assert set(table["n"]) == {2} and len(table) == 2 * 3
-    assert main(["compare", *ids[:2], "--out", str(out), "--by", "prune.rewind"]) == 0
+    assert main(["compare", *ids[:2], "--results", str(out), "--by", "prune.rewind"]) == 0
     assert capsys.readouterr().out.split("\n")[0].split() == ["prune.rewind", "level", "n", "density", "mean", "std"]
-    assert main(["compare", *ids, "--out", str(out), "--by", "prune.rewnd"]) == 2
+    assert main(["compare", *ids, "--results", str(out), "--by", "prune.rewnd"]) == 2
     assert "unknown key 'prune.rewnd'" in capsys.readouterr().err
     with pytest.raises(ValueError, match="no finished levels"):
         compare(levels_frame([]), "prune.rewind")
