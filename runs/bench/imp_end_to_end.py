@@ -53,8 +53,6 @@ from imp.runtime import set_threads
 from imp.trunk import run_imp
 from runs.bench.train_throughput import DEFAULT_ROOT, cpu_seconds, machine_facts
 
-LR, BATCH_SIZE, FRACTION = 0.1, 128, 0.2
-
 
 def toolkit_config(dataset: str, levels: int, epochs: int) -> Config:
     return load_config(None, [f"data.dataset={dataset}", "model.name=lenet_300_100",
@@ -148,14 +146,15 @@ def test_accuracy(model: nn.Module, loader) -> float:
     return correct / len(loader.dataset)
 
 
-def plain_imp(dataset: str, root: Path, levels: int, epochs: int, seed: int = 0) -> tuple[float, list[dict]]:
+def plain_imp(dataset: str, root: Path, levels: int, epochs: int, lr: float, batch_size: int, fraction: float,
+              seed: int = 0) -> tuple[float, list[dict]]:
     """The whole plain IMP run: wall seconds and, per level, density, test accuracy and seconds."""
     start = time.perf_counter()
     x_train, y_train, x_test, y_test, scale = read_plain(dataset, root)
     mean, std = pixel_stats(x_train, scale)
     train_set = NormalisedImages(x_train, y_train, scale, mean, std)
     test_set = NormalisedImages(x_test, y_test, scale, mean, std)
-    train_loader = torch.utils.data.DataLoader(train_set, batch_size=BATCH_SIZE, shuffle=True, num_workers=0,
+    train_loader = torch.utils.data.DataLoader(train_set, batch_size=batch_size, shuffle=True, num_workers=0,
                                                generator=torch.Generator().manual_seed(seed))
     test_loader = torch.utils.data.DataLoader(test_set, batch_size=1000)
 
@@ -167,13 +166,13 @@ def plain_imp(dataset: str, root: Path, levels: int, epochs: int, seed: int = 0)
     for level in range(levels + 1):
         began = time.perf_counter()
         if level > 0:
-            masks = prune_global(model, masks, FRACTION)
+            masks = prune_global(model, masks, fraction)
         model.load_state_dict(initial)  # rewind to the initialisation
         parameters = dict(model.named_parameters())
         with torch.no_grad():
             for name, mask in masks.items():
                 parameters[name].mul_(mask)
-        optimizer = torch.optim.SGD(model.parameters(), lr=LR)
+        optimizer = torch.optim.SGD(model.parameters(), lr=lr)
         for _ in range(epochs):
             for x, y in train_loader:
                 optimizer.zero_grad()
@@ -217,13 +216,14 @@ def main() -> None:
         print(f"data: NO MNIST under {args.data_root}/MNIST/raw; falling back to scikit-learn's 8x8 digits "
               "(1,437 train / 360 test): the timings and accuracies below say nothing about MNIST")
     config = toolkit_config(dataset, args.levels, args.epochs)
-    print(f"IMP of LeNet-300-100, levels 0..{args.levels}, {args.epochs} epoch(s) per level, global magnitude "
-          f"pruning {FRACTION:.0%} per level, rewind to init, SGD lr {LR}, batch {BATCH_SIZE}; "
-          "toolkit first, then plain, one run each\n")
+    lr, batch_size, fraction = config.train.lr, config.data.batch_size, config.prune.fraction  # the plain loop's too
+    print(f"IMP of LeNet-300-100, levels 0..{args.levels}, {args.epochs} epoch(s) per level, "
+          f"{config.prune.strategy} magnitude pruning {fraction:.0%} per level, rewind to init, "
+          f"{config.train.optimizer.upper()} lr {lr}, batch {batch_size}; toolkit first, then plain, one run each\n")
 
     (toolkit_seconds, toolkit_rows), toolkit_load = with_load(lambda: run_toolkit(config, args.data_root))
     (plain_seconds, plain_rows), plain_load = with_load(
-        lambda: plain_imp(dataset, args.data_root, args.levels, args.epochs))
+        lambda: plain_imp(dataset, args.data_root, args.levels, args.epochs, lr, batch_size, fraction))
 
     print("| level | density (toolkit / plain) | test accuracy toolkit | test accuracy plain "
           "| s toolkit (train_level) | s plain (level) |")
