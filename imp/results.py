@@ -114,7 +114,8 @@ def level_rows(run: store.RunDir) -> list[dict[str, Any]]:
     """
     rows = []
     for replicate in run.replicates():
-        for stage in run.stages(replicate):
+        stages = run.stages(replicate)
+        for stage in stages:
             parsed = parse_stage(stage)
             if parsed is None:
                 continue
@@ -127,27 +128,28 @@ def level_rows(run: store.RunDir) -> list[dict[str, Any]]:
                 "train_seconds": tree["train_seconds"],
             }
             if parsed[1] is None:
-                row.update(_landscape_columns(run, replicate, parsed[0]))
+                row.update(_landscape_columns(run, replicate, parsed[0], stages))
             rows.append(row)
     order = {None: 0, **{b: i + 1 for i, b in enumerate(BASELINES)}}
     return sorted(rows, key=lambda r: (r["replicate"], r["level"], order[r["baseline"]]))
 
 
-def _landscape_columns(run: store.RunDir, replicate: int, level: int) -> dict[str, float]:
-    """Barrier summaries of a trunk level, where they were measured (interpolated baseline)."""
+def _landscape_columns(run: store.RunDir, replicate: int, level: int, stages: list[str]) -> dict[str, float]:
+    """Barrier, Hessian and prune-check summaries of a trunk level, where they were measured
+    (barriers in the interpolated convention). ``stages`` are the replicate's stages."""
     out = {}
     for key, stage in (("barrier_to_next_test_error", barrier_stage(level)),
                        ("instability_test_error", instability_stage(level))):
-        if run.has_stage(replicate, stage):
+        if stage in stages:
             tree = store.read_h5(run.stage_file(replicate, stage), skip=("curve", "pairs", "per_example"))
             out[key] = tree["barrier"]["test_error"]["interpolated"]
-    if run.has_stage(replicate, hessian_stage(level)):
+    if hessian_stage(level) in stages:
         tree = store.read_h5(run.stage_file(replicate, hessian_stage(level)), skip=("slq", "projection"))
         out["hessian_top_eigenvalue"] = float(tree["eigenvalues"][0])
         out["predicted_max_prune_fraction"] = tree["predicted_fraction"]
         out["conservative_max_prune_fraction"] = tree["conservative_fraction"]
     checks = [store.read_h5(run.stage_file(replicate, s), skip=_SUMMARY_SKIP)
-              for s in run.stages(replicate) if s.startswith(f"prune_check_{level}_")]
+              for s in stages if s.startswith(f"prune_check_{level}_")]
     if checks:
         matching = [c["fraction"] for c in checks if c["matching"]]
         out["measured_max_prune_fraction"] = max(matching, default=0.0)

@@ -27,7 +27,6 @@ loop's.
 
 import argparse
 import statistics
-import time
 
 import numpy as np
 import torch
@@ -39,7 +38,7 @@ from imp.pruning import apply_mask, density, full_mask, magnitude_prune, prunabl
 from imp.runtime import set_threads
 from imp.train import evaluate
 from landscape.lmc import alphas, curve_barriers, evaluate_path
-from runs.bench.train_throughput import cpu_seconds, machine_facts
+from runs.bench.train_throughput import machine_facts, timed
 
 SHAPE = (1, 28, 28)
 
@@ -61,19 +60,6 @@ def perturbed_lenet(init_seed: int, steps: int, data_seed: int) -> torch.nn.Modu
         F.cross_entropy(model(x), y).backward()
         optimizer.step()
     return model.eval()
-
-
-def timed(fn, repeats: int) -> tuple[list[float], float, dict]:
-    """Seconds of each of ``repeats`` calls after one warm-up call, other processes' mean load
-    (cores) over the timed calls, and the last result."""
-    fn()
-    seconds, (busy, own), start = [], cpu_seconds(), time.perf_counter()
-    for _ in range(repeats):
-        begin = time.perf_counter()
-        result = fn()
-        seconds.append(time.perf_counter() - begin)
-    (busy_after, own_after), wall = cpu_seconds(), time.perf_counter() - start
-    return seconds, max(0.0, (busy_after - busy) - (own_after - own)) / wall, result
 
 
 def naive_curve(model, state_a, state_b, splits, points: int, batch_size: int) -> dict[str, np.ndarray]:

@@ -23,7 +23,6 @@ many cores other processes kept busy while each method ran (from /proc/stat).
 
 import argparse
 import statistics
-import time
 from collections import Counter
 
 import torch
@@ -31,25 +30,12 @@ import torch
 from imp.models import build_model
 from imp.pergrad import conv_form_for, grad_norms, naive_grad_norms
 from imp.runtime import set_threads
-from runs.bench.train_throughput import cpu_seconds, machine_facts
+from runs.bench.train_throughput import machine_facts, timed
 
 
 def inputs(shape: tuple[int, int, int], count: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return torch.randn(count, *shape, generator=g), torch.randint(0, 10, (count,), generator=g)
-
-
-def timed(fn, repeats: int) -> tuple[float, float, torch.Tensor]:
-    """Median seconds of ``repeats`` calls after one warm-up call, other processes' mean load
-    (cores) over the timed calls, and the last result."""
-    fn()
-    seconds, (busy, own), start = [], cpu_seconds(), time.perf_counter()
-    for _ in range(repeats):
-        begin = time.perf_counter()
-        result = fn()
-        seconds.append(time.perf_counter() - begin)
-    (busy_after, own_after), wall = cpu_seconds(), time.perf_counter() - start
-    return statistics.median(seconds), max(0.0, (busy_after - busy) - (own_after - own)) / wall, result
 
 
 def conv_forms(model: torch.nn.Module, shape: tuple[int, int, int]) -> Counter:
@@ -74,7 +60,8 @@ def compare(name, model, shape, rows: dict[str, tuple[int, dict]], repeats: int)
             if keywords is None:
                 return naive_grad_norms(model, x[:count], y[:count])
             return grad_norms(model, x[:count], y[:count], **keywords)
-        seconds, load, results[label] = timed(run, repeats)
+        runs, load, results[label] = timed(run, repeats)
+        seconds = statistics.median(runs)
         rate[label] = count / seconds
         print(f"| {name} | {label} | {count:,} | {seconds:.3f} | {rate[label]:,.0f} | {load:.1f} |")
     naive = results["naive"]

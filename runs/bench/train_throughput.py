@@ -128,6 +128,19 @@ def cpu_seconds() -> tuple[float, float]:
     return busy / os.sysconf("SC_CLK_TCK"), os.times().user + os.times().system
 
 
+def timed(fn, repeats: int) -> tuple[list[float], float, object]:
+    """Seconds of each of ``repeats`` calls after one warm-up call, other processes' mean load
+    (cores) over the timed calls, and the last result."""
+    fn()
+    seconds, (busy, own), start = [], cpu_seconds(), time.perf_counter()
+    for _ in range(repeats):
+        begin = time.perf_counter()
+        result = fn()
+        seconds.append(time.perf_counter() - begin)
+    (busy_after, own_after), wall = cpu_seconds(), time.perf_counter() - start
+    return seconds, max(0.0, (busy_after - busy) - (own_after - own)) / wall, result
+
+
 def machine_facts(threads: int) -> list[str]:
     info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
     cpu = next((line.split(":", 1)[1].strip() for line in info.splitlines()
