@@ -80,36 +80,66 @@ def train_level(
     (the rewind point). Returns the tree stored for the level, and that snapshot.
     """
     train_config = train_config or config.train
+    model = start_model(config, data, seeds, start, mask)
+    record = LevelRecord.at(config, data, start.step, snapshot_at)
+    started = time.perf_counter()
+    losses = train(model, data, train_config, config.data.batch_size, seeds, start_step=start.step,
+                   end_step=record.iterations, hooks=record.hooks, after_step=MaskEnforcer(model, mask),
+                   progress=progress, label=label)
+    seconds = time.perf_counter() - started
+    return record.tree(seeds, start, mask, model, losses, seconds), record.snapshot()
+
+
+def start_model(config: Config, data: Dataset, seeds: Seeds, start: Start, mask: Mask) -> torch.nn.Module:
+    """The config's model holding ``start.state`` with the weights ``mask`` prunes set to zero."""
     model = build_initial_model(config, data, seeds.init)
     model.load_state_dict({k: v.to(data.train.x.device) for k, v in start.state.items()})
     apply_mask(model, mask)
-    batch_size = config.data.batch_size
-    iterations_per_epoch = data.iterations_per_epoch(batch_size)
-    iterations = total_iterations(config.train, iterations_per_epoch)
-    log = EvaluationLog(evaluation_splits(config, data))
-    every = config.train.eval_every.iterations_at(iterations_per_epoch)
-    hooks = [Hook(log, steps=frozenset({start.step, iterations}), every=every)]
-    snapshots = Snapshots()
-    if snapshot_at is not None:
-        hooks.append(Hook(snapshots, steps=frozenset({snapshot_at})))
-    started = time.perf_counter()
-    losses = train(model, data, train_config, batch_size, seeds, start_step=start.step,
-                   end_step=iterations, hooks=hooks, after_step=MaskEnforcer(model, mask),
-                   progress=progress, label=label)
-    seconds = time.perf_counter() - started
-    tree = {
-        "iterations": iterations,
-        "start_step": start.step,
-        "iterations_per_epoch": iterations_per_epoch,
-        "train_seconds": seconds,
-        "density": density(mask),
-        "kept": kept(mask),
-        "prunable": size(mask),
-        "seeds": {"init": seeds.init, "order": seeds.order, "augment": seeds.augment},
-        "steps": {"train_loss": losses},
-        "eval": {key: torch.tensor(values) for key, values in log.rows.items()},
-        "final": log.last(),
-        "mask": {name: keep.cpu() for name, keep in mask.items()},
-        "weights": copy_state(model),
-    }
-    return tree, snapshots.states.get(snapshot_at)
+    return model
+
+
+@dataclass
+class LevelRecord:
+    """What training a level records through hooks: evaluations at its start, its end and
+    every ``eval_every``, and the snapshot at ``snapshot_at``; then the stored tree."""
+
+    iterations: int
+    iterations_per_epoch: int
+    log: EvaluationLog
+    snapshots: Snapshots
+    snapshot_at: int | None
+    hooks: list[Hook]
+
+    @classmethod
+    def at(cls, config: Config, data: Dataset, start_step: int, snapshot_at: int | None) -> "LevelRecord":
+        iterations_per_epoch = data.iterations_per_epoch(config.data.batch_size)
+        iterations = total_iterations(config.train, iterations_per_epoch)
+        log = EvaluationLog(evaluation_splits(config, data))
+        every = config.train.eval_every.iterations_at(iterations_per_epoch)
+        hooks = [Hook(log, steps=frozenset({start_step, iterations}), every=every)]
+        snapshots = Snapshots()
+        if snapshot_at is not None:
+            hooks.append(Hook(snapshots, steps=frozenset({snapshot_at})))
+        return cls(iterations, iterations_per_epoch, log, snapshots, snapshot_at, hooks)
+
+    def snapshot(self) -> State | None:
+        return self.snapshots.states.get(self.snapshot_at)
+
+    def tree(self, seeds: Seeds, start: Start, mask: Mask, model: torch.nn.Module,
+             losses: torch.Tensor, seconds: float) -> dict:
+        """The tree stored for the level (docs/storage.md), from the trained ``model``."""
+        return {
+            "iterations": self.iterations,
+            "start_step": start.step,
+            "iterations_per_epoch": self.iterations_per_epoch,
+            "train_seconds": seconds,
+            "density": density(mask),
+            "kept": kept(mask),
+            "prunable": size(mask),
+            "seeds": {"init": seeds.init, "order": seeds.order, "augment": seeds.augment},
+            "steps": {"train_loss": losses},
+            "eval": {key: torch.tensor(values) for key, values in self.log.rows.items()},
+            "final": self.log.last(),
+            "mask": {name: keep.cpu() for name, keep in mask.items()},
+            "weights": copy_state(model),
+        }

@@ -30,16 +30,24 @@ Every level and baseline is one stage file; a stage whose file exists is never
 recomputed, so rerunning resumes after the last finished stage and a run asked for
 more levels or baselines extends it. Hooks run after each trunk level (finished now or
 earlier), which is where landscape measurements attach.
+
+With ``train.batch_replicates`` the pending replicates advance in lockstep
+(:func:`run_lockstep`): each trunk level's missing stages are trained together by
+:func:`imp.batched.train_levels_batched`, then each replicate's baselines and hooks of
+that level run as above. The stage files are the same; the weights agree with
+sequential training up to float rounding (see :mod:`imp.batched`).
 """
 
 import dataclasses
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
 from imp import store
+from imp.batched import train_levels_batched
 from imp.config import Config, TrainConfig, canonical_json, platform_json, run_id
 from imp.data import Dataset, load_dataset
 from imp.diet import diet_pretrain
@@ -137,6 +145,16 @@ def stages_planned(config: Config) -> list[str]:
     return names
 
 
+class Job(NamedTuple):
+    """One network a replicate trains: its stage, start, mask, schedule and rewind snapshot."""
+
+    stage: str
+    start: Start
+    mask: Mask
+    train_config: TrainConfig
+    snapshot_at: int | None = None
+
+
 class Replicate:
     """One replicate's trunk and baselines: each stage computed only if its file is missing."""
 
@@ -171,13 +189,20 @@ class Replicate:
 
     def level(self, level: int, previous: dict | None = None) -> dict:
         """Trunk level ``level``, trained unless stored; returns its stored tree."""
+        job = self.level_job(level, previous)
+        if job is not None:
+            self._train(job)
+        return store.read_h5(self.run.stage_file(self.replicate, level_stage(level)))
+
+    def level_job(self, level: int, previous: dict | None = None) -> Job | None:
+        """What trunk level ``level`` trains, or None if it is stored; ``previous`` is level
+        ``level - 1``'s tree. For level 0 the pre-training phase, if any, runs first."""
         stage = level_stage(level)
-        if not self.run.has_stage(self.replicate, stage):
-            if level == 0:
-                self._train_dense()
-            else:
-                self._train(stage, self.start_after(previous), self.prune(previous))
-        return store.read_h5(self.run.stage_file(self.replicate, stage))
+        if self.run.has_stage(self.replicate, stage):
+            return None
+        if level == 0:
+            return self._dense_job()
+        return Job(stage, self.start_after(previous), self.prune(previous), self.train_config)
 
     def baseline(self, level: int, baseline: str, trunk: dict, dense: dict) -> None:
         stage = level_stage(level, baseline)
@@ -198,9 +223,9 @@ class Replicate:
             else:
                 raise ValueError(f"unknown baseline {baseline!r}; choose from {BASELINES}")
             start = self.start_after(dense)
-        self._train(stage, start, mask)
+        self._train(Job(stage, start, mask, self.train_config))
 
-    def _train_dense(self) -> None:
+    def _dense_job(self) -> Job:
         model = build_initial_model(self.config, self.data, self.seeds.init)
         start = Start(copy_state(model), 0)
         if self.pretrain is not None:
@@ -213,26 +238,27 @@ class Replicate:
             raise UserError(f"the rewind point (step {self.plan.rewind_step}) is before the "
                             f"pre-trained start point (step {start.step})")
         names = prunable_tensors(model, self.config.prune.exclude, self.config.prune.layer_fractions)
-        self._train(level_stage(0), start, full_mask(start.state, names),
-                    snapshot_at=self.plan.rewind_step)
+        return Job(level_stage(0), start, full_mask(start.state, names), self.config.train,
+                   snapshot_at=self.plan.rewind_step)
 
-    def _train(self, stage: str, start: Start, mask: Mask, snapshot_at: int | None = None) -> dict:
-        label = f"replicate {self.replicate} {stage}"
-        train_config = self.config.train if stage == level_stage(0) else self.train_config
-        tree, snapshot = train_level(self.config, self.data, self.seeds, start, mask,
-                                     train_config=train_config, snapshot_at=snapshot_at,
-                                     progress=self.progress, label=label)
+    def _train(self, job: Job) -> None:
+        tree, snapshot = train_level(self.config, self.data, self.seeds, job.start, job.mask,
+                                     train_config=job.train_config, snapshot_at=job.snapshot_at,
+                                     progress=self.progress, label=f"replicate {self.replicate} {job.stage}")
+        self.store_trained(job, tree, snapshot)
+
+    def store_trained(self, job: Job, tree: dict, snapshot: dict | None) -> None:
+        """Write a trained job's stage (and the rewind point it snapshotted), and report it."""
         if snapshot is not None:
-            self.write(REWIND_STAGE, {"step": snapshot_at, "weights": snapshot})
-        if stage == level_stage(0) and bool(self.data.noisy.any()):
+            self.write(REWIND_STAGE, {"step": job.snapshot_at, "weights": snapshot})
+        if job.stage == level_stage(0) and bool(self.data.noisy.any()):
             tree["label_noise"] = _label_noise(self.data)
-        self.write(stage, tree)
+        self.write(job.stage, tree)
         if self.report is not None:
             final = tree["final"]
-            self.report(f"replicate {self.replicate} {stage}: density {tree['density']:.2%}, "
+            self.report(f"replicate {self.replicate} {job.stage}: density {tree['density']:.2%}, "
                         f"test accuracy {final['test_accuracy']:.2%}, "
                         f"{tree['train_seconds']:.0f} s")
-        return tree
 
     def start_of(self, level: int) -> tuple[Start, Mask, TrainConfig]:
         """How a copy of finished trunk level ``level`` is trained: from the start point the
@@ -266,6 +292,40 @@ class Replicate:
             rewind = store.read_h5(self.run.stage_file(self.replicate, REWIND_STAGE))
             return Start(state_from_arrays(rewind["weights"]), int(rewind["step"]))
         return Start(state_from_arrays(previous["weights"]), self.plan.rewind_step)
+
+
+def run_lockstep(replicates: list[Replicate], hooks: Iterable[LevelHook] = ()) -> None:
+    """:meth:`Replicate.run_levels` of several replicates, level by level: the replicates
+    missing a trunk level train it together (:func:`imp.batched.train_levels_batched`),
+    then each one's baselines and hooks of that level run in its usual order."""
+    hooks = list(hooks)
+    trees: list[dict | None] = [None] * len(replicates)
+    dense = trees
+    for level in range(replicates[0].config.prune.levels + 1):
+        jobs = [(replicate, replicate.level_job(level, tree)) for replicate, tree in zip(replicates, trees)]
+        _train_together([(replicate, job) for replicate, job in jobs if job is not None])
+        trees = [replicate.level(level) for replicate in replicates]  # stored by now: read back
+        dense = trees if level == 0 else dense
+        for replicate, tree, first in zip(replicates, trees, dense):
+            for baseline in replicate.config.prune.baselines if level > 0 else ():
+                replicate.baseline(level, baseline, tree, first)
+            replicate._after(level, hooks)
+
+
+def _train_together(pending: list[tuple[Replicate, Job]]) -> None:
+    """Train the jobs of one trunk level (one per replicate, all alike but for the replicate)."""
+    if len(pending) == 1:
+        replicate, job = pending[0]
+        replicate._train(job)
+    elif pending:
+        first, job = pending[0]
+        numbers = ", ".join(str(replicate.replicate) for replicate, _ in pending)
+        results = train_levels_batched(first.config, first.data, [r.seeds for r, _ in pending],
+                                       [j.start for _, j in pending], [j.mask for _, j in pending],
+                                       train_config=job.train_config, snapshot_at=job.snapshot_at,
+                                       progress=first.progress, label=f"replicates {numbers} {job.stage}")
+        for (replicate, job), (tree, snapshot) in zip(pending, results):
+            replicate.store_trained(job, tree, snapshot)
 
 
 def _weights(tree: dict) -> dict[str, torch.Tensor]:
@@ -304,15 +364,21 @@ def run_imp(config: Config, out: str | Path, data_root: Path, device: torch.devi
     run = store.RunDir(out, run_id(config))
     with store.RunLock(run, wait=wait):
         run.remove_partial_files()
+        store.check_files(run)  # a damaged stage file is never taken for a finished stage
         pending = [r for r in range(replicates) if not is_complete(run, config, r)]
         data = load_dataset(config.data, data_root, device) if pending or hooks else None
         if data is not None:
             check(config, data)
         store.create_run(run, canonical_json(config), device, extra=_plan(run, config, replicates, data_root),
                          platform=platform_json(config))
-        for replicate in range(replicates) if data is not None else ():
-            Replicate(config, data, run, replicate, pretrain=pretrain, progress=progress,
-                      report=report).run_levels(hooks)
+        all_replicates = [Replicate(config, data, run, r, pretrain=pretrain, progress=progress, report=report)
+                          for r in range(replicates)] if data is not None else []
+        together = pending if config.train.batch_replicates and len(pending) > 1 else []
+        if together:
+            run_lockstep([all_replicates[replicate] for replicate in together], hooks)
+        for replicate in all_replicates:
+            if replicate.replicate not in together:
+                replicate.run_levels(hooks)
     return run
 
 

@@ -255,5 +255,6 @@ def test_platform_options_are_provenance_not_identity(tmp_path):
     assert json.loads(platform_json(fast))["train"]["precision"] == "bf16"
     run = run_imp(fast, tmp_path, tmp_path, torch.device("cpu"))
     stored = json.loads(store.read_h5(run.stage_file(0, "level_0"))["provenance"]["platform"])
-    assert stored["train"] == {"channels_last": False, "compile": False, "precision": "bf16"}
+    assert stored["train"] == {"batch_replicates": False, "channels_last": False, "compile": False,
+                               "precision": "bf16"}
     assert stored["data"]["root"] == ""
