@@ -102,6 +102,7 @@ class TrainConfig:
     precision: Literal["fp32", "bf16"] = _platform("fp32")  # bf16: autocast, BatchNorm and loss in fp32
     channels_last: bool = _platform(False)  # channels-last memory format for conv nets
     compile: bool = _platform(False)  # torch.compile the training forward pass
+    batch_replicates: bool = _platform(False)  # train pending replicates together under vmap (imp.batched)
 
     def __post_init__(self):
         _check(self.epochs != Duration(), "train.epochs", "must be longer than 0it")
@@ -296,6 +297,27 @@ def _parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), parsed
 
 
+def check_key(key: str) -> None:
+    """Reject a ``section.key`` (e.g. a sweep axis) that names no config field, with the
+    error a config file holding it would give."""
+    section, _, name = key.partition(".")
+    fields = [f.name for f in dataclasses.fields(Config)]
+    if section not in fields:
+        raise _unknown_key("", section, fields)
+    fields = [f.name for f in dataclasses.fields(typing.get_type_hints(Config)[section])]
+    if name not in fields:
+        raise _unknown_key(f"{section}.", name, fields)
+
+
+def _unknown_key(prefix: str, key: str, fields: typing.Iterable[str]) -> UserError:
+    fields = list(fields)
+    where = prefix.rstrip(".") or "config"
+    close = closest(key, fields)
+    hint = f"; did you mean {prefix + close!r}?" if close else (
+        f"; valid keys in {where}: {', '.join(fields) or '(none yet)'}")
+    return UserError(f"unknown key {prefix + key!r}{hint}")
+
+
 def from_dict(raw: dict[str, Any]) -> Config:
     """Build a :class:`Config` from nested plain data, checking every key and type."""
     return _build(Config, raw, prefix="")
@@ -310,10 +332,7 @@ def _build(cls: type, raw: Any, prefix: str):
     kwargs = {}
     for key, value in raw.items():
         if key not in fields:
-            close = closest(key, fields)
-            hint = f"; did you mean {prefix + close!r}?" if close else (
-                f"; valid keys in {where}: {', '.join(fields) or '(none yet)'}")
-            raise UserError(f"unknown key {prefix + key!r}{hint}")
+            raise _unknown_key(prefix, key, fields)
         hint = hints[key]
         if _is_section(hint):
             kwargs[key] = _build(hint, value, prefix=f"{prefix}{key}.")

@@ -98,7 +98,11 @@ def load_dataset(config: DataConfig, root: Path, device: str | torch.device = "c
     """
     if config.dataset not in READERS:
         raise UserError(f"unknown data set {config.dataset!r}" + did_you_mean(config.dataset, READERS))
-    raw = READERS[config.dataset](Path(root))
+    root = Path(root)
+    if config.dataset != "digits" and root.exists() and not root.is_dir():  # digits is bundled
+        raise UserError(f"the data root {root} is a file, not a folder; point data.root (or the LTH_DATA "
+                        "environment variable) at the folder that holds the data sets")
+    raw = READERS[config.dataset](root)
     mean, std = _channel_stats(raw)
     train_x = _normalise(raw.x_train, raw.scale, mean, std)
     test_x = _normalise(raw.x_test, raw.scale, mean, std)

@@ -20,6 +20,7 @@ Layouts under the data root (torchvision's own, so a torchvision download works)
 
 import gzip
 import pickle
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,15 +67,26 @@ def read_digits(root: Path) -> RawData:
     return RawData(images[train], labels[train], images[test], labels[test], 10, 16.0, False)
 
 
+def _damaged(path: Path, problem: str) -> UserError:
+    return UserError(f"cannot read {path} ({problem}); download it again, or point data.root (or the "
+                     "LTH_DATA environment variable) at a folder that holds an intact copy")
+
+
 def _read_idx(path: Path) -> np.ndarray:
     """Read an idx file (MNIST format): magic, dims as big-endian int32, then uint8 data."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as handle:
-        data = handle.read()
-    if data[:2] != b"\x00\x00" or data[2] != 0x08:
-        raise UserError(f"{path} is not an idx file of unsigned bytes")
+    try:
+        with opener(path, "rb") as handle:
+            data = handle.read()
+    except (OSError, EOFError, zlib.error) as error:  # unreadable, not gzip, or cut short
+        raise _damaged(path, str(error)) from None
+    if len(data) < 4 or data[:2] != b"\x00\x00" or data[2] != 0x08:
+        raise _damaged(path, "not an idx file of unsigned bytes")
     ndim = data[3]
     shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    if len(data) != 4 + 4 * ndim + int(np.prod(shape)):
+        raise _damaged(path, f"its header promises {'x'.join(map(str, shape))} bytes, it holds "
+                       f"{max(len(data) - 4 - 4 * ndim, 0)}: truncated or damaged")
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
@@ -101,8 +113,14 @@ def _idx_reader(name: str, folder: str) -> Callable[[Path], RawData]:
 def _unpickle(path: Path, name: str) -> dict:
     if not path.is_file():
         raise _missing(name, path.parent, path.name)
-    with open(path, "rb") as handle:
-        return pickle.load(handle, encoding="bytes")
+    try:
+        with open(path, "rb") as handle:
+            batch = pickle.load(handle, encoding="bytes")
+    except Exception as error:  # unpickling garbage can raise almost anything; name the file
+        raise _damaged(path, f"{type(error).__name__}: {error}") from None
+    if not isinstance(batch, dict) or b"data" not in batch:
+        raise _damaged(path, f"not a {name} python batch")
+    return batch
 
 
 def _cifar_arrays(batches: list[dict], label_key: bytes) -> tuple[np.ndarray, np.ndarray]:

@@ -71,14 +71,17 @@ def parse_stage(stage: str) -> tuple[int, str | None] | None:
 
 
 def find_run(name: str, out: str | Path) -> store.RunDir:
-    """A run given as a folder, or as a run id under ``out``."""
+    """A run given as a folder, or as a run id under ``out``; a damaged file in it is an
+    error naming the file, before any command reads or adds to the run."""
     path = Path(name)
     if not store.is_run(path):
         path = Path(out) / name
     if not store.is_run(path):
         raise UserError(f"{name!r} is not a run folder, nor a run id under {out}/ "
                         "(`lth ls` lists the runs there)")
-    return store.RunDir(path.parent, path.name)
+    run = store.RunDir(path.parent, path.name)
+    store.check_files(run)
+    return run
 
 
 def run_info(run: store.RunDir) -> dict[str, Any]:

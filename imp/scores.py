@@ -148,6 +148,7 @@ def load_or_compute(config: Config, data: Dataset, spec: ScoreSpec, out: str | P
     path = scores_path(out, config, spec)
     if path.is_file():
         return read_scores(path, data), path
+    store.check_writable(path.parent)
     tree = compute_scores(config, data, spec, progress)
     store.write_h5(path, tree, store.provenance(json.dumps(to_dict(config), sort_keys=True), data.train.x.device))
     return tree, path

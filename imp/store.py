@@ -147,9 +147,9 @@ def write_h5(path: str | Path, tree: Mapping[str, Any], provenance: Mapping[str,
     the attributes of the ``/provenance`` group.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}{TEMPORARY_SUFFIX}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with h5py.File(temporary, "w") as file:
             _write_group(file, tree)
             group = file.create_group(PROVENANCE)
@@ -158,10 +158,33 @@ def write_h5(path: str | Path, tree: Mapping[str, Any], provenance: Mapping[str,
         with open(temporary, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(temporary, path)
+    except OSError as error:  # permissions, a full disk: nothing under the final name changed
+        raise cannot_write(path, error) from None
     finally:
         temporary.unlink(missing_ok=True)
     _fsync_dir(path.parent)
     return path
+
+
+def cannot_write(path: Path, error: OSError) -> UserError:
+    """The one-line error for a file or folder that cannot be written."""
+    reason = error.strerror or str(error)
+    folder = next(p for p in path.absolute().parents if p.exists())
+    return UserError(f"cannot write {path} ({reason}); make {folder} writable, "
+                     "or choose another --out folder")
+
+
+def check_writable(folder: str | Path) -> None:
+    """Fail now, not after hours of computing, when files cannot be made in ``folder``
+    (or in the nearest existing folder above it, where it will be created)."""
+    folder = Path(folder).absolute()
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise UserError(f"cannot write under {folder}: {existing} is a file, not a folder; "
+                        "choose another --out folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write under {folder}: {existing} is not writable; "
+                        "make it writable, or choose another --out folder")
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -203,13 +226,42 @@ def read_h5(path: str | Path, skip: Iterable[str] = ()) -> dict[str, Any]:
 
     The ``provenance`` key holds the provenance attributes. Top-level groups or datasets
     named in ``skip`` (e.g. ``weights``) are not read. A file that cannot be read is a
-    :class:`~imp.errors.UserError` naming it.
+    :class:`~imp.errors.UserError` naming it and what to do.
     """
     try:
         with h5py.File(path, "r") as file:
             return _read_group(file, frozenset(skip))
     except OSError as error:
-        raise UserError(f"cannot read {path} ({error}); delete it and rerun to recompute it") from None
+        raise cannot_read(Path(path), error) from None
+
+
+def cannot_read(path: Path, error: OSError) -> UserError:
+    """The one-line error for a damaged (truncated, overwritten) or unreadable file."""
+    if path.name == RUN_FILE:
+        fix = ("delete it and rerun `lth run` with the run's config to write it again "
+               "(the finished stages are kept)")
+    elif path.name in ("rewind.h5", "pretrain.h5"):  # made only while level 0 trains (imp.trunk)
+        fix = (f"delete it and {path.parent / 'level_0.h5'}, then rerun `lth run` with the run's "
+               "config to recompute both")
+    else:
+        fix = "delete it and rerun the command that made it to recompute it"
+    return UserError(f"cannot read {path} ({error}); {fix}")
+
+
+def check_files(run: "RunDir") -> None:
+    """Raise :func:`cannot_read`'s error for the first file of ``run`` that does not open.
+
+    Opening checks the HDF5 signature and that the file is as long as its header says,
+    so a truncated or overwritten stage is never taken for a finished one.
+    """
+    files = [run.run_file] if run.run_file.is_file() else []
+    for replicate in run.replicates():
+        files += [run.stage_file(replicate, stage) for stage in run.stages(replicate)]
+    for path in files:
+        try:
+            h5py.File(path, "r").close()
+        except OSError as error:
+            raise cannot_read(path, error) from None
 
 
 def _read_group(group: h5py.Group, skip: frozenset[str] = frozenset()) -> dict[str, Any]:
@@ -279,8 +331,11 @@ class RunLock:
         self._handle = None
 
     def __enter__(self) -> "RunLock":
-        self.run.path.mkdir(parents=True, exist_ok=True)
-        handle = open(self.run.lock_file, "a+")
+        try:
+            self.run.path.mkdir(parents=True, exist_ok=True)
+            handle = open(self.run.lock_file, "a+")
+        except OSError as error:
+            raise cannot_write(self.run.lock_file, error) from None
         try:
             _flock(handle, fcntl.LOCK_EX, self.wait)
         except BlockingIOError:

@@ -175,6 +175,12 @@ def _load(args):
 
 def _run(args) -> int:
     from imp.config import run_id
+
+    config = _load(args)  # before the imports that take seconds (torch): a typo answers at once
+    if args.replicates < 1:
+        raise UserError(f"--replicates must be at least 1, got {args.replicates}")
+
+    from imp import store
     from imp.data import resolve_root
     from imp.results import level_rows
     from imp.runtime import choose_device, set_threads
@@ -182,9 +188,7 @@ def _run(args) -> int:
     from landscape.hooks import level_hooks
     from runs.tables import level_table
 
-    config = _load(args)
-    if args.replicates < 1:
-        raise UserError(f"--replicates must be at least 1, got {args.replicates}")
+    store.check_files(store.RunDir(args.out, run_id(config)))  # a damaged stage is not a finished one
     set_threads(args.threads)
     device = choose_device(args.device)
     root = resolve_root(config.data.root, os.environ)
@@ -275,14 +279,25 @@ def _ls(args) -> int:
     out = Path(args.dir)
     if not out.is_dir():
         raise UserError(f"{out} is not a folder; pass the --out folder of `lth run`")
-    lines = []
+    lines, damaged = [], []
     for run in store.find_runs(out):
-        info = run_info(run)
+        try:  # a run with a damaged file is listed, and the file named after the table
+            store.check_files(run)
+            intact = True
+        except UserError as error:
+            damaged.append(str(error))
+            intact = False
+        try:
+            info = run_info(run)
+        except UserError:
+            lines.append([run.run_id, "?", "?", "?", "?", "?", "damaged"])
+            continue
         config = info["config"]
         planned_levels, planned_replicates = info["planned_levels"], info["planned_replicates"]
         done = [min(levels_done(run, r), planned_levels + 1) for r in range(planned_replicates)]
         complete = all(d == planned_levels + 1 for d in done)
-        state = "running" if store.is_locked(run) else ("done" if complete else "stopped")
+        state = ("damaged" if not intact else "running" if store.is_locked(run)
+                 else "done" if complete else "stopped")
         lines.append([
             run.run_id,
             config.get("model", {}).get("name", "mlp"),
@@ -301,6 +316,9 @@ def _ls(args) -> int:
         done = sum(states.get(run_id) == "done" for run_id in manifest["runs"])
         running = sum(states.get(run_id) == "running" for run_id in manifest["runs"])
         print(f"sweep {manifest['name']}: {done}/{len(manifest['runs'])} runs done, {running} running")
+    if damaged:
+        others = f" ({len(damaged) - 1} more damaged run(s) listed above)" if len(damaged) > 1 else ""
+        raise UserError(damaged[0] + others)
     return 0
 
 

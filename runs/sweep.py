@@ -29,7 +29,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from imp.config import Config, from_dict, run_id, to_dict
+from imp.config import Config, check_key, from_dict, run_id, to_dict
 from imp.errors import UserError
 
 SWEEPS_DIR = "sweeps"
@@ -53,22 +53,35 @@ def load_sweep(path: str | Path) -> Sweep:
         raise UserError(f"{path}: not valid TOML ({error})") from None
     grid = raw.pop("sweep", None)
     if not isinstance(grid, dict):
-        raise UserError(f"{path} has no [sweep] table; `lth run` takes plain run configs")
+        raise UserError(f"{path} has no [sweep] table; `lth run` takes plain run configs (`lth run {path}`), "
+                        "a sweep file adds a [sweep] table of axes such as \"prune.rewind\" = [\"0it\", \"200it\"]")
     replicates = grid.pop("replicates", 1)
     if isinstance(replicates, bool) or not isinstance(replicates, int) or replicates < 1:
         raise UserError(f"{path}: sweep.replicates must be a positive integer, got {replicates!r}")
     for axis, values in grid.items():
         if "." not in axis:
             raise UserError(f"{path}: sweep axis {axis!r} must look like section.key, e.g. \"prune.rewind\"")
+        try:
+            check_key(axis)
+        except UserError as error:
+            raise UserError(f"{path}, [sweep] table: {error}") from None
+        section = axis.split(".")[0]
+        if not isinstance(raw.get(section, {}), dict):
+            raise UserError(f"{path}: {section} must be a table of keys, e.g. [{section}]")
         if not isinstance(values, list) or not values:
-            raise UserError(f"{path}: sweep axis {axis!r} needs a non-empty list of values")
+            raise UserError(f"{path}: sweep axis {axis!r} needs a non-empty list of values, "
+                            f"e.g. \"{axis}\" = [a, b]")
     configs = []
     for point in itertools.product(*grid.values()):
         point_raw = copy.deepcopy(raw)
         for axis, value in zip(grid, point):
             section, key = axis.split(".", 1)
             point_raw.setdefault(section, {})[key] = value
-        configs.append(from_dict(point_raw))
+        try:
+            configs.append(from_dict(point_raw))
+        except UserError as error:
+            at = ", ".join(f"{axis} = {value!r}" for axis, value in zip(grid, point))
+            raise UserError(f"{path}: {error}" + (f" (at the sweep point {at})" if at else "")) from None
     return Sweep(path.stem, configs, replicates)
 
 
@@ -80,11 +93,12 @@ def run_point(config_data: dict[str, Any], out: str, replicates: int, device: st
     """
     from imp.data import resolve_root
     from imp.runtime import choose_device, set_threads
-    from imp.store import RunLocked
+    from imp.store import RunDir, RunLocked, check_files
     from imp.trunk import run_imp
     from landscape.hooks import level_hooks
 
     config = from_dict(config_data)
+    check_files(RunDir(out, run_id(config)))
     set_threads(threads)
     chosen = choose_device(device)
     try:
@@ -96,18 +110,35 @@ def run_point(config_data: dict[str, Any], out: str, replicates: int, device: st
 
 
 def write_manifest(sweep: Sweep, out: str | Path) -> Path:
+    from imp.store import cannot_write
+
     path = Path(out) / SWEEPS_DIR / f"{sweep.name}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
     manifest = {"name": sweep.name, "replicates": sweep.replicates, "runs": [run_id(c) for c in sweep.configs]}
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(manifest, indent=1))
-    os.replace(temporary, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary.write_text(json.dumps(manifest, indent=1))
+        os.replace(temporary, path)
+    except OSError as error:
+        raise cannot_write(path, error) from None
     return path
 
 
 def read_manifests(out: str | Path) -> list[dict]:
     folder = Path(out) / SWEEPS_DIR
-    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+    return [_read_manifest(p) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+
+
+def _read_manifest(path: Path) -> dict:
+    try:
+        manifest = json.loads(path.read_text())
+        if isinstance(manifest, dict) and isinstance(manifest.get("runs"), list) and "name" in manifest:
+            return manifest
+        problem = "not a sweep manifest"
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        problem = str(error)
+    raise UserError(f"cannot read {path} ({problem}); delete it and rerun `lth sweep` on its file to "
+                    "write it again")
 
 
 def _plain(config: Config) -> dict[str, Any]:

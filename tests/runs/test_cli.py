@@ -4,8 +4,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from runs.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -52,45 +50,7 @@ def test_run_ls_show_end_to_end(tmp_path):
     assert human.returncode == 0 and f"run {run_id}" in human.stdout and "reinit" in human.stdout
 
 
-@pytest.mark.parametrize("args, message", [
-    (["run", "--set", "train.lrr=0.1"], "unknown key 'train.lrr'; did you mean 'train.lr'?"),
-    (["run", "--set", "model.name=resnet2O"], "did you mean 'resnet20'?"),
-    (["run", "missing.toml"], "config file 'missing.toml' not found"),
-    (["run", "--set", "data.dataset=mnist", "--set", "data.root=nowhere"],
-     "mnist: train-images-idx3-ubyte.gz not found under nowhere/MNIST/raw"),
-    (["run", "--replicates", "0"], "--replicates must be at least 1"),
-    (["show", "nope"], "'nope' is not a run folder"),
-    (["run", "--set", "prune.fraction=1.5"], "prune.fraction must be in (0, 1)"),
-    (["run", "--set", "prune.levels=-1"], "prune.levels must be >= 0"),
-    (["run", "--set", "prune.rewind='100ep'"], "prune.rewind = 100ep (1200 iterations) is not before the end"),
-    (["run", "--set", "model.name=lenet5"], "model.name = 'lenet5' is not one of"),
-    (["run", "--set", "data.dataset=imagenet"], "data.dataset = 'imagenet' is not one of"),
-    (["ls", "nowhere"], "nowhere is not a folder"),
-])
-def test_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys, args, message):
-    if args[0] != "ls":
-        args = [*args, "--out", str(tmp_path)]
-    assert main(args) == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert lines[-1].startswith("lth: error: ") and message in lines[-1]
-    assert all(not line.startswith("lth: error") for line in lines[:-1])
-
-
-def test_no_traceback_from_the_real_command(tmp_path):
-    result = lth("run", "--set", "data.dataset=cifar10", "--out", str(tmp_path),
-                 env={"LTH_DATA": str(tmp_path / "nodata")})
-    assert result.returncode == 2
-    assert "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith(
-        f"lth: error: cifar10: data_batch_1 not found under {tmp_path / 'nodata'}")
-
-
-def test_a_failed_run_keeps_what_was_stored(tmp_path, capsys):
-    assert main(["run", "--out", str(tmp_path), *TINY]) == 0
-    stored = sorted(p for p in tmp_path.rglob("*") if p.is_file() and p.suffix == ".h5")
-    before = {p: p.read_bytes() for p in stored}
-    assert main(["run", "--out", str(tmp_path), *TINY, "--set", "train.lr=-1"]) == 2
-    assert {p: p.read_bytes() for p in stored} == before
+# Bad input (one line, exit code 2, results kept) is tested in test_bad_input.py.
 
 
 def test_config_prints_every_field_and_the_id(capsys):

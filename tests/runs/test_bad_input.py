@@ -1,0 +1,334 @@
+"""The bad-input matrix: every mistake a user can make ends with one line on stderr,
+``lth: error: ...`` naming the problem and how to fix it, exit code 2, no traceback, and
+the results folder byte for byte as it was.
+
+Every case runs against a copy of one finished tiny run (trained once for the module),
+so a command that wrongly trains, rewrites or deletes a stored file is caught.
+"""
+
+import argparse
+import gzip
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from runs.cli import _parser, main
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = ["--set", "model.widths=[16]", "--set", "train.epochs='2ep'", "--set", "prune.levels=1", "--quiet"]
+SWEEP_AXES = '[sweep]\n"train.lr" = [0.1, 0.05]\n'
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> tuple[Path, str]:
+    """A results folder holding one finished run (levels 0 and 1), and its run id."""
+    out = tmp_path_factory.mktemp("finished")
+    assert main(["run", "--out", str(out), *TINY]) == 0
+    (run_id,) = [p.name for p in out.iterdir()]
+    return out, run_id
+
+
+@pytest.fixture
+def results(finished, tmp_path) -> Path:
+    """A fresh copy of the finished run's results folder for one case."""
+    return Path(shutil.copytree(finished[0], tmp_path / "results"))
+
+
+def snapshot(folder: Path) -> dict[Path, bytes]:
+    """Every file's bytes (lock files excepted: a failed command may leave an empty one)."""
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.suffix != ".lock"}
+
+
+def assert_one_error_line(stderr: str, *words: str) -> None:
+    assert "Traceback" not in stderr, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("lth: error: ")]
+    assert len(errors) == 1, stderr
+    assert all("lth: error" not in line for line in stderr.splitlines() if line not in errors), stderr
+    for word in words:
+        assert word in errors[0], f"{word!r} not in {errors[0]!r}"
+
+
+# ---------------------------------------------------------------- setups: files a case needs
+
+
+def write(name: str, text: str):
+    """A case setup writing a file (a config) beside the results folder."""
+    def setup(out: Path, run_id: str, tmp: Path) -> None:
+        (tmp / name).write_text(text)
+    return setup
+
+
+def mnist_root(name: str, content: bytes):
+    """A data root whose MNIST training images are ``content``."""
+    def setup(out: Path, run_id: str, tmp: Path) -> None:
+        raw = tmp / name / "MNIST" / "raw"
+        raw.mkdir(parents=True)
+        (raw / "train-images-idx3-ubyte.gz").write_bytes(content)
+    return setup
+
+
+def truncate(stage: str):
+    """Cut a stored file of the run to half its length (a copy that stopped short)."""
+    def setup(out: Path, run_id: str, tmp: Path) -> None:
+        path = out / run_id / stage
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    return setup
+
+
+def overwrite(stage: str):
+    """Replace a stored file of the run with bytes that are not HDF5."""
+    def setup(out: Path, run_id: str, tmp: Path) -> None:
+        (out / run_id / stage).write_bytes(b"this is not an HDF5 file\n" * 40)
+    return setup
+
+
+def manifest(name: str, text: str):
+    """A sweep's list of runs in the results folder, holding ``text``."""
+    def setup(out: Path, run_id: str, tmp: Path) -> None:
+        (out / "sweeps").mkdir()
+        (out / "sweeps" / name).write_text(text)
+    return setup
+
+
+IDX_HEADER = b"\x00\x00\x08\x03" + (60000).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2
+RUN = ["run", "--out", "{out}", *TINY]
+
+
+def bad_run(*overrides: str) -> list[str]:
+    return [*RUN, *(a for o in overrides for a in ("--set", o))]
+
+
+# (id, arguments with {out}, {run} and {tmp} filled in, words the error line holds, setup)
+CASES = [
+    # config files and overrides
+    ("malformed-toml", ["run", "{tmp}/bad.toml", "--out", "{out}"], ["bad.toml", "not valid TOML", "line 2"],
+     write("bad.toml", "[train]\nlr = = 0.1\n")),
+    ("missing-config-file", ["run", "{tmp}/missing.toml", "--out", "{out}"], ["missing.toml' not found"], None),
+    ("unknown-key-in-file", ["run", "{tmp}/typo.toml", "--out", "{out}"],
+     ["unknown key 'train.lrr'; did you mean 'train.lr'?"], write("typo.toml", "[train]\nlrr = 0.1\n")),
+    ("unknown-section-in-file", ["run", "{tmp}/typo.toml", "--out", "{out}"],
+     ["unknown key 'trian'; did you mean 'train'?"], write("typo.toml", "[trian]\nlr = 0.1\n")),
+    ("unknown-key-in-set", bad_run("train.lrr=0.1"), ["unknown key 'train.lrr'; did you mean 'train.lr'?"], None),
+    ("set-without-section", bad_run("lr=0.1"), ["override 'lr=0.1' must look like section.key=value"], None),
+    ("lr-is-a-word", bad_run('train.lr="fast"'), ["train.lr must be a number, got 'fast'"], None),
+    ("lr-is-a-word-in-file", ["run", "{tmp}/lr.toml", "--out", "{out}"], ["train.lr must be a number, got 'fast'"],
+     write("lr.toml", '[train]\nlr = "fast"\n')),
+    ("levels-not-integer", bad_run("prune.levels=1.5"), ["prune.levels must be an integer, got 1.5"], None),
+    ("batch-size-is-a-word", bad_run('data.batch_size="x"'), ["data.batch_size must be an integer, got 'x'"], None),
+    # values out of range
+    *[(f"fraction-{value}", bad_run(f"prune.fraction={value}"), ["prune.fraction must be in (0, 1), e.g. 0.2"], None)
+      for value in ("0", "1", "1.5", "-0.1")],
+    ("negative-levels", bad_run("prune.levels=-1"), ["prune.levels must be >= 0"], None),
+    ("rewind-after-training", bad_run("prune.rewind='100ep'"),
+     ["prune.rewind = 100ep (1200 iterations) is not before the end", "choose a smaller prune.rewind"], None),
+    ("diet-subset-larger-than-data", bad_run("diet.pretrain='10it'", "diet.subset=random", "diet.size=100000"),
+     ["diet.size (100000)", "larger than the training set (1437 examples)", "choose a smaller diet.size"], None),
+    ("lr-zero", bad_run("train.lr=0"), ["train.lr must be positive"], None),
+    ("lr-negative", bad_run("train.lr=-1"), ["train.lr must be positive"], None),
+    ("batch-size-zero", bad_run("data.batch_size=0"), ["data.batch_size must be positive"], None),
+    ("batch-size-negative", bad_run("data.batch_size=-5"), ["data.batch_size must be positive"], None),
+    ("replicates-zero", [*RUN, "--replicates", "0"], ["--replicates must be at least 1"], None),
+    # models and data
+    ("unknown-model", bad_run("model.name=resnet2O"), ["model.name = 'resnet2O' is not one of", "did you mean 'resnet20'?"],
+     None),
+    ("unknown-model-far", bad_run("model.name=lenet5"), ["model.name = 'lenet5' is not one of"], None),
+    ("unknown-dataset", bad_run("data.dataset=imagenet"), ["data.dataset = 'imagenet' is not one of"], None),
+    ("missing-data-root", bad_run("data.dataset=mnist", "data.root='{tmp}/nowhere'"),
+     ["mnist: train-images-idx3-ubyte.gz not found under", "nowhere/MNIST/raw", "point data.root"], None),
+    ("data-root-is-a-file", bad_run("data.dataset=mnist", "data.root='{tmp}/a-file'"),
+     ["a-file is a file, not a folder", "point data.root"], write("a-file", "x")),
+    ("garbage-mnist-file", bad_run("data.dataset=mnist", "data.root='{tmp}/garbage'"),
+     ["cannot read", "train-images-idx3-ubyte.gz", "download it again"], mnist_root("garbage", b"\x89garbage" * 50)),
+    ("truncated-mnist-file", bad_run("data.dataset=mnist", "data.root='{tmp}/short'"),
+     ["train-images-idx3-ubyte.gz (its header promises 60000x28x28 bytes, it holds 1000", "download it again"],
+     mnist_root("short", gzip.compress(IDX_HEADER + bytes(1000)))),
+    ("cut-gzip-mnist-file", bad_run("data.dataset=mnist", "data.root='{tmp}/cut'"),
+     ["cannot read", "train-images-idx3-ubyte.gz", "download it again"],
+     mnist_root("cut", gzip.compress(IDX_HEADER + bytes(10000))[:60])),
+    # a sweep file given to a run command, a run config given to `lth sweep`, bad axes
+    ("sweep-file-to-run", ["run", "{tmp}/grid.toml", "--out", "{out}"],
+     ["is a sweep file (it has a [sweep] table); run it with `lth sweep"], write("grid.toml", SWEEP_AXES)),
+    ("sweep-file-to-config", ["config", "{tmp}/grid.toml"],
+     ["is a sweep file (it has a [sweep] table); run it with `lth sweep"], write("grid.toml", SWEEP_AXES)),
+    ("run-config-to-sweep", ["sweep", "{tmp}/plain.toml", "--out", "{out}"],
+     ["plain.toml has no [sweep] table", "`lth run` takes plain run configs"], write("plain.toml", "[train]\nlr = 0.1\n")),
+    ("sweep-axis-unknown-key", ["sweep", "{tmp}/grid.toml", "--out", "{out}"],
+     ["grid.toml, [sweep] table: unknown key 'train.foo'; valid keys in train: epochs, optimizer, lr"],
+     write("grid.toml", '[sweep]\n"train.foo" = [1, 2]\n')),
+    ("sweep-axis-misspelled", ["sweep", "{tmp}/grid.toml", "--out", "{out}"],
+     ["unknown key 'prune.rewnd'; did you mean 'prune.rewind'?"], write("grid.toml", '[sweep]\n"prune.rewnd" = ["0it"]\n')),
+    ("sweep-axis-empty", ["sweep", "{tmp}/grid.toml", "--out", "{out}"],
+     ["sweep axis 'train.lr' needs a non-empty list of values"], write("grid.toml", '[sweep]\n"train.lr" = []\n')),
+    ("sweep-axis-wrong-type", ["sweep", "{tmp}/grid.toml", "--out", "{out}"],
+     ["train.lr must be a number, got 'fast'", "at the sweep point train.lr = 'fast'"],
+     write("grid.toml", '[sweep]\n"train.lr" = [0.1, "fast"]\n')),
+    ("sweep-section-not-a-table", ["sweep", "{tmp}/grid.toml", "--out", "{out}"],
+     ["grid.toml: train must be a table of keys"], write("grid.toml", 'train = 3\n[sweep]\n"train.lr" = [0.1]\n')),
+    ("garbage-sweep-manifest", ["ls", "{out}"], ["cannot read", "sweeps/bad.json", "rerun `lth sweep`"],
+     manifest("bad.json", "{oops")),
+    # run ids that do not exist, for every command that takes them
+    *[(f"no-such-run-{argv[0]}", argv, ["'nope' is not a run folder, nor a run id under", "`lth ls` lists the runs"], None)
+      for argv in (["show", "nope", "--out", "{out}"], ["barrier", "nope", "--out", "{out}"],
+                   ["perturb", "nope", "--out", "{out}", "--sizes", "0.5"], ["hessian", "nope", "--out", "{out}"],
+                   ["plot", "nope", "--results", "{out}", "--out", "{tmp}/figures"],
+                   ["report", "nope", "--results", "{out}", "--out", "{tmp}/report.html"],
+                   ["compare", "{run}", "nope", "--results", "{out}", "--by", "train.lr"])],
+    ("no-such-folder-to-ls", ["ls", "{tmp}/nowhere"], ["nowhere is not a folder"], None),
+]
+
+# Damaged results files, for every command that reads a stored run.
+RUN_ID_COMMANDS = {
+    "run": RUN,
+    "ls": ["ls", "{out}"],
+    "show": ["show", "{run}", "--out", "{out}"],
+    "barrier": ["barrier", "{run}", "--out", "{out}"],
+    "perturb": ["perturb", "{run}", "--out", "{out}", "--sizes", "0.5"],
+    "hessian": ["hessian", "{run}", "--out", "{out}"],
+    "plot": ["plot", "{run}", "--results", "{out}", "--out", "{tmp}/figures"],
+    "report": ["report", "{run}", "--results", "{out}", "--out", "{tmp}/report.html"],
+    "compare": ["compare", "{run}", "--results", "{out}", "--by", "train.lr"],
+}
+DAMAGE = {
+    "truncated-stage": (truncate("replicate_0/level_1.h5"),
+                        ["cannot read", "replicate_0/level_1.h5", "truncated file", "delete it and rerun"]),
+    "garbage-run-file": (overwrite("run.h5"),
+                         ["cannot read", "run.h5", "delete it and rerun `lth run` with the run's config"]),
+}
+CASES += [(f"{damage}-{command}", argv, words, setup)
+          for damage, (setup, words) in DAMAGE.items() for command, argv in RUN_ID_COMMANDS.items()]
+# A damaged rewind point must not pass for a finished stage, though nothing reads it to show the levels.
+CASES += [(f"truncated-rewind-point-{command}", RUN_ID_COMMANDS[command],
+           ["cannot read", "replicate_0/rewind.h5", "level_0.h5, then rerun `lth run`"], truncate("replicate_0/rewind.h5"))
+          for command in ("run", "ls", "show")]
+
+
+def fill(argv: list[str], out: Path, run_id: str, tmp: Path) -> list[str]:
+    return [arg.format(out=out, run=run_id, tmp=tmp) for arg in argv]
+
+
+@pytest.mark.parametrize("argv, words, setup", [case[1:] for case in CASES], ids=[case[0] for case in CASES])
+def test_bad_input_is_one_line_exit_code_2_and_keeps_the_results(finished, results, tmp_path, capsys,
+                                                                 argv, words, setup):
+    run_id = finished[1]
+    if setup is not None:
+        setup(results, run_id, tmp_path)
+    before = snapshot(results)
+    capsys.readouterr()
+    assert main(fill(argv, results, run_id, tmp_path)) == 2
+    assert_one_error_line(capsys.readouterr().err, *(fill(words, results, run_id, tmp_path)))
+    assert snapshot(results) == before
+    assert not (tmp_path / "report.html").exists() and not (tmp_path / "figures").exists()
+
+
+def test_a_garbage_data_file_found_through_lth_data(results, tmp_path, capsys, monkeypatch):
+    mnist_root("data", b"\x89garbage" * 50)(results, "", tmp_path)
+    monkeypatch.setenv("LTH_DATA", str(tmp_path / "data"))
+    before = snapshot(results)
+    assert main(fill(bad_run("data.dataset=mnist"), results, "", tmp_path)) == 2
+    assert_one_error_line(capsys.readouterr().err, f"cannot read {tmp_path / 'data'}/MNIST/raw/train-images-idx3-ubyte.gz",
+                          "download it again")
+    assert snapshot(results) == before
+
+
+def test_the_matrix_covers_every_command_that_takes_run_ids():
+    (commands,) = [a.choices for a in _parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    takes_runs = {name for name, parser in commands.items()
+                  if any(action.dest in ("run", "runs") and not action.option_strings for action in parser._actions)}
+    assert takes_runs == {"show", "barrier", "perturb", "hessian", "plot", "report", "compare"}
+    ids = {case[0] for case in CASES}
+    assert all(f"no-such-run-{command}" in ids and f"truncated-stage-{command}" in ids for command in takes_runs)
+
+
+# ---------------------------------------------------------------- a results folder that is not writable
+
+
+# `lth run` of a new config (it needs a new run folder), `lth scores` (a new scores file) and
+# `lth sweep` (its list of runs).
+UNWRITABLE = {"run": [*RUN, "--set", "train.seed=1"],
+              "scores": ["scores", "--score", "el2n", "--step", "0", "--out", "{out}", *TINY],
+              "sweep": ["sweep", "{tmp}/grid.toml", "--out", "{out}"]}
+GRID = '[model]\nwidths = [16]\n[train]\nepochs = "2ep"\n[sweep]\n"train.seed" = [1]\n'
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions, so nothing is unwritable")
+@pytest.mark.parametrize("command", UNWRITABLE)
+def test_an_unwritable_results_folder_is_one_line(results, tmp_path, capsys, command):
+    (tmp_path / "grid.toml").write_text(GRID)
+    before = snapshot(results)
+    results.chmod(0o500)
+    try:
+        assert main(fill(UNWRITABLE[command], results, "", tmp_path)) == 2
+    finally:
+        results.chmod(0o755)
+    assert_one_error_line(capsys.readouterr().err, "cannot write", str(results), "writable",
+                          "choose another --out folder")
+    assert snapshot(results) == before
+
+
+@pytest.mark.parametrize("command", UNWRITABLE)
+def test_an_unwritable_results_folder_as_the_os_reports_it(results, tmp_path, capsys, monkeypatch, command):
+    """The same, for any user (root included): the folder refuses what the OS would refuse."""
+    real_mkdir, real_access = Path.mkdir, os.access
+
+    def mkdir(self, *args, **kwargs):
+        if Path(self).parent == results:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    def access(path, mode, *args, **kwargs):
+        return Path(path) != results and real_access(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    monkeypatch.setattr(os, "access", access)
+    (tmp_path / "grid.toml").write_text(GRID)
+    before = snapshot(results)
+    assert main(fill(UNWRITABLE[command], results, "", tmp_path)) == 2
+    assert_one_error_line(capsys.readouterr().err, "cannot write", str(results), "writable",
+                          "choose another --out folder")
+    assert snapshot(results) == before
+
+
+# ---------------------------------------------------------------- the real command, as a user runs it
+
+
+def lth(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "runs.cli", *args], cwd=REPO, text=True, capture_output=True,
+                          env={**os.environ, **(env or {})}, timeout=300)
+
+
+@pytest.mark.parametrize("case", ["malformed-toml", "garbage-run-file-show", "truncated-stage-run",
+                                  "no-such-run-show"])
+def test_no_traceback_from_the_real_command(finished, results, tmp_path, case):
+    argv, words, setup = next(c[1:] for c in CASES if c[0] == case)
+    if setup is not None:
+        setup(results, finished[1], tmp_path)
+    before = snapshot(results)
+    result = lth(*fill(argv, results, finished[1], tmp_path))
+    assert result.returncode == 2
+    assert_one_error_line(result.stderr, *fill(words, results, finished[1], tmp_path))
+    assert snapshot(results) == before
+
+
+def test_no_traceback_for_missing_data_from_the_environment(tmp_path):
+    result = lth("run", "--set", "data.dataset=cifar10", "--out", str(tmp_path),
+                 env={"LTH_DATA": str(tmp_path / "nodata")})
+    assert result.returncode == 2
+    assert_one_error_line(result.stderr, f"cifar10: data_batch_1 not found under {tmp_path / 'nodata'}")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions, so nothing is unwritable")
+def test_no_traceback_from_the_real_command_in_an_unwritable_folder(results, tmp_path):
+    before = snapshot(results)
+    results.chmod(0o500)
+    try:
+        result = lth(*fill(UNWRITABLE["run"], results, "", tmp_path))
+    finally:
+        results.chmod(0o755)
+    assert result.returncode == 2
+    assert_one_error_line(result.stderr, "cannot write", "choose another --out folder")
+    assert snapshot(results) == before
