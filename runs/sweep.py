@@ -9,6 +9,11 @@ axes with a list of values each, and optionally ``replicates``::
     "diet.subset" = ["easy", "random"]
     replicates = 2
 
+Keys joined by commas make one linked axis whose values are lists, one value per key,
+for settings that only make sense together::
+
+    "diet.subset,diet.size" = [["easy", 500], ["random", 500], ["all", 0]]
+
 The grid is the product of the axes, in the order written. Every point is an ordinary
 run (its own id); running the sweep again resumes it, since finished stages are never
 recomputed. A run that another process is writing (its lock is held, on any machine
@@ -58,31 +63,46 @@ def load_sweep(path: str | Path) -> Sweep:
     replicates = grid.pop("replicates", 1)
     if isinstance(replicates, bool) or not isinstance(replicates, int) or replicates < 1:
         raise UserError(f"{path}: sweep.replicates must be a positive integer, got {replicates!r}")
-    for axis, values in grid.items():
-        if "." not in axis:
-            raise UserError(f"{path}: sweep axis {axis!r} must look like section.key, e.g. \"prune.rewind\"")
-        try:
-            check_key(axis)
-        except UserError as error:
-            raise UserError(f"{path}, [sweep] table: {error}") from None
-        section = axis.split(".")[0]
-        if not isinstance(raw.get(section, {}), dict):
-            raise UserError(f"{path}: {section} must be a table of keys, e.g. [{section}]")
-        if not isinstance(values, list) or not values:
-            raise UserError(f"{path}: sweep axis {axis!r} needs a non-empty list of values, "
-                            f"e.g. \"{axis}\" = [a, b]")
+    axes = [_axis(path, raw, axis, values) for axis, values in grid.items()]
     configs = []
-    for point in itertools.product(*grid.values()):
+    for point in itertools.product(*(values for _, values in axes)):
         point_raw = copy.deepcopy(raw)
-        for axis, value in zip(grid, point):
-            section, key = axis.split(".", 1)
-            point_raw.setdefault(section, {})[key] = value
+        settings = [(key, value) for (keys, _), values in zip(axes, point) for key, value in zip(keys, values)]
+        for key, value in settings:
+            section, name = key.split(".", 1)
+            point_raw.setdefault(section, {})[name] = value
         try:
             configs.append(from_dict(point_raw))
         except UserError as error:
-            at = ", ".join(f"{axis} = {value!r}" for axis, value in zip(grid, point))
+            at = ", ".join(f"{key} = {value!r}" for key, value in settings)
             raise UserError(f"{path}: {error}" + (f" (at the sweep point {at})" if at else "")) from None
     return Sweep(path.stem, configs, replicates)
+
+
+def _axis(path: Path, raw: dict, axis: str, values: Any) -> tuple[list[str], list[list[Any]]]:
+    """Check one ``[sweep]`` entry; returns its keys and, per value, one value per key."""
+    keys = [key.strip() for key in axis.split(",")]
+    for key in keys:
+        if "." not in key:
+            raise UserError(f"{path}: sweep axis {key!r} must look like section.key, e.g. \"prune.rewind\"")
+        try:
+            check_key(key)
+        except UserError as error:
+            raise UserError(f"{path}, [sweep] table: {error}") from None
+        section = key.split(".")[0]
+        if not isinstance(raw.get(section, {}), dict):
+            raise UserError(f"{path}: {section} must be a table of keys, e.g. [{section}]")
+    if not isinstance(values, list) or not values:
+        raise UserError(f"{path}: sweep axis {axis!r} needs a non-empty list of values, "
+                        f"e.g. \"{axis}\" = [a, b]")
+    if len(keys) == 1:
+        return keys, [[value] for value in values]
+    for value in values:
+        if not isinstance(value, list) or len(value) != len(keys):
+            raise UserError(f"{path}: the linked sweep axis {axis!r} needs lists of {len(keys)} values, "
+                            f"one per key, e.g. [{', '.join('v' + str(i + 1) for i in range(len(keys)))}]; "
+                            f"got {value!r}")
+    return keys, values
 
 
 def run_point(config_data: dict[str, Any], out: str, replicates: int, device: str, threads: int) -> str:

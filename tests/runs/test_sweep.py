@@ -39,11 +39,27 @@ def test_the_grid_expands_in_the_order_written(tmp_path):
     assert all(c.model.widths == (16,) and c.prune.levels == 1 for c in sweep.configs)
 
 
+def test_a_linked_axis_sets_its_keys_together(tmp_path):
+    text = SWEEP.replace('"train.lr" = [0.1, 0.05]',
+                         '"diet.subset,diet.size,diet.pretrain" = [["all", 0, "0it"], ["easy", 50, "10it"]]')
+    sweep = load_sweep(write(tmp_path, text))
+    points = [(str(c.prune.rewind), c.diet.subset, c.diet.size, str(c.diet.pretrain)) for c in sweep.configs]
+    assert points == [("0it", "all", 0, "0it"), ("0it", "easy", 50, "10it"),
+                      ("10it", "all", 0, "0it"), ("10it", "easy", 50, "10it")]
+
+
 @pytest.mark.parametrize("text, message", [
     (SWEEP.replace('"prune.rewind"', '"prune.rewnd"'), "unknown key 'prune.rewnd'; did you mean 'prune.rewind'?"),
     (SWEEP.replace('"train.lr" = [0.1, 0.05]', '"train.lr" = []'), "sweep axis 'train.lr' needs a non-empty list"),
     (SWEEP.replace('"train.lr"', '"lr"'), "sweep axis 'lr' must look like section.key"),
     (SWEEP.replace("replicates = 2", "replicates = 0"), "sweep.replicates must be a positive integer"),
+    (SWEEP.replace('"train.lr" = [0.1, 0.05]', '"train.lr,train.momentum" = [[0.1, 0.9], [0.1]]'),
+     "the linked sweep axis 'train.lr,train.momentum' needs lists of 2 values, one per key"),
+    (SWEEP.replace('"train.lr" = [0.1, 0.05]', '"train.lr,train.momentm" = [[0.1, 0.9]]'),
+     "did you mean 'train.momentum'?"),
+    (SWEEP.replace('"train.lr" = [0.1, 0.05]', '"diet.subset,diet.size" = [["easy", 0]]'),
+     "diet.size must be positive for diet.subset = 'easy' (at the sweep point prune.rewind = '0it', "
+     "diet.subset = 'easy', diet.size = 0)"),
     (SWEEP.split("[sweep]")[0], "has no [sweep] table; `lth run` takes plain run configs"),
     (SWEEP.replace('[0.1, 0.05]', '[0.1, -1.0]'), "train.lr must be positive"),
 ])
