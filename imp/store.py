@@ -22,6 +22,7 @@ import fcntl
 import functools
 import json
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -38,6 +39,7 @@ RUN_FILE = "run.h5"
 LOCK_FILE = "run.lock"
 PROVENANCE = "provenance"
 REPLICATE_DIR = "replicate_{}"
+KILL_IN_WRITE = "LTH_TEST_KILL_IN_WRITE"  # fault injection for the crash tests, see _injected_fault
 TEMPORARY_SUFFIX = ".tmp"
 
 
@@ -152,6 +154,7 @@ def write_h5(path: str | Path, tree: Mapping[str, Any], provenance: Mapping[str,
         path.parent.mkdir(parents=True, exist_ok=True)
         with h5py.File(temporary, "w") as file:
             _write_group(file, tree)
+            _injected_fault()
             group = file.create_group(PROVENANCE)
             for key, value in provenance.items():
                 group.attrs[key] = _attribute(value)
@@ -164,6 +167,21 @@ def write_h5(path: str | Path, tree: Mapping[str, Any], provenance: Mapping[str,
         temporary.unlink(missing_ok=True)
     _fsync_dir(path.parent)
     return path
+
+
+_writes_started = 0
+
+
+def _injected_fault() -> None:
+    """With ``LTH_TEST_KILL_IN_WRITE=N`` in the environment, SIGKILL this process inside
+    its N-th file write, after the data and before the provenance, the flush and the
+    rename: the crash tests' way to die mid-write, which random timing rarely hits."""
+    global _writes_started
+    target = os.environ.get(KILL_IN_WRITE)
+    if target:
+        _writes_started += 1
+        if _writes_started == int(target):
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def cannot_write(path: Path, error: OSError) -> UserError:

@@ -229,17 +229,26 @@ class Replicate:
         model = build_initial_model(self.config, self.data, self.seeds.init)
         start = Start(copy_state(model), 0)
         if self.pretrain is not None:
-            start, tree = self.pretrain(self.config, self.data, self.replicate)
-            self.write(PRETRAIN_STAGE, tree)
-            if self.report is not None:
-                self.report(f"replicate {self.replicate} pre-training: {start.step} iterations on "
-                            f"{len(tree.get('positions', ()))} examples ({tree.get('subset', 'custom')})")
+            start = self._pretrained()
         if self.plan.rewind_step < start.step:
             raise UserError(f"the rewind point (step {self.plan.rewind_step}) is before the "
                             f"pre-trained start point (step {start.step})")
         names = prunable_tensors(model, self.config.prune.exclude, self.config.prune.layer_fractions)
         return Job(level_stage(0), start, full_mask(start.state, names), self.config.train,
                    snapshot_at=self.plan.rewind_step)
+
+    def _pretrained(self) -> Start:
+        """The pre-trained start of level 0: stored, or computed now and stored with its weights."""
+        if self.run.has_stage(self.replicate, PRETRAIN_STAGE):  # level 0 was killed: reuse it
+            stored = store.read_h5(self.run.stage_file(self.replicate, PRETRAIN_STAGE), skip=("scores",))
+            if "weights" in stored:
+                return Start(state_from_arrays(stored["weights"]), int(stored["step"]))
+        start, tree = self.pretrain(self.config, self.data, self.replicate)
+        self.write(PRETRAIN_STAGE, {**tree, "weights": start.state})
+        if self.report is not None:
+            self.report(f"replicate {self.replicate} pre-training: {start.step} iterations on "
+                        f"{len(tree.get('positions', ()))} examples ({tree.get('subset', 'custom')})")
+        return start
 
     def _train(self, job: Job) -> None:
         tree, snapshot = train_level(self.config, self.data, self.seeds, job.start, job.mask,
@@ -249,7 +258,8 @@ class Replicate:
 
     def store_trained(self, job: Job, tree: dict, snapshot: dict | None) -> None:
         """Write a trained job's stage (and the rewind point it snapshotted), and report it."""
-        if snapshot is not None:
+        if snapshot is not None and not self.run.has_stage(self.replicate, REWIND_STAGE):
+            # stored before a kill that hit level 0's own write: the first one stands
             self.write(REWIND_STAGE, {"step": job.snapshot_at, "weights": snapshot})
         if job.stage == level_stage(0) and bool(self.data.noisy.any()):
             tree["label_noise"] = _label_noise(self.data)
