@@ -1,13 +1,16 @@
 """The benchmark runner's ratio parser, on the lines the scripts printed in real runs.
 
-No benchmark is run and nothing is timed here: the canned outputs below are excerpts of
-real runs on the 2-core CPU (2026-11-21).
+Nothing is timed here: the canned outputs below are excerpts of real runs on the 2-core
+CPU (2026-11-21). One smoke test runs batched_replicates at tiny sizes (a few seconds),
+only to check that it runs and prints the line the runner reads.
 """
 
+import sys
 from pathlib import Path
 
 import pytest
 
+from runs.bench import batched_replicates
 from runs.bench.__main__ import BENCHMARKS, parse_ratios, summary_rows
 
 OUTPUTS = {
@@ -59,6 +62,14 @@ ratio (plain / toolkit seconds): 1.28
 
 cpu: AMD EPYC
 """,
+    "batched_replicates": """\
+| ResNet-20 (w16) | batched | 4 x 3 | 8.94 | 9.32, 8.55 | 1.3 | 0.0 |
+| ResNet-20 (w16) | batched vs sequential final state (density 0.500), max relative difference: parameters 2.0e-02, buffers 3.4e-05 | | | | | |
+
+ratio sequential / batched: LeNet-300-100 0.68x, ResNet-20 0.73x
+
+cpu: AMD EPYC
+""",
 }
 EXPECTED = {
     "train_throughput": [6.55],
@@ -66,6 +77,7 @@ EXPECTED = {
     "barrier_speed": [4.26],
     "hessian_speed": [5.4, 6.4],
     "imp_end_to_end": [1.28],
+    "batched_replicates": [0.68, 0.73],
 }
 BY_NAME = {benchmark.name: benchmark for benchmark in BENCHMARKS}
 
@@ -99,3 +111,22 @@ def test_summary_rows_compare_with_the_targets():
     assert summary_rows(BY_NAME["barrier_speed"], 0, low)[0][2:] == ["3.9x", ">= 4x", "no"]
     assert summary_rows(BY_NAME["barrier_speed"], 1, "Traceback ...")[0][2:] == [
         "failed (exit status 1)", ">= 4x", "?"]
+
+
+def test_a_target_given_as_text_is_shown_and_not_judged():
+    rows = summary_rows(BY_NAME["batched_replicates"], 0, OUTPUTS["batched_replicates"])
+    assert [row[2:] for row in rows] == [["0.68x", "> 1 on GPU; none on CPU", "-"],
+                                         ["0.73x", "> 1 on GPU; none on CPU", "-"]]
+
+
+def test_batched_replicates_runs_at_tiny_sizes(monkeypatch, capsys):
+    """Smoke test: the script runs end to end (both sides, both models, the agreement check)
+    and prints the line the runner reads. Tiny sizes; the numbers mean nothing."""
+    monkeypatch.setattr(sys, "argv", [
+        "batched_replicates", "--replicates", "2", "--repeats", "1", "--lenet-steps", "3",
+        "--resnet-steps", "2", "--lenet-batch", "8", "--resnet-batch", "4", "--examples", "32",
+        "--width", "4"])
+    batched_replicates.main()
+    output = capsys.readouterr().out
+    assert "max relative difference: parameters" in output
+    assert None not in parse_ratios(BY_NAME["batched_replicates"], output)
