@@ -260,15 +260,20 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
     raw: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise UserError(f"config file {str(path)!r} not found")
-        try:
-            raw = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as error:
-            raise UserError(f"{path}: not valid TOML ({error})") from None
+        raw = read_toml(path, "config file")
         if "sweep" in raw:
             raise UserError(f"{path} is a sweep file (it has a [sweep] table); run it with `lth sweep {path}`")
     return with_overrides(raw, overrides)
+
+
+def read_toml(path: Path, what: str) -> dict[str, Any]:
+    """The tables of a TOML file; a missing or malformed file is a one-line error."""
+    if not path.is_file():
+        raise UserError(f"{what} {str(path)!r} not found")
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as error:
+        raise UserError(f"{path}: not valid TOML ({error})") from None
 
 
 def with_overrides(raw: dict[str, Any], overrides: typing.Sequence[str] = ()) -> Config:

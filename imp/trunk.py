@@ -310,12 +310,12 @@ def run_lockstep(replicates: list[Replicate], hooks: Iterable[LevelHook] = ()) -
     then each one's baselines and hooks of that level run in its usual order."""
     hooks = list(hooks)
     trees: list[dict | None] = [None] * len(replicates)
-    dense = trees
     for level in range(replicates[0].config.prune.levels + 1):
         jobs = [(replicate, replicate.level_job(level, tree)) for replicate, tree in zip(replicates, trees)]
         _train_together([(replicate, job) for replicate, job in jobs if job is not None])
         trees = [replicate.level(level) for replicate in replicates]  # stored by now: read back
-        dense = trees if level == 0 else dense
+        if level == 0:
+            dense = trees
         for replicate, tree, first in zip(replicates, trees, dense):
             for baseline in replicate.config.prune.baselines if level > 0 else ():
                 replicate.baseline(level, baseline, tree, first)

@@ -26,7 +26,6 @@ import itertools
 import json
 import os
 import sys
-import tomllib
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from imp.config import Config, check_key, from_dict, run_id, to_dict
+from imp.config import Config, check_key, from_dict, read_toml, run_id, to_dict
 from imp.errors import UserError
 
 SWEEPS_DIR = "sweeps"
@@ -50,12 +49,7 @@ class Sweep:
 def load_sweep(path: str | Path) -> Sweep:
     """Read a sweep file and expand its grid, checking every axis and every point."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"sweep file {str(path)!r} not found")
-    try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as error:
-        raise UserError(f"{path}: not valid TOML ({error})") from None
+    raw = read_toml(path, "sweep file")
     grid = raw.pop("sweep", None)
     if not isinstance(grid, dict):
         raise UserError(f"{path} has no [sweep] table; `lth run` takes plain run configs (`lth run {path}`), "
