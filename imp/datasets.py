@@ -2,6 +2,7 @@
 
 Each reader takes the data root and returns a :class:`RawData`. The registry
 :data:`READERS` is a plain dict; :mod:`imp.data` turns raw arrays into device tensors.
+:func:`input_spec` gives a data set's input shape and classes without its files.
 
 Layouts under the data root (torchvision's own, so a torchvision download works):
 
@@ -28,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from imp.errors import UserError
+from imp.errors import UserError, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -203,3 +204,21 @@ READERS: dict[str, Callable[[Path], RawData]] = {
     "cifar100": read_cifar100,
     "imagefolder": read_imagefolder,
 }
+
+
+# (C, H, W) of one image and the number of classes, known without reading the files.
+_INPUT_SPECS: dict[str, tuple[tuple[int, int, int], int]] = {
+    "digits": ((1, 8, 8), 10),
+    "mnist": ((1, 28, 28), 10),
+    "fashion_mnist": ((1, 28, 28), 10),
+    "cifar10": ((3, 32, 32), 10),
+    "cifar100": ((3, 32, 32), 100),
+}
+
+
+def input_spec(name: str) -> tuple[tuple[int, int, int], int] | None:
+    """The input shape (C, H, W) and number of classes of data set ``name``, from its name
+    alone (no files read), or None for ``imagefolder``, whose images tell."""
+    if name not in READERS:
+        raise UserError(f"unknown data set {name!r}" + did_you_mean(name, READERS))
+    return _INPUT_SPECS.get(name)

@@ -8,6 +8,13 @@ Large-Scale Image Recognition" (VGG), in the CIFAR variants used by OpenLTH
 (github.com/facebookresearch/open_lth). ``resnet18`` is the CIFAR ResNet-18 of
 kuangliu/pytorch-cifar.
 
+Users write parameter names in configs (``prune.exclude``, ``prune.layer_fractions``), so
+layers have names: the output layer is ``fc`` in every model; ``mlp`` and
+``lenet_300_100`` have hidden layers ``fc1``, ``fc2``, ...; Conv-2/4/6 ``conv1`` ...
+``convN``, ``fc1``, ``fc2``; resnets and VGG use torchvision's names (``conv1``, ``bn1``,
+``layer1.0.conv1``, ``layer1.0.downsample.0``; VGG's ``features.N``). ``lth layers``
+lists a model's prunable tensors.
+
 Use :func:`build_model`; the raw builders in :data:`MODELS` return modules with
 PyTorch's default initialisation, which :func:`build_model` replaces.
 """
@@ -24,31 +31,98 @@ from imp.errors import UserError, did_you_mean
 Shape = tuple[int, int, int]
 
 
-def _conv_bn(c_in: int, c_out: int, kernel: int = 3, stride: int = 1) -> list[nn.Module]:
-    """A bias-free convolution ("same" padding for 3x3) followed by BatchNorm."""
-    conv = nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=False)
-    return [conv, nn.BatchNorm2d(c_out)]
+class MLP(nn.Module):
+    """Fully connected ReLU network: flatten, hidden layers ``fc1``, ``fc2``, ... (each
+    Linear then ReLU), output layer ``fc``. ``widths`` holds one or more hidden widths."""
+
+    def __init__(self, in_features: int, widths: tuple[int, ...], num_classes: int) -> None:
+        super().__init__()
+        self.flatten = nn.Flatten()
+        for i, width in enumerate(widths, start=1):
+            self.add_module(f"fc{i}", nn.Linear(in_features, width))
+            in_features = width
+        self.fc = nn.Linear(in_features, num_classes)
+        self.relu = nn.ReLU()
+        self.hidden_layers = len(widths)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.flatten(x)
+        for i in range(1, self.hidden_layers + 1):
+            x = self.relu(getattr(self, f"fc{i}")(x))
+        return self.fc(x)
+
+    def after_first(self) -> nn.Sequential:
+        """The network from ``fc1``'s output (before its ReLU) to the logits, sharing this
+        model's layers and parameter names (``fc2.weight``, ..., ``fc.weight``):
+        :func:`landscape.fastpath.mlp_sums` runs only this part at each interpolation point."""
+        rest = nn.Sequential()
+        for name in [f"fc{i}" for i in range(2, self.hidden_layers + 1)] + ["fc"]:
+            rest.add_module(f"relu_before_{name}", nn.ReLU())
+            rest.add_module(name, getattr(self, name))
+        return rest
+
+
+class ConvNet(nn.Module):
+    """Conv-2/4/6 (Frankle & Carbin 2019, Figure 2): pairs of 3x3 conv + ReLU layers
+    ``conv1``, ``conv2``, ..., each pair followed by a 2x2 max pool, then fully connected
+    ``fc1`` (256) and ``fc2`` (256) with ReLU, and the output layer ``fc``.
+
+    ``pair_widths`` holds the channels of each pair (64, 128, 256 for Conv-6); ``pooled``
+    is the spatial size (H, W) after the last pool.
+    """
+
+    def __init__(self, in_channels: int, pair_widths: list[int], pooled: tuple[int, int], num_classes: int) -> None:
+        super().__init__()
+        c = in_channels
+        for i, width in enumerate(width for width in pair_widths for _ in range(2)):
+            self.add_module(f"conv{i + 1}", nn.Conv2d(c, width, 3, padding=1))  # with bias, as in OpenLTH
+            c = width
+        self.pool = nn.MaxPool2d(2)
+        self.fc1 = nn.Linear(c * pooled[0] * pooled[1], 256)
+        self.fc2 = nn.Linear(256, 256)
+        self.fc = nn.Linear(256, num_classes)
+        self.relu = nn.ReLU()
+        self.convs = 2 * len(pair_widths)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i in range(1, self.convs + 1):
+            x = self.relu(getattr(self, f"conv{i}")(x))
+            if i % 2 == 0:
+                x = self.pool(x)
+        x = torch.flatten(x, 1)
+        x = self.relu(self.fc1(x))
+        x = self.relu(self.fc2(x))
+        return self.fc(x)
 
 
 class BasicBlock(nn.Module):
-    """Residual block of two 3x3 conv+BN layers (He et al. 2016, as in OpenLTH).
-
-    The shortcut is the identity, or a strided 1x1 conv + BN when the shape changes.
+    """Residual block of two 3x3 conv+BN layers (He et al. 2016, as in OpenLTH), with
+    torchvision's names: ``conv1``, ``bn1``, ``conv2``, ``bn2``, and ``downsample`` (a
+    strided 1x1 conv ``downsample.0`` + BN ``downsample.1``) when the shape changes;
+    otherwise the shortcut is the identity. Convolutions have no bias.
     """
 
     def __init__(self, c_in: int, c_out: int, stride: int = 1) -> None:
         super().__init__()
-        self.body = nn.Sequential(*_conv_bn(c_in, c_out, 3, stride), nn.ReLU(), *_conv_bn(c_out, c_out))
-        changes_shape = stride != 1 or c_in != c_out
-        self.shortcut = nn.Sequential(*_conv_bn(c_in, c_out, 1, stride)) if changes_shape else nn.Sequential()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
         self.relu = nn.ReLU()
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        changes_shape = stride != 1 or c_in != c_out
+        self.downsample = (nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out))
+                           if changes_shape else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.relu(self.body(x) + self.shortcut(x))
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        shortcut = x if self.downsample is None else self.downsample(x)
+        return self.relu(out + shortcut)
 
 
 class ResNet(nn.Module):
-    """CIFAR-style ResNet: stem conv+BN+ReLU, stages of BasicBlocks, global average pool, Linear.
+    """CIFAR-style ResNet with torchvision's names: stem ``conv1`` + ``bn1`` + ReLU, stages
+    ``layer1``, ``layer2``, ... of BasicBlocks, global average pool, output layer ``fc``.
 
     ``stages`` lists (width, number of blocks); every stage after the first starts
     with a stride-2 block.
@@ -57,16 +131,24 @@ class ResNet(nn.Module):
     def __init__(self, in_channels: int, stages: list[tuple[int, int]], num_classes: int) -> None:
         super().__init__()
         c = stages[0][0]
-        layers: list[nn.Module] = [*_conv_bn(in_channels, c), nn.ReLU()]
+        self.conv1 = nn.Conv2d(in_channels, c, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c)
+        self.relu = nn.ReLU()
         for i, (width, blocks) in enumerate(stages):
+            layer = []
             for j in range(blocks):
-                layers.append(BasicBlock(c, width, stride=2 if i > 0 and j == 0 else 1))
+                layer.append(BasicBlock(c, width, stride=2 if i > 0 and j == 0 else 1))
                 c = width
-        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+            self.add_module(f"layer{i + 1}", nn.Sequential(*layer))
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(c, num_classes)
+        self.stages = len(stages)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.features(x))
+        x = self.relu(self.bn1(self.conv1(x)))
+        for i in range(1, self.stages + 1):
+            x = getattr(self, f"layer{i}")(x)
+        return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
 def _pooled_size(name: str, input_shape: Shape, pools: int) -> tuple[int, int]:
@@ -80,19 +162,29 @@ def _pooled_size(name: str, input_shape: Shape, pools: int) -> tuple[int, int]:
     return h, w
 
 
-def _conv_features(in_channels: int, plan: list[int | str], batch_norm: bool) -> tuple[nn.Sequential, int]:
-    """3x3 conv (+BN) + ReLU for each int in ``plan``, 2x2 max pool for each 'M'."""
-    layers: list[nn.Module] = []
-    c = in_channels
-    for item in plan:
-        if item == "M":
-            layers.append(nn.MaxPool2d(2))
-            continue
-        assert isinstance(item, int)
-        layers.append(nn.Conv2d(c, item, 3, padding=1))  # with bias, as in OpenLTH's VGG
-        layers += [nn.BatchNorm2d(item), nn.ReLU()] if batch_norm else [nn.ReLU()]
-        c = item
-    return nn.Sequential(*layers), c
+class VGG(nn.Module):
+    """CIFAR VGG with BatchNorm (Simonyan & Zisserman 2015; OpenLTH's cifar_vgg), with
+    torchvision's names: ``features.N`` (3x3 conv with bias, BN, ReLU for each int in
+    ``plan``, 2x2 max pool for each 'M'), global average pool, output layer ``fc``.
+    """
+
+    def __init__(self, in_channels: int, plan: list[int | str], num_classes: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        c = in_channels
+        for item in plan:
+            if item == "M":
+                layers.append(nn.MaxPool2d(2))
+                continue
+            assert isinstance(item, int)
+            layers += [nn.Conv2d(c, item, 3, padding=1), nn.BatchNorm2d(item), nn.ReLU()]
+            c = item
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(c, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.avgpool(self.features(x)), 1))
 
 
 # --- builders: (input_shape, num_classes, widths, width) -> nn.Module ----------------------
@@ -113,12 +205,7 @@ def _reject(
 def _mlp(input_shape: Shape, num_classes: int, widths: tuple[int, ...], width: int) -> nn.Module:
     """Fully connected ReLU network; default hidden widths (300, 100) = LeNet-300-100."""
     _reject("mlp", widths, width, allow_widths=True)
-    layers: list[nn.Module] = [nn.Flatten()]
-    n_in = input_shape[0] * input_shape[1] * input_shape[2]
-    for n_out in widths or (300, 100):
-        layers += [nn.Linear(n_in, n_out), nn.ReLU()]
-        n_in = n_out
-    return nn.Sequential(*layers, nn.Linear(n_in, num_classes))
+    return MLP(input_shape[0] * input_shape[1] * input_shape[2], widths or (300, 100), num_classes)
 
 
 def _lenet_300_100(input_shape: Shape, num_classes: int, widths: tuple[int, ...], width: int) -> nn.Module:
@@ -127,18 +214,12 @@ def _lenet_300_100(input_shape: Shape, num_classes: int, widths: tuple[int, ...]
     return _mlp(input_shape, num_classes, (300, 100), 0)
 
 
-def _frankle_conv(name: str, plan: list[int | str]) -> Callable[..., nn.Module]:
+def _frankle_conv(name: str, pair_widths: list[int]) -> Callable[..., nn.Module]:
     def build(input_shape: Shape, num_classes: int, widths: tuple[int, ...], width: int) -> nn.Module:
         """Conv-2/4/6 of Frankle & Carbin (2019): VGG-like convs, then FC 256-256-classes."""
         _reject(name, widths, width)
-        h, w = _pooled_size(name, input_shape, plan.count("M"))
-        features, c = _conv_features(input_shape[0], plan, batch_norm=False)
-        return nn.Sequential(
-            features, nn.Flatten(),
-            nn.Linear(c * h * w, 256), nn.ReLU(),
-            nn.Linear(256, 256), nn.ReLU(),
-            nn.Linear(256, num_classes),
-        )
+        pooled = _pooled_size(name, input_shape, len(pair_widths))
+        return ConvNet(input_shape[0], pair_widths, pooled, num_classes)
 
     return build
 
@@ -160,19 +241,6 @@ def _resnet18(input_shape: Shape, num_classes: int, widths: tuple[int, ...], wid
     return ResNet(input_shape[0], [(w, 2), (2 * w, 2), (4 * w, 2), (8 * w, 2)], num_classes)
 
 
-class VGG(nn.Module):
-    """CIFAR VGG with BatchNorm (Simonyan & Zisserman 2015; OpenLTH's cifar_vgg)."""
-
-    def __init__(self, in_channels: int, plan: list[int | str], num_classes: int) -> None:
-        super().__init__()
-        features, c = _conv_features(in_channels, plan, batch_norm=True)
-        self.features = nn.Sequential(features, nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.fc = nn.Linear(c, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.features(x))
-
-
 def _vgg(name: str, plan: list[int | str]) -> Callable[..., nn.Module]:
     def build(input_shape: Shape, num_classes: int, widths: tuple[int, ...], width: int) -> nn.Module:
         """CIFAR VGG with BatchNorm; channel counts scaled by width/64."""
@@ -185,17 +253,15 @@ def _vgg(name: str, plan: list[int | str]) -> Callable[..., nn.Module]:
     return build
 
 
-_CONV2 = [64, 64, "M"]
-_CONV4 = _CONV2 + [128, 128, "M"]
 _VGG11 = [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512]
 _VGG16 = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512]
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "mlp": _mlp,
     "lenet_300_100": _lenet_300_100,
-    "conv2": _frankle_conv("conv2", _CONV2),
-    "conv4": _frankle_conv("conv4", _CONV4),
-    "conv6": _frankle_conv("conv6", _CONV4 + [256, 256, "M"]),
+    "conv2": _frankle_conv("conv2", [64]),
+    "conv4": _frankle_conv("conv4", [64, 128]),
+    "conv6": _frankle_conv("conv6", [64, 128, 256]),
     "resnet20": _cifar_resnet("resnet20", 3),
     "resnet32": _cifar_resnet("resnet32", 5),
     "resnet56": _cifar_resnet("resnet56", 9),

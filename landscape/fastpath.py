@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
+from imp.models import MLP
+
 State = dict[str, torch.Tensor]
 Sums = dict[str, tuple[np.ndarray, np.ndarray]]  # split -> (loss sum (P,), misclassified (P,))
 
@@ -71,11 +73,21 @@ def forward_sums(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tenso
 
 
 def mlp_applies(model: nn.Module) -> bool:
-    """Whether ``model`` is an ``nn.Sequential`` starting with ``nn.Flatten()`` (over all but
-    the batch axis) then ``nn.Linear``, as imp.models' "mlp" and "lenet_300_100"."""
-    return (isinstance(model, nn.Sequential) and len(model) >= 2
-            and isinstance(model[0], nn.Flatten) and (model[0].start_dim, model[0].end_dim) == (1, -1)
-            and isinstance(model[1], nn.Linear))
+    """Whether ``model`` is imp.models' :class:`~imp.models.MLP` ("mlp", "lenet_300_100"), or
+    an ``nn.Sequential`` starting with ``nn.Flatten()`` (over all but the batch axis) then
+    ``nn.Linear``."""
+    return isinstance(model, MLP) or (
+        isinstance(model, nn.Sequential) and len(model) >= 2
+        and isinstance(model[0], nn.Flatten) and (model[0].start_dim, model[0].end_dim) == (1, -1)
+        and isinstance(model[1], nn.Linear))
+
+
+def _first_layer_and_rest(model: nn.Module) -> tuple[nn.Module, str, nn.Module]:
+    """The flatten module, the first Linear layer's name, and the rest of the network (from
+    that layer's output to the logits, a module with the model's parameter names)."""
+    if isinstance(model, MLP):
+        return model.flatten, "fc1", model.after_first()
+    return model[0], list(model._modules)[1], model[2:]  # a slice keeps the parameter names
 
 
 def _on(state: Mapping[str, torch.Tensor], device: torch.device) -> State:
@@ -87,18 +99,19 @@ def _device(model: nn.Module) -> torch.device:
 
 
 @torch.no_grad()
-def mlp_sums(model: nn.Sequential, state_a: State, state_b: State, splits: Mapping, grid: np.ndarray,
+def mlp_sums(model: nn.Module, state_a: State, state_b: State, splits: Mapping, grid: np.ndarray,
              batch_size: int) -> Sums:
     """The first-layer shortcut (module docstring) for a model where :func:`mlp_applies`.
 
     Holds ``z_A`` and ``z_B`` (N x first-layer width, each) per split in memory. The rest
-    of the network (``model[2:]``) runs by ``functional_call`` with interpolated weights
-    and, if it has BatchNorm layers, interpolated running statistics, in eval mode.
+    of the network (after the first Linear layer) runs by ``functional_call`` with
+    interpolated weights and, if it has BatchNorm layers, interpolated running statistics,
+    in eval mode.
     """
     model.eval()
     a, b = _on(state_a, _device(model)), _on(state_b, _device(model))
-    flatten, rest = model[0], model[2:]  # a slice keeps the parameter names ("3.weight", ...)
-    first = f"{list(model._modules)[1]}."
+    flatten, first_name, rest = _first_layer_and_rest(model)
+    first = f"{first_name}."
     rest_names = [k for k in a if not k.startswith(first) and a[k].is_floating_point()]
 
     # z_A and z_B by one product with both weight matrices stacked (faster than two).

@@ -103,11 +103,11 @@ def test_an_unknown_key_far_from_any_lists_the_valid_ones():
 
 def test_prune_section():
     config = load_config(None, ["prune.levels=3", "prune.rewind='100it'", "prune.exclude=['fc.weight']",
-                                "prune.layer_fractions={'4.weight' = 0.1}", "prune.baselines=['reinit']"])
-    assert config.prune.layer_fractions == {"4.weight": 0.1}
+                                "prune.layer_fractions={'fc2.weight' = 0.1}", "prune.baselines=['reinit']"])
+    assert config.prune.layer_fractions == {"fc2.weight": 0.1}
     assert config.prune.rewind == Duration(0, 100)
     assert canonical_json(config) == ('{"prune":{"exclude":["fc.weight"],"layer_fractions":'
-                                      '{"4.weight":0.1},"rewind":"100it"}}')
+                                      '{"fc2.weight":0.1},"rewind":"100it"}}')
 
 
 def test_levels_and_baselines_extend_a_run_without_changing_its_id():

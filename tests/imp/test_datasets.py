@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import gzip
 import pickle
+import typing
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from imp.datasets import READERS, DataNotFound, RawData, read_cifar10, read_cifar100, read_digits, read_imagefolder
+from imp.config import DatasetName
+from imp.datasets import (READERS, DataNotFound, RawData, input_spec, read_cifar10, read_cifar100, read_digits,
+                          read_imagefolder)
 from imp.errors import UserError
 
 IDX_FILES = {
@@ -375,6 +378,7 @@ def test_real_mnist_raw(real_data_root):
     require(real_data_root, "MNIST")
     raw = READERS["mnist"](real_data_root)
     assert raw.x_train.shape == (60_000, 1, 28, 28) and raw.x_test.shape == (10_000, 1, 28, 28)
+    assert input_spec("mnist") == (raw.x_train.shape[1:], raw.num_classes)
     assert np.bincount(raw.y_train, minlength=10).tolist() == MNIST_TRAIN_COUNTS
     assert np.bincount(raw.y_test, minlength=10).tolist() == MNIST_TEST_COUNTS
     assert raw.y_train[:10].tolist() == [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]
@@ -385,5 +389,45 @@ def test_real_fashion_mnist_raw(real_data_root):
     require(real_data_root, "FashionMNIST")
     raw = READERS["fashion_mnist"](real_data_root)
     assert raw.x_train.shape == (60_000, 1, 28, 28) and raw.x_test.shape == (10_000, 1, 28, 28)
+    assert input_spec("fashion_mnist") == (raw.x_train.shape[1:], raw.num_classes)
     assert np.bincount(raw.y_train, minlength=10).tolist() == [6000] * 10
     assert np.bincount(raw.y_test, minlength=10).tolist() == [1000] * 10
+
+
+# --- the registry and the input shapes known by name ----------------------------------------
+
+
+def test_the_config_names_exactly_the_readers():
+    assert set(typing.get_args(DatasetName)) == set(READERS)
+
+
+@pytest.mark.parametrize("name, shape, classes", [
+    ("digits", (1, 8, 8), 10),  # scikit-learn's 8x8 digits
+    ("mnist", (1, 28, 28), 10),
+    ("fashion_mnist", (1, 28, 28), 10),
+    ("cifar10", (3, 32, 32), 10),
+    ("cifar100", (3, 32, 32), 100),  # fine labels
+])
+def test_input_spec_by_name(name, shape, classes):
+    assert input_spec(name) == (shape, classes)
+
+
+def test_input_spec_agrees_with_the_readers(tmp_path):
+    raw = read_digits(tmp_path)
+    assert input_spec("digits") == (raw.x_train.shape[1:], raw.num_classes)
+    rng = np.random.default_rng(0)
+    for i in range(1, 6):
+        dump(tmp_path / "cifar-10-batches-py" / f"data_batch_{i}", cifar_batch(1, b"labels", rng, 10))
+    dump(tmp_path / "cifar-10-batches-py" / "test_batch", cifar_batch(1, b"labels", rng, 10))
+    for split in ("train", "test"):
+        dump(tmp_path / "cifar-100-python" / split, cifar_batch(1, b"fine_labels", rng, 100))
+    for name in ("cifar10", "cifar100"):
+        raw = READERS[name](tmp_path)
+        assert input_spec(name) == (raw.x_train.shape[1:], raw.num_classes)
+
+
+def test_input_spec_of_imagefolder_comes_from_the_files_and_typos_are_errors():
+    assert input_spec("imagefolder") is None
+    with pytest.raises(UserError, match="did you mean 'cifar10'"):
+        input_spec("cifar_10")
+

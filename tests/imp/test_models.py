@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+import typing
 
 import pytest
 import torch
 from torch import nn
 
+from imp.config import ModelName
 from imp.models import MODELS, build_model, prunable_names
 
 CIFAR = (3, 32, 32)
@@ -123,7 +125,122 @@ def test_prunable_names(name, count):
 
 
 def test_prunable_names_lenet_exact():
-    assert prunable_names(build_model("lenet_300_100", MNIST, 10)) == ["1.weight", "3.weight", "5.weight"]
+    assert prunable_names(build_model("lenet_300_100", MNIST, 10)) == ["fc1.weight", "fc2.weight", "fc.weight"]
+
+
+# --- parameter names, pinned: users write them in configs --------------------------------
+# Built here from the architectures' descriptions, independently of imp.models; every list
+# is in registration order, which is also the order in which initial weights are drawn.
+
+
+def linear(name: str, n_in: int, n_out: int) -> list[tuple[str, tuple[int, ...]]]:
+    return [(f"{name}.weight", (n_out, n_in)), (f"{name}.bias", (n_out,))]
+
+
+def conv(name: str, c_in: int, c_out: int, kernel: int = 3, bias: bool = True) -> list[tuple[str, tuple[int, ...]]]:
+    return [(f"{name}.weight", (c_out, c_in, kernel, kernel))] + ([(f"{name}.bias", (c_out,))] if bias else [])
+
+
+def batchnorm(name: str, c: int) -> list[tuple[str, tuple[int, ...]]]:
+    return [(f"{name}.weight", (c,)), (f"{name}.bias", (c,))]
+
+
+def mlp_parameters(n_in: int, widths: tuple[int, ...]) -> list:
+    expected = []
+    for i, width in enumerate(widths, start=1):
+        expected += linear(f"fc{i}", n_in, width)
+        n_in = width
+    return expected + linear("fc", n_in, 10)
+
+
+def conv_net_parameters(pair_widths: list[int]) -> list:
+    """Conv-2/4/6 on 3x32x32: two 3x3 convs (with bias) per width, a 2x2 pool after each pair."""
+    expected, c, n = [], 3, 0
+    for width in pair_widths:
+        for _ in range(2):
+            n += 1
+            expected += conv(f"conv{n}", c, width)
+            c = width
+    side = 32 >> len(pair_widths)
+    return expected + linear("fc1", c * side * side, 256) + linear("fc2", 256, 256) + linear("fc", 256, 10)
+
+
+def resnet_parameters(stages: list[tuple[int, int]]) -> list:
+    """torchvision's names; bias-free convs; a 1x1 conv + BN shortcut where the shape changes."""
+    c = stages[0][0]
+    expected = conv("conv1", 3, c, bias=False) + batchnorm("bn1", c)
+    for s, (width, blocks) in enumerate(stages, start=1):
+        for b in range(blocks):
+            block = f"layer{s}.{b}"
+            expected += conv(f"{block}.conv1", c, width, bias=False) + batchnorm(f"{block}.bn1", width)
+            expected += conv(f"{block}.conv2", width, width, bias=False) + batchnorm(f"{block}.bn2", width)
+            if c != width:  # the first block of every stage after the first
+                expected += (conv(f"{block}.downsample.0", c, width, kernel=1, bias=False)
+                             + batchnorm(f"{block}.downsample.1", width))
+            c = width
+    return expected + linear("fc", c, 10)
+
+
+def vgg_parameters(plan: list) -> list:
+    """torchvision's features.N: conv, BN, ReLU take one index each, a max pool ('M') one."""
+    expected, c, index = [], 3, 0
+    for item in plan:
+        if item == "M":
+            index += 1
+            continue
+        expected += conv(f"features.{index}", c, item) + batchnorm(f"features.{index + 1}", item)
+        c, index = item, index + 3
+    return expected + linear("fc", c, 10)
+
+
+EXPECTED_PARAMETERS = {
+    "mlp": mlp_parameters(3 * 32 * 32, (300, 100)),
+    "lenet_300_100": mlp_parameters(3 * 32 * 32, (300, 100)),
+    "conv2": conv_net_parameters([64]),
+    "conv4": conv_net_parameters([64, 128]),
+    "conv6": conv_net_parameters([64, 128, 256]),
+    "resnet20": resnet_parameters([(16, 3), (32, 3), (64, 3)]),
+    "resnet32": resnet_parameters([(16, 5), (32, 5), (64, 5)]),
+    "resnet56": resnet_parameters([(16, 9), (32, 9), (64, 9)]),
+    "resnet18": resnet_parameters([(64, 2), (128, 2), (256, 2), (512, 2)]),
+    "vgg11": vgg_parameters([64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512]),
+    "vgg16": vgg_parameters([64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512]),
+}
+
+
+def test_the_config_names_exactly_the_registered_models():
+    assert set(typing.get_args(ModelName)) == set(MODELS) == set(EXPECTED_PARAMETERS)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_parameter_names_shapes_and_order(name):
+    model = build_model(name, CIFAR, 10)
+    assert [(n, tuple(p.shape)) for n, p in model.named_parameters()] == EXPECTED_PARAMETERS[name]
+    assert n_params(model) == sum(math.prod(shape) for _, shape in EXPECTED_PARAMETERS[name])
+    assert prunable_names(model)[-1] == "fc.weight"  # the output layer, in every model
+
+
+def test_parameter_counts_by_formula():
+    count = {name: n_params(build_model(name, CIFAR, 10)) for name in ("mlp", "conv2", "resnet20", "vgg11")}
+    assert count["mlp"] == 3072 * 300 + 300 + 300 * 100 + 100 + 100 * 10 + 10
+    assert count["conv2"] == (3 * 9 * 64 + 64) + (64 * 9 * 64 + 64) + (64 * 16 * 16 * 256 + 256) \
+        + (256 * 256 + 256) + (256 * 10 + 10)
+    # resnet20: stem, 9 blocks of two 3x3 convs + 2 BN, two 1x1 downsample convs + BN, fc.
+    convs = 3 * 9 * 16 + 3 * 2 * 9 * 16 * 16 + (9 * 16 * 32 + 5 * 9 * 32 * 32) + (9 * 32 * 64 + 5 * 9 * 64 * 64)
+    batchnorms = 2 * 16 + 3 * 2 * 2 * (16 + 32 + 64) + 2 * (32 + 64)
+    downsample = 16 * 32 + 32 * 64
+    assert count["resnet20"] == convs + batchnorms + downsample + 64 * 10 + 10 == 272_474
+    plan, c, expected = [64, 128, 256, 256, 512, 512, 512, 512], 3, 0
+    for width in plan:
+        expected += 9 * c * width + width + 2 * width  # conv with bias, BN
+        c = width
+    assert count["vgg11"] == expected + 512 * 10 + 10
+
+
+@pytest.mark.parametrize("widths", [(16,), (32, 16, 8)])
+def test_mlp_hidden_layers_are_numbered_from_one(widths):
+    model = build_model("mlp", (1, 8, 8), 10, widths=widths)
+    assert [n for n, _ in model.named_parameters()] == [n for n, _ in mlp_parameters(64, widths)]
 
 
 # --- initialisation ----------------------------------------------------------------------
@@ -159,9 +276,9 @@ def test_init_scheme():
             assert torch.all(module.weight == 1) and torch.all(module.bias == 0)
     assert torch.all(model.fc.bias == 0)
     lenet = build_model("lenet_300_100", MNIST, 10)
-    w = lenet[1].weight  # 784 -> 300: kaiming normal, fan_in, ReLU gain
+    w = lenet.fc1.weight  # 784 -> 300: kaiming normal, fan_in, ReLU gain
     assert w.std().item() == pytest.approx(math.sqrt(2 / 784), rel=0.03)
-    assert torch.all(lenet[1].bias == 0)
+    assert torch.all(lenet.fc1.bias == 0)
 
 
 # --- errors ------------------------------------------------------------------------------

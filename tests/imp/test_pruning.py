@@ -112,18 +112,19 @@ def test_rate_overrides_prune_their_tensor_apart():
 
 def test_exclusions_are_not_pruned_and_not_counted():
     model = build_model("mlp", (1, 8, 8), 10, widths=(16,))
-    assert prunable_tensors(model) == ["1.weight", "3.weight"]
-    names = prunable_tensors(model, exclude=["3.*"])
-    assert names == ["1.weight"]
+    assert prunable_tensors(model) == ["fc1.weight", "fc.weight"]
+    names = prunable_tensors(model, exclude=["fc.*"])
+    assert names == ["fc1.weight"]
     weights = dict(model.named_parameters())
     mask = magnitude_prune(weights, full_mask(weights, names), 0.2)
-    assert list(mask) == ["1.weight"] and kept(mask) == 1024 - round_half_up(0.2 * 1024)
+    assert list(mask) == ["fc1.weight"] and kept(mask) == 1024 - round_half_up(0.2 * 1024)
 
 
 @pytest.mark.parametrize("exclude, fractions, message", [
-    (["fc.weight"], {}, "prune.exclude pattern 'fc.weight' matches no prunable tensor; this model's are: 1.weight, 3.weight"),
+    (["fc2.weight"], {},
+     "prune.exclude pattern 'fc2.weight' matches no prunable tensor; this model's are: fc1.weight, fc.weight"),
     (["*"], {}, "prune.exclude leaves no tensor to prune"),
-    (["3.weight"], {"3.weight": 0.1}, "prune.layer_fractions pattern '3.weight' matches no prunable tensor"),
+    (["fc.weight"], {"fc.weight": 0.1}, "prune.layer_fractions pattern 'fc.weight' matches no prunable tensor"),
 ])
 def test_patterns_that_match_nothing_are_errors(exclude, fractions, message):
     model = build_model("mlp", (1, 8, 8), 10, widths=(16,))

@@ -112,15 +112,15 @@ def test_hooks_run_at_their_steps_and_snapshot_zero_is_the_init(digits):
 
 def test_after_step_runs_after_every_update(digits):
     model = small_mlp(digits)
-    mask = (torch.rand(model[1].weight.shape, generator=torch.Generator().manual_seed(0)) > 0.5).float()
+    mask = (torch.rand(model.fc1.weight.shape, generator=torch.Generator().manual_seed(0)) > 0.5).float()
 
     def apply_mask(m):
-        m[1].weight.data.mul_(mask)
+        m.fc1.weight.data.mul_(mask)
 
     config = TrainConfig(epochs=Duration(1), lr=0.1, momentum=0.9, weight_decay=1e-3)
     train(model, digits, config, 64, Seeds(0, 0, 0), after_step=apply_mask)
-    assert torch.all(model[1].weight[mask == 0] == 0)
-    assert torch.all(model[1].weight[mask == 1] != 0)
+    assert torch.all(model.fc1.weight[mask == 0] == 0)
+    assert torch.all(model.fc1.weight[mask == 1] != 0)
 
 
 def test_same_seeds_same_weights_and_order_seed_matters(digits):
@@ -131,7 +131,7 @@ def test_same_seeds_same_weights_and_order_seed_matters(digits):
         train(model, digits, config, 64, Seeds(0, order, 0))
         runs.append(weights(model))
     assert_same(runs[0], runs[1])
-    assert not torch.equal(runs[0]["1.weight"], runs[2]["1.weight"])
+    assert not torch.equal(runs[0]["fc1.weight"], runs[2]["fc1.weight"])
 
 
 def test_resuming_at_a_step_continues_order_schedule_and_augmentation(digits):
@@ -147,7 +147,7 @@ def test_resuming_at_a_step_continues_order_schedule_and_augmentation(digits):
     assert_same(weights(straight), weights(resumed))
     other_augmentation = small_mlp(data)
     train(other_augmentation, data, config, 64, Seeds(0, 1, 3))
-    assert not torch.equal(weights(straight)["1.weight"], weights(other_augmentation)["1.weight"])
+    assert not torch.equal(weights(straight)["fc1.weight"], weights(other_augmentation)["fc1.weight"])
 
 
 def test_evaluation_log_records_every_split(digits):
@@ -185,7 +185,7 @@ def test_optimizers_follow_the_config(digits):
     assert sgd.defaults["weight_decay"] == 5e-4
     adam = make_optimizer(model.parameters(), TrainConfig(optimizer="adam", lr=1e-3))
     assert isinstance(adam, torch.optim.Adam) and adam.defaults["lr"] == 1e-3
-    model[1].bias.requires_grad_(False)
+    model.fc1.bias.requires_grad_(False)
     frozen = make_optimizer(model.parameters(), TrainConfig())
     assert sum(len(g["params"]) for g in frozen.param_groups) == 3
 

@@ -93,7 +93,7 @@ def test_sequential_and_parallel_sweeps_agree_and_resume(tmp_path, capsys):
     run_sweep(sweep, tmp_path / "par", workers=2, threads=1, report=lines.append)
     sequential, parallel = finals(tmp_path / "seq", sweep), finals(tmp_path / "par", sweep)
     for key in sequential:
-        np.testing.assert_array_equal(sequential[key]["1.weight"], parallel[key]["1.weight"])
+        np.testing.assert_array_equal(sequential[key]["fc1.weight"], parallel[key]["fc1.weight"])
     assert read_manifests(tmp_path / "par")[0]["runs"] == [run_id(c) for c in sweep.configs]
     assert main(["ls", str(tmp_path / "par")]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == "sweep grid: 2/2 runs done, 0 running"
