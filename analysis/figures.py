@@ -49,8 +49,20 @@ def _density_axis(ax, percent: pd.Series) -> None:
 
 def _runs(frame: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
     """The frame with a ``run`` column and the style variable: ``"run"`` when it holds
-    several runs (one line style each), else None."""
-    return frame.assign(run=frame["run_id"]), "run" if frame["run_id"].nunique() > 1 else None
+    several runs, or a run holds several variants of one measurement (one line style
+    each: variants are never averaged together), else None."""
+    frame = frame.assign(run=frame["run_id"].astype(str) + variant_suffix(frame))
+    return frame, "run" if frame["run"].nunique() > 1 else None
+
+
+def variant_suffix(frame: pd.DataFrame) -> pd.Series:
+    """`` [<variant>]`` on the rows of a run that holds several variants of their
+    measurement (other settings), else ``""``: labels that keep variants apart."""
+    if "variant" not in frame.columns:
+        return pd.Series("", index=frame.index)
+    keys = ["run_id", "kind"] if "kind" in frame.columns else ["run_id"]
+    several = frame.groupby(keys)["variant"].transform("nunique") > 1
+    return (" [" + frame["variant"].astype(str) + "]").where(several, "")
 
 
 def _trunk(levels: pd.DataFrame, figure: str, columns: list[str]) -> pd.DataFrame:
@@ -218,7 +230,8 @@ def instability_vs(barriers: pd.DataFrame, by: str = "prune.rewind", ax=None,
         raise ValueError(f"{figure}: no instability rows with a value of {by!r}")
     order = [str(v) for v in category_order(rows[by], iterations_per_epoch)]
     level_order = [str(v) for v in sorted(rows["level"].unique())]
-    rows = rows.assign(x=rows[by].astype(str), hue=rows["level"].astype(str))
+    rows = rows.assign(x=rows[by].astype(str), hue=rows["level"].astype(str) + variant_suffix(rows))
+    level_order = sorted(rows["hue"].unique(), key=lambda h: (int(h.split(" ")[0]), h))
     # several runs at one value of `by` (e.g. other seeds) are pooled, as replicates are
     ax = new_axes(ax)
     ax.axhline(0, color="0.6", linewidth=0.8)
@@ -233,11 +246,12 @@ def instability_vs(barriers: pd.DataFrame, by: str = "prune.rewind", ax=None,
     return ax.figure
 
 
-def hessian_vs_level(levels: pd.DataFrame, ax=None):
+def hessian_vs_level(measurements: pd.DataFrame, ax=None):
     """Top eigenvalue of the training-loss Hessian, restricted to the unpruned weights,
-    of each measured trunk level's final network."""
-    trunk = _trunk(levels, "hessian_vs_level", ["hessian_top_eigenvalue"])
-    rows = trunk[trunk["hessian_top_eigenvalue"].notna()]
+    of each measured trunk level's final network (one line per run and variant)."""
+    require(measurements, ["run_id", "replicate", "level", "kind", "variant", "hessian_top_eigenvalue"],
+            "hessian_vs_level")
+    rows = measurements[measurements["hessian_top_eigenvalue"].notna()]
     if rows.empty:
         raise ValueError("hessian_vs_level: no level has a measured Hessian eigenvalue")
     rows, style = _runs(rows)
@@ -254,16 +268,17 @@ def hessian_vs_level(levels: pd.DataFrame, ax=None):
     return ax.figure
 
 
-def prune_limit(levels: pd.DataFrame, ax=None):
+def prune_limit(measurements: pd.DataFrame, ax=None):
     """The largest fraction of a level's remaining weights that can be pruned at once:
-    predicted from the Hessian, its conservative bound, and measured."""
+    predicted from the Hessian, its conservative bound, and measured (one line style per
+    run and variant where there are several)."""
     figure = "prune_limit"
-    present = [c for c in PRUNE_LIMITS if c in levels.columns]
+    present = [c for c in PRUNE_LIMITS if c in measurements.columns]
     if not present:
         raise ValueError(f"{figure}: needs columns {list(PRUNE_LIMITS)}; none present")
-    trunk = _trunk(levels, figure, [])
-    rows = trunk.melt(id_vars=["run_id", "replicate", "level"], value_vars=present,
-                      var_name="estimate", value_name="fraction").dropna(subset=["fraction"])
+    require(measurements, ["run_id", "replicate", "level", "kind", "variant"], figure)
+    rows = measurements.melt(id_vars=["run_id", "replicate", "level", "kind", "variant"], value_vars=present,
+                             var_name="estimate", value_name="fraction").dropna(subset=["fraction"])
     if rows.empty:
         raise ValueError(f"{figure}: no level has a predicted or measured prune limit")
     rows = rows.assign(y=100 * rows["fraction"], estimate=rows["estimate"].map(PRUNE_LIMITS))
@@ -287,8 +302,8 @@ def prune_limit(levels: pd.DataFrame, ax=None):
 FIGURES = {
     "accuracy_vs_density": (accuracy_vs_density, "levels"),
     "rewind_comparison": (rewind_comparison, "levels"),
-    "hessian_vs_level": (hessian_vs_level, "levels"),
-    "prune_limit": (prune_limit, "levels"),
+    "hessian_vs_level": (hessian_vs_level, "measurements"),
+    "prune_limit": (prune_limit, "measurements"),
     "barrier_curves": (barrier_curves, "curves"),
     "barrier_vs_level": (barrier_vs_level, "barriers"),
     "instability_vs": (instability_vs, "barriers"),

@@ -205,6 +205,8 @@ def per_example_histogram(per_example: pd.DataFrame, ax=None):
     rows = per_example[per_example["midpoint_barrier"].notna()]
     if rows.empty:
         raise ValueError(f"{figure}: no per-example barriers")
+    if "variant" in rows.columns and (rows.groupby("run_id")["variant"].nunique() > 1).any():
+        rows = rows.assign(run_id=rows["run_id"].astype(str) + " [" + rows["variant"].astype(str) + "]")
     several = rows["run_id"].nunique() > 1
     groups = ["run_id", "level"] if several else ["level"]
     below = (rows["midpoint_barrier"] <= rows["tau"]).groupby([rows[g] for g in groups]).mean()

@@ -6,40 +6,47 @@ Every frame has ``run_id`` and the run's config as columns named ``section.key``
 
 * ``levels``: one row per run, replicate, level and baseline (``"imp"`` for the trunk),
   the columns of :func:`imp.results.level_rows`;
+* ``measurements``: one row per run, replicate, level and measurement variant: ``kind``
+  (e.g. ``hessian``), ``variant`` (its settings id), ``settings`` (JSON text) and its
+  summary columns (``hessian_top_eigenvalue``, ``measured_max_prune_fraction``, ...);
 * ``curves``: one row per point of a stored barrier curve: ``kind`` (``successive``,
-  ``instability``, ``perturb``, ``pair``), ``level``, ``label``, ``alpha``, ``split``,
-  ``metric`` (``error``/``loss``), ``value``;
-* ``barriers``: one row per barrier: ``kind``, ``level``, ``label``, ``split``, ``metric``,
-  ``interpolated``, ``mean``, ``density``, and ``direction``/``size`` for perturbations;
-* ``per_example``: one row per example of a sibling measurement: ``level``,
+  ``instability``, ``perturb``, ``pair``), ``variant``, ``settings``, ``level``, ``label``,
+  ``alpha``, ``split``, ``metric`` (``error``/``loss``), ``value``;
+* ``barriers``: one row per barrier: ``kind``, ``variant``, ``settings``, ``level``,
+  ``label``, ``split``, ``metric``, ``interpolated``, ``mean``, ``density``, and
+  ``direction``/``size`` for perturbations;
+* ``per_example``: one row per example of a sibling measurement: ``level``, ``variant``,
   ``midpoint_barrier``, ``tau``;
 * ``metrics``: the evaluations during training: one row per run, replicate, level,
   baseline and evaluated ``step``, with ``train_loss``, ``train_accuracy``, ``test_loss``,
   ``test_accuracy`` (and validation columns when there is a validation split);
 * ``scores``: from score files: ``score``, ``step``, ``name``, ``position``, ``value``,
   ``noisy``, ``input_norm``, ``label``.
+
+Variants of one measurement (the same kind and level measured with other settings) are
+rows of their own with their own ``variant``: the figures draw them apart and never
+average them together. Names of files come from :mod:`imp.names`, and what a measurement
+file holds from its own attributes (:func:`imp.results.measurements`).
 """
 
 import json
-import re
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from imp import store
+from imp import names, store
 from imp.config import from_dict, to_dict
 from imp.errors import UserError
-from imp.results import find_run, level_rows, parse_stage, run_info
+from imp.results import find_run, level_rows, measurements, run_info
 
-_KINDS = [("successive", re.compile(r"barrier_(\d+)")), ("instability", re.compile(r"instability_(\d+)")),
-          ("perturb", re.compile(r"perturb_(\d+)_([a-z]+)_(.+)")), ("pair", re.compile(r"pair_(.+)__(.+)"))]
+_CURVE_KINDS = ("successive", "instability", "perturb", "pair")  # measurements that store curves
 
 
-def load_runs(names: Iterable[str], out: str | Path = "results") -> list[store.RunDir]:
+def load_runs(run_names: Iterable[str], out: str | Path = "results") -> list[store.RunDir]:
     """Runs given as folders or ids under ``out``; a name that is not a run is an error."""
-    runs = [find_run(str(name), out) for name in names]
+    runs = [find_run(str(name), out) for name in run_names]
     if not runs:
         raise UserError("no runs given")
     return runs
@@ -73,7 +80,7 @@ def metrics_frame(runs: Iterable[store.RunDir]) -> pd.DataFrame:
         run_rows = []
         for replicate in run.replicates():
             for stage in run.stages(replicate):
-                parsed = parse_stage(stage)
+                parsed = names.parse_level_stage(stage)
                 if parsed is None:
                     continue
                 evaluations = store.read_h5(run.stage_file(replicate, stage), skip=("weights", "mask", "steps"))["eval"]
@@ -85,20 +92,23 @@ def metrics_frame(runs: Iterable[store.RunDir]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _landscape_stages(run: store.RunDir):
-    """``(replicate, kind, level, extra, tree)`` for every landscape stage of a run."""
-    for replicate in run.replicates():
-        for stage in run.stages(replicate):
-            for kind, pattern in _KINDS:
-                match = pattern.fullmatch(stage)
-                if match:
-                    tree = store.read_h5(run.stage_file(replicate, stage), skip=("weights", "mask", "steps", "eval"))
-                    level = int(match[1]) if kind != "pair" else -1
-                    yield replicate, kind, level, match.groups(), tree
-                    break
+def measurements_frame(runs: Iterable[store.RunDir]) -> pd.DataFrame:
+    rows = []
+    for run in runs:
+        found = [{"replicate": m.replicate, "level": m.level, "kind": m.measurement, "variant": m.settings_id,
+                  "settings": json.dumps(m.settings, sort_keys=True), **m.columns} for m in measurements(run)]
+        rows += _with_config(found, run)
+    return pd.DataFrame(rows)
 
 
-def _pieces(kind: str, level: int, extra: tuple, tree: dict):
+def _curve_measurements(run: store.RunDir):
+    """``(measured, tree)`` for every measurement of a run that stores barrier curves."""
+    for measured in measurements(run):
+        if measured.measurement in _CURVE_KINDS:
+            yield measured, store.read_h5(run.stage_file(measured.replicate, measured.stage))
+
+
+def _pieces(kind: str, level: int, tree: dict):
     """``(label, curve, barrier, fields)`` of each measured pair in a landscape stage."""
     if kind == "successive":
         yield f"{level}->{level + 1}", tree["curve"], tree["barrier"], {}
@@ -106,9 +116,10 @@ def _pieces(kind: str, level: int, extra: tuple, tree: dict):
         for pair, value in sorted(tree["pairs"].items()):
             yield pair, value["curve"], value["barrier"], {}
     elif kind == "perturb":
-        yield f"{extra[1]} {extra[2]}", tree["curve"], tree["barrier"], {"direction": extra[1], "size": float(extra[2])}
+        fields = {"direction": tree["direction"], "size": float(tree["size"])}
+        yield f"{tree['direction']} {tree['size']:g}", tree["curve"], tree["barrier"], fields
     else:
-        yield f"{extra[0]} vs {extra[1]}", tree["curve"], tree["barrier"], {}
+        yield tree["networks"].replace(" ", " vs "), tree["curve"], tree["barrier"], {}
 
 
 def landscape_frames(runs: Iterable[store.RunDir]) -> dict[str, pd.DataFrame]:
@@ -117,9 +128,12 @@ def landscape_frames(runs: Iterable[store.RunDir]) -> dict[str, pd.DataFrame]:
     for run in runs:
         density = {(r["replicate"], r["level"]): r["density"] for r in level_rows(run) if r["baseline"] is None}
         run_curves, run_barriers, run_examples = [], [], []
-        for replicate, kind, level, extra, tree in _landscape_stages(run):
-            base = {"replicate": replicate, "kind": kind, "level": level}
-            for label, curve, barrier, fields in _pieces(kind, level, extra, tree):
+        for measured, tree in _curve_measurements(run):
+            replicate, kind = measured.replicate, measured.measurement
+            level = -1 if measured.level is None else measured.level
+            base = {"replicate": replicate, "kind": kind, "variant": measured.settings_id,
+                    "settings": json.dumps(measured.settings, sort_keys=True), "level": level}
+            for label, curve, barrier, fields in _pieces(kind, level, tree):
                 for key, value in barrier.items():
                     split, metric = key.split("_", 1)
                     run_barriers.append({**base, "label": label, "split": split, "metric": metric,
@@ -129,8 +143,8 @@ def landscape_frames(runs: Iterable[store.RunDir]) -> dict[str, pd.DataFrame]:
                                    for a, v in zip(curve["alpha"], curve[key])]
             if kind == "instability" and "per_example" in tree:
                 values = tree["per_example"]
-                run_examples += [{"replicate": replicate, "level": level, "midpoint_barrier": b,
-                                  "tau": values["tau"]} for b in values["midpoint_barrier"]]
+                run_examples += [{"replicate": replicate, "level": level, "variant": measured.settings_id,
+                                  "midpoint_barrier": b, "tau": values["tau"]} for b in values["midpoint_barrier"]]
         curves += _with_config(run_curves, run)
         barriers += _with_config(run_barriers, run)
         per_example += _with_config(run_examples, run)
@@ -140,7 +154,7 @@ def landscape_frames(runs: Iterable[store.RunDir]) -> dict[str, pd.DataFrame]:
 
 def score_files(runs: Iterable[store.RunDir]) -> list[Path]:
     """The score files in the results folders the runs live in."""
-    folders = sorted({run.out / "scores" for run in runs})
+    folders = sorted({run.out / names.SCORES_DIR for run in runs})
     return sorted(path for folder in folders if folder.is_dir() for path in folder.glob("*.h5"))
 
 
@@ -156,8 +170,9 @@ def scores_frame(paths: Iterable[Path]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def load_frames(names: Iterable[str], out: str | Path = "results") -> dict[str, pd.DataFrame]:
+def load_frames(run_names: Iterable[str], out: str | Path = "results") -> dict[str, pd.DataFrame]:
     """Every frame of the given runs (and the score files beside them)."""
-    runs = load_runs(names, out)
-    return {"levels": levels_frame(runs), "metrics": metrics_frame(runs), **landscape_frames(runs),
+    runs = load_runs(run_names, out)
+    return {"levels": levels_frame(runs), "metrics": metrics_frame(runs), "measurements": measurements_frame(runs),
+            **landscape_frames(runs),
             "scores": scores_frame(score_files(runs))}

@@ -81,6 +81,21 @@ def _summary(levels: pd.DataFrame) -> str:
     return table.to_html(float_format=lambda v: f"{v:.4f}", na_rep="-")
 
 
+def _measurements(measurements: pd.DataFrame) -> str:
+    """Each measurement variant (kind and settings id) with its settings, and its summary
+    columns per run and level (mean over replicates, n given): variants stay apart."""
+    if measurements.empty:
+        return "<p>No measurements.</p>"
+    keys = ["run_id", "kind", "variant", "level"]
+    values = [c for c in measurements.columns if measurements[c].dtype.kind == "f" and c not in keys
+              and "." not in c]
+    table = measurements.groupby(keys, dropna=False)[values].mean().dropna(axis=1, how="all")
+    table.insert(0, "n", measurements.groupby(keys, dropna=False).size())
+    settings = measurements.drop_duplicates(["kind", "variant"])[["kind", "variant", "settings"]]
+    return (table.to_html(float_format=lambda v: f"{v:.4g}", na_rep="-")
+            + "<p>Settings of each variant:</p>" + settings.to_html(index=False))
+
+
 def write_report(frames: dict[str, pd.DataFrame], infos: list[dict], path: str | Path) -> Path:
     """One HTML page with every figure embedded, summary tables, provenance and notes."""
     path = Path(path)
@@ -91,7 +106,8 @@ def write_report(frames: dict[str, pd.DataFrame], infos: list[dict], path: str |
              "table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px}</style>",
              "</head><body><h1>Lottery-ticket report</h1>",
              f"<p>Runs: {', '.join(html.escape(i['run_id']) for i in infos)}</p>",
-             "<h2>Summary per level</h2>", _summary(levels)]
+             "<h2>Summary per level</h2>", _summary(levels),
+             "<h2>Measurements</h2>", _measurements(frames.get("measurements", pd.DataFrame()))]
     if not levels.empty and levels["prune.rewind"].nunique() > 1:
         parts += ["<h2>Comparison of rewind points</h2>", compare(levels, "prune.rewind").to_html(index=False)]
     parts.append("<h2>Figures</h2>")

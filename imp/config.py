@@ -190,8 +190,9 @@ class LandscapeConfig:
     """What :mod:`landscape` measures after each IMP level (see landscape/ for definitions).
 
     These are analyses of the run, stored with it; none of them is part of the run id.
-    The evaluation settings (``points``, ``examples``, ``bn``, ``bn_examples``) are fixed
-    for a run the first time something is measured, so its results stay comparable.
+    Each result is stored under a hash of exactly the settings that change its numbers
+    (:mod:`imp.names`), so asking with other settings (e.g. ``points`` or ``hessian_bn``)
+    makes a new result beside the old one.
     """
 
     successive: bool = _extent(False)  # error barrier between levels L and L+1
@@ -218,6 +219,15 @@ class LandscapeConfig:
     prune_eps: float = _extent(0.01)  # allowed increase of the training loss for the prediction
     prune_check: tuple[float, ...] = _extent(())  # fractions pruned in one iteration to measure the limit
     matching_tolerance: float = _extent(0.005)  # matching = test error within this of the dense network's
+    # The keys that measurements registered from above add (see register_landscape_key):
+    # (name, value) pairs of those set; read them with extra(name).
+    more: tuple[tuple[str, Any], ...] = _extent(())
+
+    def extra(self, name: str) -> Any:
+        """The value of a registered measurement's key (its default when not set)."""
+        if name not in EXTRA_LANDSCAPE_KEYS:
+            raise KeyError(f"landscape.{name} is not a registered key")
+        return dict(self.more).get(name, EXTRA_LANDSCAPE_KEYS[name][1])
 
     def __post_init__(self):
         _check(self.siblings == 0 or self.siblings >= 2, "landscape.siblings", "must be 0 or at least 2")
@@ -234,6 +244,19 @@ class LandscapeConfig:
         _check(all(0 < f < 1 for f in self.prune_check), "landscape.prune_check", "fractions must be in (0, 1)")
         _check(self.matching_tolerance >= 0, "landscape.matching_tolerance", "must be >= 0")
         _check(all(level >= 0 for level in self.hessian_levels), "landscape.hessian_levels", "must be >= 0")
+
+
+# Keys that measurements above the engine add to [landscape]: name -> (type, default).
+# ``landscape.registry`` fills it when it is imported; a plain dict, the one registry here.
+EXTRA_LANDSCAPE_KEYS: dict[str, tuple[Any, Any]] = {}
+_HIDDEN = {"more"}  # fields that hold the registered keys, not keys of their own
+
+
+def register_landscape_key(name: str, hint: Any, default: Any) -> None:
+    """Let ``landscape.<name>`` be set in configs (for a measurement defined above imp)."""
+    if name in {f.name for f in dataclasses.fields(LandscapeConfig)}:
+        raise ValueError(f"landscape.{name} is already a key")
+    EXTRA_LANDSCAPE_KEYS[name] = (hint, default)
 
 
 @dataclass(frozen=True)
@@ -309,7 +332,7 @@ def check_key(key: str) -> None:
     fields = [f.name for f in dataclasses.fields(Config)]
     if section not in fields:
         raise _unknown_key("", section, fields)
-    fields = [f.name for f in dataclasses.fields(typing.get_type_hints(Config)[section])]
+    fields = _keys(typing.get_type_hints(Config)[section])
     if name not in fields:
         raise _unknown_key(f"{section}.", name, fields)
 
@@ -332,18 +355,31 @@ def _build(cls: type, raw: Any, prefix: str):
     where = prefix.rstrip(".") or "config"
     if not isinstance(raw, dict):
         raise UserError(f"{where} must be a table of keys, got {raw!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in _HIDDEN}
     hints = typing.get_type_hints(cls)
-    kwargs = {}
+    extra = EXTRA_LANDSCAPE_KEYS if cls is LandscapeConfig else {}
+    kwargs: dict[str, Any] = {}
+    more = []
     for key, value in raw.items():
+        if key in extra:
+            more.append((key, _coerce(value, extra[key][0], prefix + key)))
+            continue
         if key not in fields:
-            raise _unknown_key(prefix, key, fields)
+            raise _unknown_key(prefix, key, _keys(cls))
         hint = hints[key]
         if _is_section(hint):
             kwargs[key] = _build(hint, value, prefix=f"{prefix}{key}.")
         else:
             kwargs[key] = _coerce(value, hint, prefix + key)
+    if more:
+        kwargs["more"] = tuple(sorted(more))
     return cls(**kwargs)
+
+
+def _keys(section: type) -> list[str]:
+    """The keys a section accepts: its fields and, for [landscape], the registered ones."""
+    keys = [f.name for f in dataclasses.fields(section) if f.name not in _HIDDEN]
+    return keys + sorted(EXTRA_LANDSCAPE_KEYS) if section is LandscapeConfig else keys
 
 
 def _is_section(thing: Any) -> bool:
@@ -421,11 +457,24 @@ def to_dict(config: Any, *, defaults: bool = False, platform: bool = False) -> d
             if nested or defaults:
                 out[f.name] = nested
             continue
+        if f.name in _HIDDEN:  # the registered keys, as keys of the section
+            out.update(_registered(dict(value), defaults))
+            continue
         default = f.default_factory() if f.default is dataclasses.MISSING else f.default
         if not defaults and value == default:
             continue
         out[f.name] = _plain(value)
     return dict(sorted(out.items()))
+
+
+def _registered(values: dict[str, Any], defaults: bool) -> dict[str, Any]:
+    """Registered [landscape] keys as plain data: those set, or with ``defaults`` all of them."""
+    out = {}
+    for name, (_hint, default) in EXTRA_LANDSCAPE_KEYS.items():
+        value = values.get(name, default)
+        if defaults or value != default:
+            out[name] = _plain(value)
+    return out
 
 
 def _plain(value: Any) -> Any:

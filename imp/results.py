@@ -1,78 +1,30 @@
-"""Reading a run's results: stage names, per-level rows, status. No training code here,
-so the analysis layer can use it.
+"""Reading a run's results: per-level rows, measurements, status. No training code here,
+so the analysis layer can use it; every name comes from :mod:`imp.names`.
 
 Stage files of replicate r (see docs/storage.md): ``rewind.h5`` (the rewind point),
-``level_<L>.h5`` (trunk level L; level 0 is the dense network) and
-``level_<L>_<baseline>.h5`` (a baseline on level L's density).
+``level_<L>.h5`` (trunk level L; level 0 is the dense network),
+``level_<L>_<baseline>.h5`` (a baseline on level L's density) and the measurement files
+``<kind>_<L>_<id>.h5``, which say what they are in their attributes.
 """
 
 import json
-import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from imp import store
+from imp import names, store
 from imp.config import from_dict, to_dict
 from imp.errors import UserError
+from imp.names import BASELINES, level_stage, parse_level_stage
 
-BASELINES = ("reinit", "random", "oneshot")
-REWIND_STAGE = "rewind"
-_LEVEL = re.compile(r"level_(\d+)(?:_([a-z]+))?")
 # Level files hold large arrays that summaries do not need.
 _SUMMARY_SKIP = ("weights", "mask", "steps", "eval", "seeds", "label_noise")
 
 
-def level_stage(level: int, baseline: str | None = None) -> str:
-    """Stage name of a trunk level (``level_3``) or of a baseline at it (``level_3_reinit``)."""
-    return f"level_{level}" if baseline is None else f"level_{level}_{baseline}"
-
-
-def barrier_stage(level: int) -> str:
-    """The error barrier between trunk levels ``level`` and ``level + 1``."""
-    return f"barrier_{level}"
-
-
-def sibling_stage(level: int, copy: int) -> str:
-    """Copy ``copy`` of level ``level`` trained from its start with other data-order seeds."""
-    return f"sibling_{level}_{copy}"
-
-
-def instability_stage(level: int) -> str:
-    """The barriers between the sibling copies of level ``level``."""
-    return f"instability_{level}"
-
-
-def perturb_stage(level: int, direction: str, size: float) -> str:
-    """Level ``level`` trained from a perturbed start, and its barrier to the unperturbed one."""
-    return f"perturb_{level}_{direction}_{size:g}"
-
-
-def hessian_stage(level: int) -> str:
-    """The Hessian spectrum and predicted prune limit of trunk level ``level``."""
-    return f"hessian_{level}"
-
-
-def prune_check_stage(level: int, fraction: float) -> str:
-    """Level ``level`` pruned by ``fraction`` in one iteration and retrained."""
-    return f"prune_check_{level}_{fraction:g}"
-
-
-def pair_stage(a: str, b: str) -> str:
-    """The barrier between any two stored networks (named by their stage names)."""
-    return f"pair_{a}__{b}"
-
-
-def parse_stage(stage: str) -> tuple[int, str | None] | None:
-    """``(level, baseline)`` of a level stage name, None for other stages."""
-    match = _LEVEL.fullmatch(stage)
-    if match is None or (match[2] is not None and match[2] not in BASELINES):
-        return None
-    return int(match[1]), match[2]
-
-
-def find_run(name: str, out: str | Path) -> store.RunDir:
+def find_run(name: str, out: str | Path, legacy: bool = False) -> store.RunDir:
     """A run given as a folder, or as a run id under ``out``; a damaged file in it is an
-    error naming the file, before any command reads or adds to the run."""
+    error naming the file, before any command reads or adds to the run, and so are
+    measurements in the layout before settings ids (unless ``legacy``)."""
     path = Path(name)
     if not store.is_run(path):
         path = Path(out) / name
@@ -81,7 +33,24 @@ def find_run(name: str, out: str | Path) -> store.RunDir:
                         "(`lth ls` lists the runs there)")
     run = store.RunDir(path.parent, path.name)
     store.check_files(run)
+    if not legacy:
+        check_layout(run)
     return run
+
+
+def legacy_stages(run: store.RunDir) -> list[tuple[int, str]]:
+    """``(replicate, stage)`` of every measurement stored in the layout before settings ids."""
+    return [(r, stage) for r in run.replicates() for stage in run.stages(r) if names.legacy_kind(stage)]
+
+
+def check_layout(run: store.RunDir) -> None:
+    """Refuse a run whose measurements are in the old layout, saying how to convert them."""
+    old = legacy_stages(run)
+    if old:
+        replicate, stage = old[0]
+        raise UserError(f"run {run.run_id} holds {len(old)} measurement(s) in the layout before settings ids "
+                        f"(e.g. replicate_{replicate}/{stage}.h5); convert them with `lth upgrade {run.path}` "
+                        "(nothing is lost: each file is rewritten under its new name with its settings)")
 
 
 def run_info(run: store.RunDir) -> dict[str, Any]:
@@ -114,12 +83,16 @@ def level_rows(run: store.RunDir) -> list[dict[str, Any]]:
     Keys: replicate, level, baseline, density (fraction of prunable weights kept), kept,
     prunable, and the final evaluation (``train_accuracy``, ``test_accuracy``,
     ``test_loss``, ... as fractions and mean losses), iterations, start_step, train_seconds.
+    A trunk row also has the summary columns of its level's measurements (e.g.
+    ``barrier_to_next_test_error``) where one measurement file gives the column; where
+    several variants of a measurement (other settings) give it, it is left out of the row,
+    never averaged or chosen between, and :func:`measurement_rows` lists them all.
     """
     rows = []
+    measured = measurement_rows(run)
     for replicate in run.replicates():
-        stages = run.stages(replicate)
-        for stage in stages:
-            parsed = parse_stage(stage)
+        for stage in run.stages(replicate):
+            parsed = parse_level_stage(stage)
             if parsed is None:
                 continue
             tree = store.read_h5(run.stage_file(replicate, stage), skip=_SUMMARY_SKIP)
@@ -131,32 +104,64 @@ def level_rows(run: store.RunDir) -> list[dict[str, Any]]:
                 "train_seconds": tree["train_seconds"],
             }
             if parsed[1] is None:
-                row.update(_landscape_columns(run, replicate, parsed[0], stages))
+                row.update(_single_variants(measured, replicate, parsed[0]))
             rows.append(row)
     order = {None: 0, **{b: i + 1 for i, b in enumerate(BASELINES)}}
     return sorted(rows, key=lambda r: (r["replicate"], r["level"], order[r["baseline"]]))
 
 
-def _landscape_columns(run: store.RunDir, replicate: int, level: int, stages: list[str]) -> dict[str, float]:
-    """Barrier, Hessian and prune-check summaries of a trunk level, where they were measured
-    (barriers in the interpolated convention). ``stages`` are the replicate's stages."""
-    out = {}
-    for key, stage in (("barrier_to_next_test_error", barrier_stage(level)),
-                       ("instability_test_error", instability_stage(level))):
-        if stage in stages:
-            tree = store.read_h5(run.stage_file(replicate, stage), skip=("curve", "pairs", "per_example"))
-            out[key] = tree["barrier"]["test_error"]["interpolated"]
-    if hessian_stage(level) in stages:
-        tree = store.read_h5(run.stage_file(replicate, hessian_stage(level)), skip=("slq", "projection"))
-        out["hessian_top_eigenvalue"] = float(tree["eigenvalues"][0])
-        out["predicted_max_prune_fraction"] = tree["predicted_fraction"]
-        out["conservative_max_prune_fraction"] = tree["conservative_fraction"]
-    checks = [store.read_h5(run.stage_file(replicate, s), skip=_SUMMARY_SKIP)
-              for s in stages if s.startswith(f"prune_check_{level}_")]
-    if checks:
-        matching = [c["fraction"] for c in checks if c["matching"]]
-        out["measured_max_prune_fraction"] = max(matching, default=0.0)
-    return out
+def _single_variants(measured: list[dict], replicate: int, level: int) -> dict[str, float]:
+    """The columns of one trunk level's measurements that exactly one file gives."""
+    values: dict[str, list[float]] = {}
+    for row in measured:
+        if row["replicate"] == replicate and row["level"] == level:
+            for key, value in row["columns"].items():
+                values.setdefault(key, []).append(value)
+    return {key: found[0] for key, found in values.items() if len(found) == 1}
+
+
+@dataclass(frozen=True)
+class Measured:
+    """What a measurement file says about itself (its attributes and summary columns)."""
+
+    replicate: int
+    stage: str
+    measurement: str
+    level: int | None
+    settings: dict[str, Any]
+    settings_id: str
+    columns: dict[str, float]
+
+    def row(self) -> dict[str, Any]:
+        return {"replicate": self.replicate, "level": self.level, "measurement": self.measurement,
+                "settings_id": self.settings_id, "settings": self.settings, "stage": self.stage,
+                "columns": self.columns}
+
+
+def read_measured(run: store.RunDir, replicate: int, stage: str) -> Measured:
+    """The self-description of one measurement file (nothing else of it is read)."""
+    tree = store.read_h5(run.stage_file(replicate, stage), only=(names.COLUMNS_GROUP,))
+    if "measurement" not in tree:
+        raise UserError(f"{run.stage_file(replicate, stage)} is not a measurement file; delete it and "
+                        "rerun the command that made it")
+    level = int(tree["level"])
+    return Measured(replicate, stage, tree["measurement"], None if level < 0 else level,
+                    json.loads(tree["settings"]), tree["settings_id"],
+                    {k: float(v) for k, v in tree.get(names.COLUMNS_GROUP, {}).items()})
+
+
+def measurements(run: store.RunDir) -> list[Measured]:
+    """Every measurement of the run, by replicate, kind, level and settings id."""
+    found = [read_measured(run, replicate, stage) for replicate in run.replicates()
+             for stage in run.stages(replicate) if names.parse_measurement_stage(stage)]
+    return sorted(found, key=lambda m: (m.replicate, m.measurement, -1 if m.level is None else m.level,
+                                        m.settings_id))
+
+
+def measurement_rows(run: store.RunDir) -> list[dict[str, Any]]:
+    """One row per measurement file: replicate, level (None for a pair), measurement,
+    settings_id, settings (the full settings it was made with), stage, columns."""
+    return [m.row() for m in measurements(run)]
 
 
 def levels_done(run: store.RunDir, replicate: int) -> int:

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from imp import store
+from imp import names, store
 from imp.config import Config, ScoreName, to_dict
 from imp.data import Dataset, Split
 from imp.duration import Duration
@@ -40,7 +40,6 @@ from imp.seeds import derive_seed
 from imp.train import Seeds, train
 
 SCORES = ("el2n", "grand", "forgetting")
-SCORES_DIR = "scores"
 
 
 @dataclass(frozen=True)
@@ -67,7 +66,7 @@ def score_id(config: Config, spec: ScoreSpec) -> str:
 
 
 def scores_path(out: str | Path, config: Config, spec: ScoreSpec) -> Path:
-    return Path(out) / SCORES_DIR / f"{spec.score}_{score_id(config, spec)}.h5"
+    return Path(out) / names.SCORES_DIR / names.scores_file(spec.score, score_id(config, spec))
 
 
 @torch.no_grad()

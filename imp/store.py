@@ -1,4 +1,6 @@
-"""The HDF5 results store: every path and group name lives here.
+"""The HDF5 results store: atomic writes, reads, provenance and the run lock.
+
+The names of files, folders and stages come from :mod:`imp.names`.
 
 Layout of one run (see ``docs/storage.md`` for reading it with plain h5py)::
 
@@ -33,14 +35,11 @@ import h5py
 import numpy as np
 import torch
 
+from imp import names
 from imp.errors import UserError
+from imp.names import LOCK_FILE, PROVENANCE, RUN_FILE, TEMPORARY_SUFFIX
 
-RUN_FILE = "run.h5"
-LOCK_FILE = "run.lock"
-PROVENANCE = "provenance"
-REPLICATE_DIR = "replicate_{}"
 KILL_IN_WRITE = "LTH_TEST_KILL_IN_WRITE"  # fault injection for the crash tests, see _injected_fault
-TEMPORARY_SUFFIX = ".tmp"
 
 
 class RunLocked(UserError):
@@ -64,13 +63,11 @@ class RunDir:
         return self.path / LOCK_FILE
 
     def replicate_dir(self, replicate: int) -> Path:
-        return self.path / REPLICATE_DIR.format(replicate)
+        return self.path / names.replicate_dir(replicate)
 
     def stage_file(self, replicate: int, stage: str) -> Path:
         """The file of one finished stage, e.g. ``stage_file(0, "level_3")``."""
-        if not stage or "/" in stage or stage.startswith("."):
-            raise ValueError(f"bad stage name {stage!r}")
-        return self.replicate_dir(replicate) / f"{stage}.h5"
+        return self.replicate_dir(replicate) / names.stage_file(stage)
 
     def has_stage(self, replicate: int, stage: str) -> bool:
         return self.stage_file(replicate, stage).is_file()
@@ -83,7 +80,7 @@ class RunDir:
         return sorted(p.stem for p in folder.glob("*.h5") if not p.name.startswith("."))
 
     def replicates(self) -> list[int]:
-        prefix = REPLICATE_DIR.format("")
+        prefix = names.replicate_dir("")
         found = [p.name[len(prefix):] for p in self.path.glob(prefix + "*") if p.is_dir()]
         return sorted(int(r) for r in found if r.isdigit())
 
@@ -149,7 +146,7 @@ def write_h5(path: str | Path, tree: Mapping[str, Any], provenance: Mapping[str,
     the attributes of the ``/provenance`` group.
     """
     path = Path(path)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}{TEMPORARY_SUFFIX}")
+    temporary = path.with_name(names.temporary_file(path.name, os.getpid()))
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with h5py.File(temporary, "w") as file:
@@ -239,16 +236,18 @@ def _to_numpy(value: Any) -> np.ndarray:
     return np.asarray(value)
 
 
-def read_h5(path: str | Path, skip: Iterable[str] = ()) -> dict[str, Any]:
+def read_h5(path: str | Path, skip: Iterable[str] = (), only: Iterable[str] | None = None) -> dict[str, Any]:
     """Read a file written by :func:`write_h5` back into nested dicts (numpy arrays inside).
 
     The ``provenance`` key holds the provenance attributes. Top-level groups or datasets
-    named in ``skip`` (e.g. ``weights``) are not read. A file that cannot be read is a
-    :class:`~imp.errors.UserError` naming it and what to do.
+    named in ``skip`` (e.g. ``weights``) are not read; with ``only``, no top-level group
+    or dataset but those named is read (the root's attributes always are). A file that
+    cannot be read is a :class:`~imp.errors.UserError` naming it and what to do.
     """
     try:
         with h5py.File(path, "r") as file:
-            return _read_group(file, frozenset(skip))
+            skipped = set(skip) if only is None else set(file.keys()) - set(only)
+            return _read_group(file, frozenset(skipped))
     except OSError as error:
         raise cannot_read(Path(path), error) from None
 
@@ -258,8 +257,9 @@ def cannot_read(path: Path, error: OSError) -> UserError:
     if path.name == RUN_FILE:
         fix = ("delete it and rerun `lth run` with the run's config to write it again "
                "(the finished stages are kept)")
-    elif path.name in ("rewind.h5", "pretrain.h5"):  # made only while level 0 trains (imp.trunk)
-        fix = (f"delete it and {path.parent / 'level_0.h5'}, then rerun `lth run` with the run's "
+    elif path.name in (names.stage_file(names.REWIND_STAGE), names.stage_file(names.PRETRAIN_STAGE)):
+        # made only while level 0 trains (imp.trunk)
+        fix = (f"delete it and {path.parent / names.stage_file(names.level_stage(0))}, then rerun `lth run` with the run's "
                "config to recompute both")
     else:
         fix = "delete it and rerun the command that made it to recompute it"

@@ -57,7 +57,7 @@ from imp.level import (Start, build_initial_model, copy_state, mask_from_arrays,
                        state_from_arrays, train_level)
 from imp.pruning import (Mask, full_mask, magnitude_prune, oneshot_prune, prunable_tensors,
                          random_mask)
-from imp.results import BASELINES, REWIND_STAGE, level_stage
+from imp.names import BASELINES, PRETRAIN_STAGE, REWIND_STAGE, level_stage
 from imp.seeds import derive_seed, generator
 from imp.train import Seeds, learning_rate, total_iterations
 
@@ -79,7 +79,6 @@ LevelHook = Callable[[LevelDone], None]
 # A pre-training phase: for (config, data, replicate), the start of level 0 (which is also
 # the rewind point) and a tree stored as the replicate's ``pretrain.h5``.
 Pretrain = Callable[[Config, Dataset, int], tuple[Start, dict]]
-PRETRAIN_STAGE = "pretrain"
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 
 :func:`level_hooks` turns a run's ``[landscape]`` section into hooks for
 :func:`imp.trunk.run_imp`; :func:`measure_run` applies the same measurements to the
-finished levels of an existing run (``lth barrier``, ``lth perturb``).
+finished levels of an existing run (``lth barrier``, ``lth perturb``, ``lth hessian``
+and the registry's own subcommands). Both go through :data:`landscape.registry.REGISTRY`.
 """
 
 from collections.abc import Iterable
@@ -12,64 +13,47 @@ import torch
 from imp import store
 from imp.config import Config
 from imp.data import Dataset
-from imp.results import levels_done
+from imp.results import Measured, levels_done
 from imp.trunk import LevelDone, LevelHook
-from landscape.measure import Measurements, claim_settings
-from landscape.spectra import measure_hessian, prune_check
+from landscape.measure import Context
+from landscape.registry import REGISTRY, ready, run_measurement, wanted
 
 
-def wanted(config: Config) -> bool:
-    ls = config.landscape
-    return bool(ls.successive or ls.siblings or ls.perturb_sizes or ls.hessian or ls.prune_check)
-
-
-def measure_level(config: Config, data: Dataset, run: store.RunDir, replicate: int, level: int) -> None:
-    """Everything ``config.landscape`` asks for that becomes possible once ``level`` is done."""
-    measurements = Measurements(config, data, run, replicate)
-    if config.landscape.successive and level >= 1:
-        measurements.successive(level - 1)
-    _at(measurements, config, level)
-
-
-def _at(measurements: Measurements, config: Config, level: int) -> None:
-    """Siblings and perturbations of ``level``, where the config asks for them there."""
-    ls = config.landscape
-    if ls.siblings and (not ls.sibling_levels or level in ls.sibling_levels):
-        measurements.siblings(level, ls.siblings)
-    if ls.perturb_sizes and (not ls.perturb_levels or level in ls.perturb_levels):
-        for direction in ls.perturb_directions:
-            for size in ls.perturb_sizes:
-                measurements.perturb(level, direction, size)
-    if (ls.hessian or ls.prune_check) and (not ls.hessian_levels or level in ls.hessian_levels):
-        if ls.hessian:
-            measure_hessian(measurements, level)
-        for fraction in ls.prune_check:
-            prune_check(measurements, level, fraction)
+def measure_level(config: Config, data: Dataset, run: store.RunDir, replicate: int, level: int) -> list[Measured]:
+    """Everything ``config.landscape`` asks for that becomes possible once ``level`` is done:
+    each measurement of level ``level - span`` (its last needed level is ``level``)."""
+    context, done = None, []
+    for measurement in REGISTRY:
+        target = level - measurement.span
+        if target >= 0 and measurement.variants(config.landscape, target):
+            context = context or Context(config, data, run, replicate)
+            done += run_measurement(context, measurement, target)
+    return done
 
 
 def level_hooks(config: Config, device: torch.device) -> list[LevelHook]:
     """Hooks for :func:`imp.trunk.run_imp` (none when the section asks for nothing)."""
-    if not wanted(config):
+    if not wanted(config.landscape):
         return []
 
     def hook(done: LevelDone) -> None:
-        claim_settings(done.run, done.config, device)
         measure_level(done.config, done.data, done.run, done.replicate, done.level)
 
     return [hook]
 
 
 def measure_run(config: Config, data: Dataset, run: store.RunDir, device: torch.device,
-                levels: Iterable[int] | None = None) -> None:
-    """Measure the finished levels (all, or ``levels``) of every replicate of ``run``."""
-    claim_settings(run, config, device)
+                levels: Iterable[int] | None = None) -> list[Measured]:
+    """Measure the finished levels (all, or ``levels``) of every replicate of ``run``; returns
+    every measurement asked for (made now or found stored), so callers report exactly those."""
     chosen = None if levels is None else set(levels)
+    done = []
     for replicate in run.replicates():
-        done = levels_done(run, replicate)
-        for level in range(done):
+        context = Context(config, data, run, replicate)
+        for level in range(levels_done(run, replicate)):
             if chosen is not None and level not in chosen:
                 continue
-            measurements = Measurements(config, data, run, replicate)
-            if config.landscape.successive and level + 1 < done:
-                measurements.successive(level)
-            _at(measurements, config, level)
+            for measurement in REGISTRY:
+                if ready(run, replicate, measurement, level):
+                    done += run_measurement(context, measurement, level)
+    return done

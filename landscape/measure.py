@@ -1,28 +1,33 @@
-"""Landscape measurements of a run's IMP levels, each stored as a stage of its replicate.
+"""Landscape measurements of a run's IMP levels, and the networks they train.
 
-* **Successive levels** (``barrier_<L>.h5``): the error barrier on the linear path
-  between the final networks of trunk levels L and L+1 (Frankle et al. 2020; Paul et
-  al. 2023, "Unmasking the lottery ticket hypothesis").
-* **Siblings / instability** (``sibling_<L>_<s>.h5``, ``instability_<L>.h5``): N copies of
-  level L trained from the same start (the masked rewind point ``m_L * w_k`` at step k)
-  under the same mask, with different data-order and augmentation seeds; the barriers
-  between every pair, their mean (the instability), and optionally per-example midpoint
-  barriers ``B_i`` averaged over pairs with the fraction of examples with ``B_i <= tau``.
-  Copy 0 is the trunk's own level L whenever the trunk trained from exactly that start
-  (every level >= 1, and level 0 when k = 0 or after diet pre-training); otherwise it is
-  trained like the others with the replicate's own seeds.
-* **Perturbations** (``perturb_<L>_<direction>_<size>.h5``): at level L's start
-  ``m_L * w_k``, add ``size * ||m_L w_k - m_{L+1} w_k||`` times a unit direction on the
-  coordinates ``m_L`` keeps: ``gaussian`` (isotropic) or ``pruned`` (the weights level L+1
-  will prune, ``(m_L - m_{L+1}) * w_k``; size -1 removes them exactly). Train it with the
-  trunk's seeds under ``m_L`` and measure the barrier to the trunk's level L.
+Each function here computes one measurement's stored tree from a :class:`Context` (one
+replicate of a run), a level and the measurement's settings; :mod:`landscape.registry`
+names, stores and reuses the results.
 
-Every measurement evaluates with the run's landscape settings (points, examples, BatchNorm
-handling); they are recorded in ``run.h5`` the first time and later requests must match.
-Callers hold the run's lock.
+* **Successive levels** (``successive``): the error barrier on the linear path between
+  the final networks of trunk levels L and L+1 (Frankle et al. 2020; Paul et al. 2023,
+  "Unmasking the lottery ticket hypothesis").
+* **Siblings / instability** (``instability``): N copies of level L trained from the same
+  start (the masked rewind point ``m_L * w_k`` at step k) under the same mask, with
+  different data-order and augmentation seeds; the barriers between every pair, their
+  mean (the instability), and optionally per-example midpoint barriers ``B_i`` averaged
+  over pairs with the fraction of examples with ``B_i <= tau``. Copy 0 is the trunk's own
+  level L whenever the trunk trained from exactly that start (every level >= 1, and
+  level 0 when k = 0 or after diet pre-training); otherwise it is trained like the others
+  with the replicate's own seeds. The copies are network stages ``sibling_<L>_<s>``,
+  shared by every instability measurement of the level.
+* **Perturbations** (``perturb``): at level L's start ``m_L * w_k``, add
+  ``size * ||m_L w_k - m_{L+1} w_k||`` times a unit direction on the coordinates ``m_L``
+  keeps: ``gaussian`` (isotropic) or ``pruned`` (the weights level L+1 will prune,
+  ``(m_L - m_{L+1}) * w_k``; size -1 removes them exactly). Train it with the trunk's
+  seeds under ``m_L`` (network stage ``perturbed_<L>_<direction>_<size>``) and measure
+  the barrier to the trunk's level L.
+* **Pairs** (``pair``): the barrier between any two stored networks.
+
+Every curve is evaluated with the measurement's own settings (points, examples, BatchNorm
+handling), which are part of its identity. Callers hold the run's lock.
 """
 
-import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -30,24 +35,29 @@ import numpy as np
 import torch
 
 from imp import store
-from imp.config import Config, canonical_json
+from imp.config import Config, LandscapeConfig, platform_json
 from imp.data import Dataset, Split, fixed_subset
 from imp.errors import UserError
 from imp.level import State, build_initial_model, state_from_arrays, train_level
+from imp.names import level_stage, perturbed_stage, sibling_stage
 from imp.pruning import Mask
-from imp.results import (barrier_stage, instability_stage, level_stage, pair_stage, perturb_stage,
-                         sibling_stage)
 from imp.seeds import derive_seed, generator
 from imp.train import Seeds
 from imp.trunk import Replicate
 from landscape.lmc import curve_barriers, evaluate_path, midpoint_barriers
 
-SETTINGS_KEY = "landscape_settings"
+
+def curve_settings(ls: LandscapeConfig) -> dict:
+    """The settings every curve's numbers depend on (bn_examples only when re-estimating)."""
+    out = {"points": ls.points, "examples": ls.examples, "bn": ls.bn}
+    if ls.bn == "reestimate":
+        out["bn_examples"] = ls.bn_examples
+    return out
 
 
 @dataclass(frozen=True)
 class Probe:
-    """The fixed examples every curve of a run is evaluated on."""
+    """The fixed examples a curve is evaluated on, and how."""
 
     splits: dict[str, Split]
     bn_examples: torch.Tensor
@@ -55,28 +65,15 @@ class Probe:
     bn: str
 
 
-def settings(config: Config) -> dict:
-    ls = config.landscape
-    return {"points": ls.points, "examples": ls.examples, "bn": ls.bn, "bn_examples": ls.bn_examples}
-
-
-def claim_settings(run: store.RunDir, config: Config, device) -> None:
-    """Record the run's evaluation settings, or check that they match what was recorded."""
-    wanted = json.dumps(settings(config), sort_keys=True)
-    stored = store.read_run(run).get(SETTINGS_KEY)
-    if stored is not None and json.loads(stored) != json.loads(wanted):
-        raise UserError(f"run {run.run_id} measured its landscape with {stored}; use the same "
-                        "landscape.points/examples/bn/bn_examples, or another --out folder")
-    if stored is None:
-        store.create_run(run, canonical_json(config), device, extra={SETTINGS_KEY: wanted})
-
-
-def make_probe(config: Config, data: Dataset) -> Probe:
-    ls, seed = config.landscape, config.train.seed
-    splits = {"train": fixed_subset(data.train, ls.examples, derive_seed(seed, "lmc", "train")),
-              "test": fixed_subset(data.test, ls.examples, derive_seed(seed, "lmc", "test"))}
-    bn = fixed_subset(data.train, ls.bn_examples, derive_seed(seed, "lmc", "bn")).x
-    return Probe(splits, bn, ls.points, ls.bn)
+def make_probe(config: Config, data: Dataset, settings: dict | None = None) -> Probe:
+    """The probe of ``settings`` (:func:`curve_settings`; default: the config's)."""
+    settings = settings or curve_settings(config.landscape)
+    seed, examples = config.train.seed, settings["examples"]
+    splits = {"train": fixed_subset(data.train, examples, derive_seed(seed, "lmc", "train")),
+              "test": fixed_subset(data.test, examples, derive_seed(seed, "lmc", "test"))}
+    bn_count = settings.get("bn_examples", config.landscape.bn_examples)
+    bn = fixed_subset(data.train, bn_count, derive_seed(seed, "lmc", "bn")).x
+    return Probe(splits, bn, settings["points"], settings["bn"])
 
 
 def compare(config: Config, data: Dataset, probe: Probe, a: State, b: State) -> dict:
@@ -90,114 +87,140 @@ def compare(config: Config, data: Dataset, probe: Probe, a: State, b: State) -> 
     return {"curve": curve, "barrier": curve_barriers(curve)}
 
 
-class Measurements:
-    """The landscape stages of one replicate of a finished (or running) IMP run."""
+class Context:
+    """One replicate of a finished (or running) IMP run, as the measurements see it."""
 
     def __init__(self, config: Config, data: Dataset, run: store.RunDir, replicate: int):
         self.config, self.data, self.run, self.replicate = config, data, run, replicate
         self.trunk = Replicate(config, data, run, replicate)
-        self.probe = make_probe(config, data)
 
     def has(self, stage: str) -> bool:
         return self.run.has_stage(self.replicate, stage)
 
+    def read(self, stage: str, skip=()) -> dict:
+        return store.read_h5(self.run.stage_file(self.replicate, stage), skip=skip)
+
     def weights(self, stage: str) -> State:
-        return state_from_arrays(store.read_h5(self.run.stage_file(self.replicate, stage))["weights"])
+        return state_from_arrays(self.read(stage)["weights"])
 
     def write(self, stage: str, tree: dict) -> None:
         self.trunk.write(stage, tree)
 
-    def successive(self, level: int) -> None:
-        """Barrier between trunk levels ``level`` and ``level + 1`` (both must be finished)."""
-        stage = barrier_stage(level)
-        if self.has(stage) or not self.has(level_stage(level + 1)):
-            return
-        tree = compare(self.config, self.data, self.probe, self.weights(level_stage(level)),
-                       self.weights(level_stage(level + 1)))
-        self.write(stage, {"levels": np.array([level, level + 1]), **tree})
+    def provenance(self) -> dict:
+        return store.provenance(self.trunk.config_json, self.data.train.x.device, platform_json(self.config))
 
-    def siblings(self, level: int, copies: int) -> None:
-        """Train the sibling copies of ``level`` and measure the barriers between all pairs."""
-        start, mask, train_config = self.trunk.start_of(level)
-        trunk_tree = store.read_h5(self.run.stage_file(self.replicate, level_stage(level)), skip=("steps", "eval"))
-        states = []
-        for copy in range(copies):
-            if copy == 0 and int(trunk_tree["start_step"]) == start.step:
-                states.append(state_from_arrays(trunk_tree["weights"]))
-                continue
-            stage = sibling_stage(level, copy)
-            if not self.has(stage):
-                seeds = self.trunk.seeds if copy == 0 else _sibling_seeds(self.trunk.seeds, copy)
-                tree, _ = train_level(self.config, self.data, seeds, start, mask, train_config=train_config,
-                                      label=f"replicate {self.replicate} {stage}")
-                tree["copy"] = copy
-                self.write(stage, tree)
-            states.append(self.weights(stage))
-        stage = instability_stage(level)
-        if self.has(stage):
-            return
-        pairs, per_example = {}, []
-        for i in range(copies):
-            for j in range(i + 1, copies):
-                pairs[f"{i}_{j}"] = compare(self.config, self.data, self.probe, states[i], states[j])
-                if self.config.landscape.per_example:
-                    model = build_initial_model(self.config, self.data, 0)
-                    per_example.append(midpoint_barriers(model, states[i], states[j], self.probe.splits["train"],
-                                                         bn_examples=self.probe.bn_examples, bn=self.probe.bn))
-        keys = next(iter(pairs.values()))["barrier"]
-        mean = {key: {kind: float(np.mean([p["barrier"][key][kind] for p in pairs.values()]))
-                      for kind in ("interpolated", "mean")} for key in keys}
-        tree = {"copies": copies, "barrier": mean, "pairs": pairs}
-        if per_example:
-            values = np.mean(per_example, axis=0)
-            tau = self.config.landscape.tau
-            tree["per_example"] = {"midpoint_barrier": values, "tau": tau,
-                                   "fraction_at_most_tau": float(np.mean(values <= tau)),
-                                   "index": self.probe.splits["train"].index.cpu().numpy()}
-        self.write(stage, tree)
+    def compare(self, settings: dict, a: State, b: State) -> dict:
+        return compare(self.config, self.data, make_probe(self.config, self.data, settings), a, b)
 
-    def perturb(self, level: int, direction: str, size: float) -> None:
-        """Train level ``level`` from a perturbed start and measure its barrier to the trunk's."""
-        stage = perturb_stage(level, direction, size)
-        if self.has(stage):
-            return
-        start, mask, train_config = self.trunk.start_of(level)
-        unit, scale = perturbation(start.state, mask, self.trunk.next_mask(level), direction,
-                                   generator(self.trunk.seeds.init, "perturb", level, direction))
-        state = dict(start.state)
-        for name, delta in unit.items():
-            state[name] = state[name] * mask[name] + size * scale * delta
-        tree, _ = train_level(self.config, self.data, self.trunk.seeds, replace(start, state=state), mask,
-                              train_config=train_config, label=f"replicate {self.replicate} {stage}")
-        tree.update(compare(self.config, self.data, self.probe, tree["weights"],
-                            self.weights(level_stage(level))))
-        tree.update({"direction": direction, "size": size, "natural_scale": scale,
-                     "perturbation_norm": abs(size) * scale})
-        self.write(stage, tree)
-
-    def pair(self, a: str, b: str) -> tuple[str, dict]:
-        """The barrier between two stored networks: stage names of this replicate or paths of
-        stage files (same architecture), stored as ``pair_<a>__<b>.h5`` in this replicate."""
-        states, names = [], []
-        for name in (a, b):
-            path = Path(name) if name.endswith(".h5") else self.run.stage_file(self.replicate, name)
-            if not path.is_file():
-                raise UserError(f"{name}: no such stage file; give a stage of the run (e.g. level_3) or a .h5 path")
-            tree = store.read_h5(path)
-            if "weights" not in tree:
-                raise UserError(f"{path} holds no network weights")
-            states.append(state_from_arrays(tree["weights"]))
-            # a file elsewhere is named by its run, replicate and stage
-            inside = path.resolve().parent == self.run.replicate_dir(self.replicate).resolve()
-            names.append(path.stem if inside else f"{path.parent.parent.name}.{path.parent.name}.{path.stem}")
-        stage = pair_stage(*names)
+    def trained(self, stage: str, start, mask: Mask, train_config, seeds: Seeds, **extra) -> State:
+        """The final weights of network stage ``stage``: stored, or trained now and stored."""
         if not self.has(stage):
-            try:
-                tree = compare(self.config, self.data, self.probe, *states)
-            except RuntimeError as error:  # load_state_dict on another architecture
-                raise UserError(f"{a} and {b} do not fit this run's model: {str(error).splitlines()[0]}") from None
-            self.write(stage, {"networks": f"{a} {b}", **tree})
-        return stage, store.read_h5(self.run.stage_file(self.replicate, stage))
+            tree, _ = train_level(self.config, self.data, seeds, start, mask, train_config=train_config,
+                                  label=f"replicate {self.replicate} {stage}")
+            self.write(stage, {**tree, **extra})
+        return self.weights(stage)
+
+    def sibling(self, level: int, copy: int) -> State:
+        """Copy ``copy`` of level ``level`` (see the module docstring)."""
+        start, mask, train_config = self.trunk.start_of(level)
+        if copy == 0:
+            trunk = self.read(level_stage(level), skip=("steps", "eval"))
+            if int(trunk["start_step"]) == start.step:
+                return state_from_arrays(trunk["weights"])
+        seeds = self.trunk.seeds if copy == 0 else _sibling_seeds(self.trunk.seeds, copy)
+        return self.trained(sibling_stage(level, copy), start, mask, train_config, seeds, copy=copy)
+
+
+def successive(context: Context, level: int, settings: dict) -> dict:
+    """Barrier between trunk levels ``level`` and ``level + 1`` (both finished)."""
+    tree = context.compare(settings, context.weights(level_stage(level)), context.weights(level_stage(level + 1)))
+    return {"levels": np.array([level, level + 1]), **tree}
+
+
+def successive_columns(tree: dict) -> dict:
+    return {"barrier_to_next_test_error": tree["barrier"]["test_error"]["interpolated"]}
+
+
+def instability(context: Context, level: int, settings: dict) -> dict:
+    """Train the sibling copies of ``level`` and measure the barriers between all pairs."""
+    copies = settings["copies"]
+    states = [context.sibling(level, copy) for copy in range(copies)]
+    probe = make_probe(context.config, context.data, settings)
+    pairs, per_example = {}, []
+    for i in range(copies):
+        for j in range(i + 1, copies):
+            pairs[f"{i}_{j}"] = compare(context.config, context.data, probe, states[i], states[j])
+            if settings["per_example"]:
+                model = build_initial_model(context.config, context.data, 0)
+                per_example.append(midpoint_barriers(model, states[i], states[j], probe.splits["train"],
+                                                     bn_examples=probe.bn_examples, bn=probe.bn))
+    keys = next(iter(pairs.values()))["barrier"]
+    mean = {key: {kind: float(np.mean([p["barrier"][key][kind] for p in pairs.values()]))
+                  for kind in ("interpolated", "mean")} for key in keys}
+    tree = {"copies": copies, "barrier": mean, "pairs": pairs}
+    if per_example:
+        values = np.mean(per_example, axis=0)
+        tau = settings["tau"]
+        tree["per_example"] = {"midpoint_barrier": values, "tau": tau,
+                               "fraction_at_most_tau": float(np.mean(values <= tau)),
+                               "index": probe.splits["train"].index.cpu().numpy()}
+    return tree
+
+
+def instability_columns(tree: dict) -> dict:
+    out = {"instability_test_error": tree["barrier"]["test_error"]["interpolated"]}
+    if "per_example" in tree:
+        out["fraction_at_most_tau"] = tree["per_example"]["fraction_at_most_tau"]
+    return out
+
+
+def perturb(context: Context, level: int, settings: dict) -> dict:
+    """Train level ``level`` from a perturbed start and measure its barrier to the trunk's."""
+    direction, size = settings["direction"], settings["size"]
+    trunk = context.trunk
+    start, mask, train_config = trunk.start_of(level)
+    unit, scale = perturbation(start.state, mask, trunk.next_mask(level), direction,
+                               generator(trunk.seeds.init, "perturb", level, direction))
+    state = dict(start.state)
+    for name, delta in unit.items():
+        state[name] = state[name] * mask[name] + size * scale * delta
+    weights = context.trained(perturbed_stage(level, direction, size), replace(start, state=state), mask,
+                              train_config, trunk.seeds, direction=direction, size=size)
+    tree = context.compare(settings, weights, context.weights(level_stage(level)))
+    return {**tree, "direction": direction, "size": size, "natural_scale": scale,
+            "perturbation_norm": abs(size) * scale, "network": perturbed_stage(level, direction, size)}
+
+
+def perturb_columns(tree: dict) -> dict:
+    return {f"perturb_{tree['direction']}_{tree['size']:g}_test_error": tree["barrier"]["test_error"]["interpolated"]}
+
+
+def pair_networks(context: Context, a: str, b: str) -> tuple[list[State], list[str]]:
+    """The weights of two stored networks (stage names of this replicate or paths of stage
+    files of the same architecture) and their names (a file elsewhere is named by its run,
+    replicate and stage)."""
+    states, found = [], []
+    for name in (a, b):
+        path = Path(name) if name.endswith(".h5") else context.run.stage_file(context.replicate, name)
+        if not path.is_file():
+            raise UserError(f"{name}: no such stage file; give a stage of the run (e.g. level_3) or a .h5 path")
+        tree = store.read_h5(path)
+        if "weights" not in tree:
+            raise UserError(f"{path} holds no network weights")
+        states.append(state_from_arrays(tree["weights"]))
+        inside = path.resolve().parent == context.run.replicate_dir(context.replicate).resolve()
+        found.append(path.stem if inside else f"{path.parent.parent.name}.{path.parent.name}.{path.stem}")
+    return states, found
+
+
+def pair(context: Context, settings: dict, states: list[State]) -> dict:
+    """The barrier between two networks (``settings["networks"]`` names them)."""
+    try:
+        tree = context.compare(settings, *states)
+    except RuntimeError as error:  # load_state_dict on another architecture
+        a, b = settings["networks"]
+        raise UserError(f"{a} and {b} do not fit this run's model: {str(error).splitlines()[0]}") from None
+    return {"networks": " ".join(settings["networks"]), **tree}
 
 
 def _sibling_seeds(seeds: Seeds, copy: int) -> Seeds:

@@ -1,82 +1,102 @@
 """Hessian spectra of trunk levels and the prune limit they predict, against a measurement.
 
-* ``hessian_<L>.h5``: at level L's final weights, the Hessian of the mean training
-  cross-entropy on ``landscape.hessian_examples`` fixed training examples, restricted to
-  the unpruned coordinates (``v -> m * H(m * v)``, :mod:`landscape.hessian`), with
-  BatchNorm in ``landscape.hessian_bn`` mode: top-k eigenvalues by Lanczos, the
-  Hutchinson trace, a stochastic-Lanczos-quadrature estimate of the whole spectrum, and
-  the prune limits of :mod:`landscape.prunelimit` (predicted and conservative) for an
-  allowed training-loss increase ``landscape.prune_eps``.
-* ``prune_check_<L>_<f>.h5``: level L's final weights pruned by fraction f in one
-  iteration (the run's strategy), retrained exactly as the next level would be, and
-  whether it matches the dense network: test error at most level 0's plus
-  ``landscape.matching_tolerance``. The measured limit is the largest matching f.
+* ``hessian``: at level L's final weights, the Hessian of the mean training cross-entropy
+  on ``examples`` fixed training examples, restricted to the unpruned coordinates
+  (``v -> m * H(m * v)``, :mod:`landscape.hessian`), with BatchNorm in ``bn`` mode:
+  top-k eigenvalues by Lanczos, the Hutchinson trace, a stochastic-Lanczos-quadrature
+  estimate of the whole spectrum, and the prune limits of :mod:`landscape.prunelimit`
+  (predicted and conservative) for an allowed training-loss increase ``eps``.
+* ``prune_check``: level L's final weights pruned by each fraction f in one iteration
+  (the run's strategy), retrained exactly as the next level would be (network stage
+  ``pruned_<L>_<f>``), and whether it matches the dense network: test error at most
+  level 0's plus ``matching_tolerance``. The measured limit is the largest matching f.
 """
 
 import numpy as np
 
-from imp import store
+from imp.config import LandscapeConfig
 from imp.data import fixed_subset
-from imp.level import build_initial_model, mask_from_arrays, state_from_arrays, train_level
+from imp.level import build_initial_model, mask_from_arrays, state_from_arrays
+from imp.names import level_stage, pruned_stage
 from imp.pruning import magnitude_prune
-from imp.results import hessian_stage, level_stage, prune_check_stage
 from imp.seeds import derive_seed
 from landscape.hessian import HessianOperator
 from landscape.lanczos import hutchinson_trace, lanczos, slq_density
-from landscape.measure import Measurements
+from landscape.measure import Context
 from landscape.prunelimit import (conservative_fraction, predicted_fraction, projection_length,
                                   slq_average, sorted_squares)
 
 
-def measure_hessian(m: Measurements, level: int) -> None:
-    stage = hessian_stage(level)
-    if m.has(stage):
-        return
-    ls, seed = m.config.landscape, m.config.train.seed
-    tree = store.read_h5(m.run.stage_file(m.replicate, level_stage(level)))
+def hessian_settings(ls: LandscapeConfig) -> dict:
+    """Everything the Hessian measurement's numbers depend on."""
+    return {"k": ls.hessian_k, "tol": ls.hessian_tol, "examples": ls.hessian_examples, "bn": ls.hessian_bn,
+            "slq_runs": ls.slq_runs, "slq_steps": ls.slq_steps, "trace_samples": ls.trace_samples,
+            "eps": ls.prune_eps}
+
+
+def measure_hessian(m: Context, level: int, settings: dict) -> dict:
+    seed = m.config.train.seed
+    tree = m.read(level_stage(level))
     weights, mask = state_from_arrays(tree["weights"]), mask_from_arrays(tree["mask"])
     device = m.data.train.x.device
     model = build_initial_model(m.config, m.data, 0)
     model.load_state_dict({k: v.to(device) for k, v in weights.items()})
-    examples = fixed_subset(m.data.train, ls.hessian_examples, derive_seed(seed, "hessian"))
+    examples = fixed_subset(m.data.train, settings["examples"], derive_seed(seed, "hessian"))
     operator = HessianOperator(model, examples.x, examples.y, {k: v.to(device) for k, v in mask.items()},
-                               bn=ls.hessian_bn)
-    top = lanczos(operator, ls.hessian_k, tol=ls.hessian_tol, seed=derive_seed(seed, "lanczos", level))
-    slq = slq_density(operator, runs=ls.slq_runs, steps=ls.slq_steps, seed=derive_seed(seed, "slq", level))
+                               bn=settings["bn"])
+    top = lanczos(operator, settings["k"], tol=settings["tol"], seed=derive_seed(seed, "lanczos", level))
+    slq = slq_density(operator, runs=settings["slq_runs"], steps=settings["slq_steps"],
+                      seed=derive_seed(seed, "slq", level))
     squares = sorted_squares(weights, mask)
     average = slq_average(slq["nodes"], slq["weights"])
     grid = np.linspace(0, 1, 101)
+    eps = settings["eps"]
     out = {
         "eigenvalues": np.asarray(top["eigenvalues"]), "residuals": np.asarray(top["residuals"]),
         "lanczos_iterations": int(top["iterations"]), "lanczos_products": int(top["products"]),
         "slq": {"nodes": slq["nodes"], "weights": slq["weights"]},
         "active_coordinates": int(operator.active), "unpruned_weights": len(squares),
-        "examples": len(examples), "bn": ls.hessian_bn, "eps": ls.prune_eps,
-        "predicted_fraction": predicted_fraction(squares, average, ls.prune_eps),
-        "conservative_fraction": conservative_fraction(squares, float(top["eigenvalues"][0]), ls.prune_eps),
+        "examples": len(examples), "bn": settings["bn"], "eps": eps,
+        "predicted_fraction": predicted_fraction(squares, average, eps),
+        "conservative_fraction": conservative_fraction(squares, float(top["eigenvalues"][0]), eps),
         "projection": {"p": grid, "length": projection_length(squares, grid)},
     }
-    if ls.trace_samples:
-        trace = hutchinson_trace(operator, ls.trace_samples, seed=derive_seed(seed, "trace", level))
+    if settings["trace_samples"]:
+        trace = hutchinson_trace(operator, settings["trace_samples"], seed=derive_seed(seed, "trace", level))
         out["trace"], out["trace_std_error"] = float(trace["trace"]), float(trace["std_error"])
-    m.write(stage, out)
+    return out
 
 
-def prune_check(m: Measurements, level: int, fraction: float) -> None:
-    stage = prune_check_stage(level, fraction)
-    if m.has(stage):
-        return
-    prune, ls = m.config.prune, m.config.landscape
-    tree = store.read_h5(m.run.stage_file(m.replicate, level_stage(level)))
-    mask = magnitude_prune(state_from_arrays(tree["weights"]), mask_from_arrays(tree["mask"]), fraction,
-                           prune.strategy, prune.layer_fractions)
+def hessian_columns(tree: dict) -> dict:
+    return {"hessian_top_eigenvalue": float(tree["eigenvalues"][0]),
+            "predicted_max_prune_fraction": tree["predicted_fraction"],
+            "conservative_max_prune_fraction": tree["conservative_fraction"]}
+
+
+def prune_check(m: Context, level: int, settings: dict) -> dict:
+    """One-shot prune checks of level ``level`` at ``settings["fractions"]``."""
+    prune = m.config.prune
+    tree = m.read(level_stage(level))
     start = m.trunk.start_after(tree)
-    out, _ = train_level(m.config, m.data, m.trunk.seeds, start, mask, train_config=m.trunk.train_config,
-                         label=f"replicate {m.replicate} {stage}")
-    dense = store.read_h5(m.run.stage_file(m.replicate, level_stage(0)), skip=("weights", "mask", "steps"))
+    dense = m.read(level_stage(0), skip=("weights", "mask", "steps"))
     dense_error = 1 - dense["final"]["test_accuracy"]
-    error = 1 - out["final"]["test_accuracy"]
-    out.update({"fraction": fraction, "from_level": level, "dense_test_error": dense_error,
-                "matching_tolerance": ls.matching_tolerance,
-                "matching": bool(error <= dense_error + ls.matching_tolerance)})
-    m.write(stage, out)
+    fractions = np.asarray(settings["fractions"], dtype=float)
+    errors = []
+    for fraction in fractions:
+        stage = pruned_stage(level, fraction)
+        if not m.has(stage):
+            mask = magnitude_prune(state_from_arrays(tree["weights"]), mask_from_arrays(tree["mask"]), fraction,
+                                   prune.strategy, prune.layer_fractions)
+            m.trained(stage, start, mask, m.trunk.train_config, m.trunk.seeds, fraction=float(fraction),
+                      from_level=level)
+        errors.append(1 - m.read(stage, skip=("weights", "mask", "steps", "eval"))["final"]["test_accuracy"])
+    errors = np.asarray(errors)
+    matching = errors <= dense_error + settings["matching_tolerance"]
+    return {"fractions": fractions, "test_error": errors, "matching": matching, "from_level": level,
+            "dense_test_error": dense_error, "matching_tolerance": settings["matching_tolerance"],
+            "networks": " ".join(pruned_stage(level, f) for f in fractions)}
+
+
+def prune_check_columns(tree: dict) -> dict:
+    matching = [f for f, ok in zip(tree["fractions"], tree["matching"]) if ok]
+    return {"measured_max_prune_fraction": float(max(matching, default=0.0))}

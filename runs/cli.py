@@ -102,6 +102,20 @@ def _parser() -> argparse.ArgumentParser:
     _measure_arguments(hessian)
     hessian.set_defaults(command=measure.hessian)
 
+    from landscape.registry import REGISTRY  # registers the measurements' config keys, too
+
+    for measurement in REGISTRY:
+        if measurement.command:
+            command = commands.add_parser(measurement.kind, help=measurement.help)
+            command.add_argument("run", help="a run folder, or a run id under --out")
+            _measure_arguments(command)
+            command.set_defaults(command=measure.registered(measurement.kind))
+
+    upgrade = commands.add_parser("upgrade", help="convert a run's measurements stored before settings ids")
+    upgrade.add_argument("run", help="a run folder, or a run id under --out")
+    upgrade.add_argument("--out", default=DEFAULT_OUT, help=f"results folder (default: {DEFAULT_OUT})")
+    upgrade.set_defaults(command=_upgrade)
+
     plot = commands.add_parser("plot", help="write every figure the runs' results support")
     plot.add_argument("runs", nargs="+", help="run folders, or run ids under --results")
     plot.add_argument("--out", default="figures", help="folder for the figures (default: figures)")
@@ -221,13 +235,13 @@ def _config(args) -> int:
 
 
 def _show(args) -> int:
-    from imp.results import find_run, level_rows, run_info
-    from runs.tables import level_table
+    from imp.results import find_run, level_rows, measurement_rows, run_info
+    from runs.tables import level_table, measurement_table
 
     run = find_run(args.run, args.out)
-    info, rows = run_info(run), level_rows(run)
+    info, rows, measured = run_info(run), level_rows(run), measurement_rows(run)
     if args.json:
-        print(json.dumps({**info, "levels": rows}))
+        print(json.dumps({**info, "levels": rows, "measurements": measured}))
         return 0
     config = info["config"]
     print(f"run {run.run_id} in {run.path}")
@@ -235,6 +249,21 @@ def _show(args) -> int:
     if info["diet"] is not None:
         print("diet " + ", ".join(f"{key} {value}" for key, value in info["diet"].items()))
     print(level_table(rows))
+    if measured:
+        print(measurement_table(measured))
+    return 0
+
+
+def _upgrade(args) -> int:
+    from imp.results import find_run
+    from landscape.upgrade import upgrade_run
+
+    run = find_run(args.run, args.out, legacy=True)
+    converted = upgrade_run(run)
+    for old, new in converted:
+        print(f"{old} -> {new.name}")
+    print(f"converted {len(converted)} file(s) of run {run.run_id}" if converted
+          else f"run {run.run_id} has nothing in the old layout")
     return 0
 
 
@@ -248,15 +277,20 @@ def _sweep(args) -> int:
 
 def _layers(args) -> int:
     from imp.data import load_dataset, resolve_root
-    from imp.level import build_initial_model
-    from imp.models import prunable_names
+    from imp.datasets import input_spec
+    from imp.models import build_model, prunable_names
     from imp.pruning import groups, prunable_tensors
     from runs.tables import format_table
 
     config = _load(args)
     prune = config.prune
-    data = load_dataset(config.data, resolve_root(config.data.root, os.environ))
-    model = build_initial_model(config, data, 0)
+    spec = input_spec(config.data.dataset)  # known from the name: no data needed, except for imagefolder
+    if spec is None:
+        data = load_dataset(config.data, resolve_root(config.data.root, os.environ))
+        spec = data.input_shape, data.num_classes
+    input_shape, num_classes = spec
+    model = build_model(config.model.name, input_shape, num_classes,
+                        widths=config.model.widths, width=config.model.width)
     pruned = prunable_tensors(model, prune.exclude, prune.layer_fractions)
     rule = {}
     for names, rate in groups(pruned, prune.strategy, prune.fraction, prune.layer_fractions):

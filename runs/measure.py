@@ -64,34 +64,41 @@ def barrier(args) -> int:
         extra.append(f"landscape.siblings={args.siblings}")
     if args.per_example:
         extra.append("landscape.per_example=true")
-    return _on_run(args, extra, "barrier_to_next_test_error", "instability_test_error")
+    return _on_run(args, extra, kinds=("successive", "instability"))
 
 
 def perturb(args) -> int:
     extra = [f"landscape.perturb_sizes={list(args.sizes)}",
              f"landscape.perturb_directions={json.dumps(args.directions)}"]
-    return _on_run(args, extra)
+    return _on_run(args, extra, kinds=("perturb",))
 
 
 def hessian(args) -> int:
     extra = ["landscape.hessian=true", f"landscape.hessian_k={args.k}"]
     if args.check:
         extra.append(f"landscape.prune_check={list(args.check)}")
-    return _on_run(args, extra, "hessian_top_eigenvalue", "predicted_max_prune_fraction",
-                    "conservative_max_prune_fraction", "measured_max_prune_fraction")
+    return _on_run(args, extra, kinds=("hessian", "prune_check"))
 
 
-def _on_run(args, extra: list[str], *columns: str, between: Sequence[str] = ()) -> int:
+def registered(kind: str):
+    """The command of a registry measurement with ``command`` set: turn on its first key."""
+    def command(args) -> int:
+        from landscape.registry import by_kind
+
+        key = next(iter(by_kind(kind).keys))
+        return _on_run(args, [f"landscape.{key}=true"], kinds=(kind,))
+    return command
+
+
+def _on_run(args, extra: list[str], kinds: Sequence[str] = (), between: Sequence[str] = ()) -> int:
     """Load a run, apply landscape overrides, measure its finished levels (or the pair
-    ``between``) under its lock."""
+    ``between``) under its lock, and print exactly the measurements asked for."""
     from imp import store
     from imp.config import with_overrides
     from imp.data import load_dataset, resolve_root
-    from imp.results import find_run, level_rows, run_info
+    from imp.results import find_run, run_info
     from imp.runtime import choose_device, set_threads
     from landscape.hooks import measure_run
-    from landscape.measure import Measurements, claim_settings
-    from runs.tables import format_table
 
     run = find_run(args.run, args.out)
     info = run_info(run)
@@ -105,21 +112,37 @@ def _on_run(args, extra: list[str], *columns: str, between: Sequence[str] = ()) 
     with store.RunLock(run, wait=args.wait):
         data = load_dataset(config.data, root, device)
         if between:
-            claim_settings(run, config, device)
-            stage, tree = Measurements(config, data, run, args.replicate).pair(*between)
-            rows = [[key, f"{value['interpolated']:.4f}", f"{value['mean']:.4f}"]
-                    for key, value in sorted(tree["barrier"].items())]
-            print(f"barrier between {between[0]} and {between[1]}:")
-            print(format_table(["", "interpolated", "mean"], rows))
-            print(f"results in {run.stage_file(args.replicate, stage)}")
-            return 0
-        measure_run(config, data, run, device, args.levels)
-    rows = [r for r in level_rows(run) if r["baseline"] is None]
-    for column in columns:
-        print(f"{column}" + (" (interpolated baseline)" if "barrier" in column or "instab" in column else "")
-              + ", per replicate and level:")
-        for row in rows:
-            if column in row:
-                print(f"  replicate {row['replicate']} level {row['level']}: {row[column]:.4f}")
+            return _pair(config, data, run, args.replicate, between)
+        measured = [m for m in measure_run(config, data, run, device, args.levels) if m.measurement in kinds]
+    if not measured:
+        raise UserError(f"nothing to measure: run {run.run_id} has no finished level that fits "
+                        + (f"--levels {' '.join(map(str, args.levels))}" if args.levels else "these measurements")
+                        + " (`lth show` lists its levels)")
+    for m in measured:
+        values = ", ".join(f"{key} {value:.4g}" for key, value in sorted(m.columns.items())) or "stored"
+        print(f"replicate {m.replicate} level {m.level} {m.measurement} [{m.settings_id}]: {values}")
+    print(f"settings: " + "; ".join(sorted({f"{m.measurement} [{m.settings_id}] {json.dumps(m.settings)}"
+                                             for m in measured})))
     print(f"results in {run.path}")
+    return 0
+
+
+def _pair(config, data, run, replicate: int, between: Sequence[str]) -> int:
+    from landscape.measure import Context, curve_settings, pair, pair_networks
+    from landscape.registry import PAIR, store_measurement
+    from runs.tables import format_table
+
+    if replicate not in run.replicates():
+        raise UserError(f"run {run.run_id} has no replicate {replicate}; it has "
+                        f"{', '.join(map(str, run.replicates())) or 'none'}")
+    context = Context(config, data, run, replicate)
+    states, network_names = pair_networks(context, *between)
+    settings = {**curve_settings(config.landscape), "networks": network_names}
+    measured = store_measurement(context, PAIR, None, settings, lambda: pair(context, settings, states))
+    tree = context.read(measured.stage)
+    rows = [[key, f"{value['interpolated']:.4f}", f"{value['mean']:.4f}"]
+            for key, value in sorted(tree["barrier"].items())]
+    print(f"barrier between {between[0]} and {between[1]}:")
+    print(format_table(["", "interpolated", "mean"], rows))
+    print(f"results in {run.stage_file(replicate, measured.stage)}")
     return 0

@@ -35,8 +35,7 @@ from typing import Any
 
 from imp.config import Config, check_key, from_dict, read_toml, run_id, to_dict
 from imp.errors import UserError
-
-SWEEPS_DIR = "sweeps"
+from imp.names import SWEEPS_DIR, sweep_manifest
 
 
 @dataclass(frozen=True)
@@ -126,7 +125,7 @@ def run_point(config_data: dict[str, Any], out: str, replicates: int, device: st
 def write_manifest(sweep: Sweep, out: str | Path) -> Path:
     from imp.store import cannot_write
 
-    path = Path(out) / SWEEPS_DIR / f"{sweep.name}.json"
+    path = Path(out) / SWEEPS_DIR / sweep_manifest(sweep.name)
     manifest = {"name": sweep.name, "replicates": sweep.replicates, "runs": [run_id(c) for c in sweep.configs]}
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:

@@ -3,7 +3,9 @@
 import statistics
 from collections.abc import Sequence
 
-from imp.results import BASELINES
+import json
+
+from imp.names import BASELINES
 
 # Landscape summaries shown when measured: test-error barriers (interpolated convention).
 LANDSCAPE_COLUMNS = {"barrier_to_next_test_error": "barrier to next", "instability_test_error": "instability"}
@@ -48,3 +50,17 @@ def level_table(rows: list[dict], metric: str = "test_accuracy") -> str:
     replicates = len({r["replicate"] for r in rows})
     title = f"{metric.replace('_', ' ')} (mean over {replicates} replicate(s))"
     return title + "\n" + format_table(header, lines)
+
+
+def measurement_table(rows: list[dict]) -> str:
+    """The run's measurements: one line per replicate, level, measurement and variant
+    (settings id), with its summary columns; then each variant's settings."""
+    lines = []
+    for row in rows:
+        values = ", ".join(f"{key} {value:.4g}" for key, value in sorted(row["columns"].items())) or "-"
+        lines.append([str(row["replicate"]), "-" if row["level"] is None else str(row["level"]),
+                      row["measurement"], row["settings_id"], values])
+    settings = sorted({(row["measurement"], row["settings_id"], json.dumps(row["settings"], sort_keys=True))
+                       for row in rows})
+    return ("measurements\n" + format_table(["replicate", "level", "measurement", "variant", "values"], lines)
+            + "\n" + "\n".join(f"  {kind} [{variant}]: {text}" for kind, variant, text in settings))

@@ -48,6 +48,26 @@ def make_levels() -> pd.DataFrame:
     return frame
 
 
+def make_measurements() -> pd.DataFrame:
+    """The measurements frame: Hessians and prune checks of the even trunk levels; run1's
+    Hessian at level 2 also in a second variant (other settings)."""
+    levels = make_levels()
+    trunk = levels[(levels["baseline"] == "imp") & (levels["level"] % 2 == 0)]
+    rows = []
+    for _, row in trunk.iterrows():
+        base = {key: row[key] for key in ("run_id", "replicate", "level", *config(row["run_id"]))}
+        rows.append({**base, "kind": "hessian", "variant": "aaaa0000", "settings": "{}",
+                     **{key: row[key] for key in ("hessian_top_eigenvalue", "predicted_max_prune_fraction",
+                                                  "conservative_max_prune_fraction")}})
+        rows.append({**base, "kind": "prune_check", "variant": "bbbb0000", "settings": "{}",
+                     "measured_max_prune_fraction": row["measured_max_prune_fraction"]})
+        if row["run_id"] == "run1" and row["level"] == 2:
+            rows.append({**base, "kind": "hessian", "variant": "cccc0000", "settings": "{}",
+                         "hessian_top_eigenvalue": 2 * row["hessian_top_eigenvalue"],
+                         "predicted_max_prune_fraction": 0.1, "conservative_max_prune_fraction": 0.05})
+    return pd.DataFrame(rows)
+
+
 def make_curves() -> pd.DataFrame:
     rows = []
     for replicate in REPLICATES:
@@ -110,7 +130,7 @@ def make_scores(examples: int = 2000) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-FRAMES = {"levels": make_levels, "curves": make_curves, "barriers": make_barriers,
+FRAMES = {"levels": make_levels, "measurements": make_measurements, "curves": make_curves, "barriers": make_barriers,
           "per_example": make_per_example, "scores": make_scores}
 # figure -> (x label fragment, log x axis)
 EXPECTED = {"accuracy_vs_density": ("density", True), "rewind_comparison": ("density", True),
@@ -173,11 +193,11 @@ def test_draws_into_a_given_axes(frames):
 
 
 def test_missing_measurements_raise(frames):
-    levels = frames["levels"].assign(hessian_top_eigenvalue=np.nan)
+    measurements = frames["measurements"].assign(hessian_top_eigenvalue=np.nan)
     with pytest.raises(ValueError, match="Hessian"):
-        figures.hessian_vs_level(levels)
+        figures.hessian_vs_level(measurements)
     with pytest.raises(ValueError, match="prune_limit"):
-        figures.prune_limit(frames["levels"].drop(columns=list(figures.PRUNE_LIMITS)))
+        figures.prune_limit(frames["measurements"].drop(columns=list(figures.PRUNE_LIMITS)))
     with pytest.raises(ValueError, match="one panel each"):
         figures.score_histogram(frames["scores"], ax=plt.subplots()[1])
     plt.close("all")
@@ -214,3 +234,18 @@ def test_category_order():
         category_order(pd.Series(["1ep", "600it"]))
     assert category_order(pd.Series([6000, 600, None])) == [600, 6000]
     assert category_order(pd.Series(["hard", "easy", "random"])) == ["easy", "hard", "random"]
+
+
+def test_variants_of_a_measurement_are_drawn_apart(frames):
+    """run1 holds two Hessian variants: each is a line of its own, never their mean."""
+    fig = figures.hessian_vs_level(frames["measurements"])
+    try:
+        legend = [t.get_text() for t in fig.axes[0].get_legend().texts]
+        assert "run1 [aaaa0000]" in legend and "run1 [cccc0000]" in legend and "run0" in legend
+        sharpness = frames["measurements"].query("run_id == 'run1' and level == 2 and kind == 'hessian'")
+        ys = np.concatenate([line.get_ydata() for line in fig.axes[0].lines])
+        for variant in ("aaaa0000", "cccc0000"):
+            assert np.any(np.isclose(ys, sharpness[sharpness["variant"] == variant]["hessian_top_eigenvalue"].mean()))
+        assert not np.any(np.isclose(ys, sharpness["hessian_top_eigenvalue"].mean()))
+    finally:
+        plt.close(fig)

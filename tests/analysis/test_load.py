@@ -21,10 +21,16 @@ def test_frames_of_several_runs(results):
     barriers = frames["barriers"]
     assert set(barriers["kind"]) == {"successive", "instability", "perturb"}
     assert levels["hessian_top_eigenvalue"].notna().sum() == 2 * 2  # level 1 of each run and replicate
+    measured = frames["measurements"]
+    hessians = measured[measured["kind"] == "hessian"]
+    assert len(hessians) == 2 * 2 and set(hessians["level"]) == {1} and hessians["variant"].nunique() == 1
+    assert json.loads(hessians["settings"].iloc[0])["examples"] == 100
+    assert set(measured["kind"]) == {"successive", "instability", "perturb", "hessian", "prune_check"}
     assert set(barriers["split"]) == {"train", "test"} and set(barriers["metric"]) == {"error", "loss"}
     perturb = barriers[barriers["kind"] == "perturb"]
     assert set(perturb["size"]) == {0.5} and set(perturb["direction"]) == {"gaussian"}
-    stored = store.read_h5(store.RunDir(out, ids[0]).stage_file(1, "barrier_0"))
+    run = store.RunDir(out, ids[0])
+    stored = store.read_h5(run.stage_file(1, next(s for s in run.stages(1) if s.startswith("successive_0_"))))
     row = barriers[(barriers["run_id"] == ids[0]) & (barriers["replicate"] == 1) & (barriers["kind"] == "successive")
                    & (barriers["level"] == 0) & (barriers["split"] == "test") & (barriers["metric"] == "error")]
     assert row["interpolated"].item() == stored["barrier"]["test_error"]["interpolated"]

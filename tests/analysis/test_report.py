@@ -19,6 +19,7 @@ def test_the_report_has_every_section_and_every_figure(results, tmp_path):
     images = re.findall(r"<h3>([a-z_]+)</h3><img alt='\1' src='data:image/png;base64,", text)
     assert sorted(images) == sorted(FIGURES)  # every figure renders from a tiny real run
     assert "<p>Everything was computed.</p>" in text
+    assert "<h2>Measurements</h2>" in text and "hessian_top_eigenvalue" in text and "Settings of each variant" in text
     assert all(run_id in text for run_id in measured) and "&quot;git_revision&quot;" in text
 
 

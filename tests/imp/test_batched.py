@@ -23,7 +23,7 @@ from imp.duration import Duration
 from imp.level import Start, build_initial_model, copy_state, train_level
 from imp.models import build_model
 from imp.pruning import MaskEnforcer, apply_mask, full_mask, magnitude_prune, prunable_tensors
-from imp.results import level_stage
+from imp.names import level_stage
 from imp.trunk import run_imp
 from imp.train import Hook, Seeds, train
 
@@ -121,8 +121,8 @@ def test_resnet_batchnorm_running_statistics_are_tracked_per_replicate():
         "resnet20", config, tiny_data(augment=True), start_step=0, width=4)
     check_equal_to_independent(models, losses, references, reference_losses)
     state = models[0].state_dict()
-    assert int(state["features.1.num_batches_tracked"]) == 3 * 3
-    for key, initial in (("features.1.running_mean", 0.0), ("features.1.running_var", 1.0)):
+    assert int(state["bn1.num_batches_tracked"]) == 3 * 3
+    for key, initial in (("bn1.running_mean", 0.0), ("bn1.running_var", 1.0)):
         assert not torch.equal(state[key], torch.full_like(state[key], initial))  # they moved,
         assert not torch.equal(state[key], models[1].state_dict()[key])  # each replicate its own way
 
@@ -142,7 +142,7 @@ def test_bf16_autocast_runs_and_agrees_with_train_to_bf16_rounding():
     assert relative_error(losses[:, 0], first) <= 2e-2  # bf16 has 8 bits of mantissa
     assert bool(torch.isfinite(losses).all())
     assert all(p.dtype == torch.float32 for model in models for p in model.parameters())
-    assert models[0].features[1].running_mean.dtype == torch.float32
+    assert models[0].bn1.running_mean.dtype == torch.float32
 
 
 def test_pruned_weights_stay_exactly_zero_at_every_step():
@@ -320,5 +320,5 @@ def test_run_imp_with_batched_replicates_matches_a_sequential_run(tmp_path, monk
             for key, value in theirs["weights"].items():
                 scale = np.abs(value).max() or 1
                 assert np.abs(mine["weights"][key] - value).max() <= 1e-4 * scale, (replicate, stage, key)
-    assert not np.array_equal(store.read_h5(batched.stage_file(0, level_stage(2)))["mask"]["1.weight"],
-                              store.read_h5(batched.stage_file(1, level_stage(2)))["mask"]["1.weight"])
+    assert not np.array_equal(store.read_h5(batched.stage_file(0, level_stage(2)))["mask"]["fc1.weight"],
+                              store.read_h5(batched.stage_file(1, level_stage(2)))["mask"]["fc1.weight"])

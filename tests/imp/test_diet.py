@@ -8,7 +8,7 @@ from imp.data import load_dataset
 from imp.diet import score_spec
 from imp.errors import UserError
 from imp.level import build_initial_model
-from imp.results import level_stage
+from imp.names import level_stage
 from imp.scores import scores_path
 from imp.subsets import select
 from imp.train import Seeds, train

@@ -2,15 +2,7 @@ import pytest
 
 from imp import store
 from imp.errors import UserError
-from imp.results import find_run, level_stage, levels_done, parse_stage
-
-
-def test_stage_names_round_trip():
-    assert level_stage(3) == "level_3" and level_stage(3, "reinit") == "level_3_reinit"
-    for level, baseline in [(0, None), (12, "oneshot"), (1, "random")]:
-        assert parse_stage(level_stage(level, baseline)) == (level, baseline)
-    for other in ["rewind", "level_x", "level_2_unknown", "scores", "level_"]:
-        assert parse_stage(other) is None
+from imp.results import find_run, levels_done
 
 
 def test_find_run_by_folder_or_id(tmp_path):

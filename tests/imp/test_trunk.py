@@ -14,7 +14,8 @@ from imp.config import load_config, run_id
 from imp.errors import UserError
 from imp.level import state_from_arrays
 from imp.pruning import round_half_up
-from imp.results import level_rows, level_stage
+from imp.names import level_stage
+from imp.results import level_rows
 from imp.trunk import LevelDone, run_imp
 
 REPO = Path(__file__).resolve().parents[2]
@@ -74,9 +75,9 @@ def test_weight_rewinding_starts_each_level_from_mask_times_w_k(tmp_path, monkey
         assert start.step == 15
         for key, value in rewind.items():
             assert torch.equal(start.state[key], value), key  # BatchNorm buffers included
-        assert "fc.weight" not in mask and "features.0.weight" in mask
-        assert np.array_equal(read(run, level_stage(level))["mask"]["features.0.weight"],
-                              mask["features.0.weight"].numpy())
+        assert "fc.weight" not in mask and "conv1.weight" in mask
+        assert np.array_equal(read(run, level_stage(level))["mask"]["conv1.weight"],
+                              mask["conv1.weight"].numpy())
 
 
 @pytest.mark.parametrize("retrain", ["lr_rewind", "finetune"])
@@ -145,7 +146,7 @@ def test_replicates_differ_and_are_reproducible(tmp_path):
     a = run_imp(config, tmp_path / "a", tmp_path, CPU, replicates=2)
     b = run_imp(config, tmp_path / "b", tmp_path, CPU, replicates=1)
     first, second = read(a, "level_1", 0), read(a, "level_1", 1)
-    assert not np.array_equal(first["mask"]["1.weight"], second["mask"]["1.weight"])
+    assert not np.array_equal(first["mask"]["fc1.weight"], second["mask"]["fc1.weight"])
     assert first["seeds"]["init"] != second["seeds"]["init"]
     again = read(b, "level_1", 0)
     for key in first["weights"]:
@@ -164,7 +165,7 @@ def test_label_noise_is_recorded_at_level_0(tmp_path):
 @pytest.mark.parametrize("extra, message", [
     (["prune.rewind='40it'"], "prune.rewind = 40it (40 iterations) is not before the end of training"),
     (["prune.rewind='1ep'", "train.epochs='20it'"], "(23 iterations) is not before the end of training"),
-    (["prune.exclude=['fc.weight']"], "prune.exclude pattern 'fc.weight' matches no prunable tensor"),
+    (["prune.exclude=['conv*']"], "prune.exclude pattern 'conv*' matches no prunable tensor"),  # an MLP
 ])
 def test_configs_that_do_not_fit_the_data_are_refused_before_training(tmp_path, extra, message):
     with pytest.raises(UserError) as error:

@@ -99,6 +99,13 @@ IDX_HEADER = b"\x00\x00\x08\x03" + (60000).to_bytes(4, "big") + (28).to_bytes(4,
 RUN = ["run", "--out", "{out}", *TINY]
 
 
+def REGISTERED(arguments: list[str]) -> list[list[str]]:
+    """The argv of each measurement's own subcommand (landscape.registry), with ``arguments``."""
+    from landscape.registry import REGISTRY
+
+    return [[m.kind, *arguments] for m in REGISTRY if m.command]
+
+
 def bad_run(*overrides: str) -> list[str]:
     return [*RUN, *(a for o in overrides for a in ("--set", o))]
 
@@ -177,7 +184,8 @@ CASES = [
                    ["perturb", "nope", "--out", "{out}", "--sizes", "0.5"], ["hessian", "nope", "--out", "{out}"],
                    ["plot", "nope", "--results", "{out}", "--out", "{tmp}/figures"],
                    ["report", "nope", "--results", "{out}", "--out", "{tmp}/report.html"],
-                   ["compare", "{run}", "nope", "--results", "{out}", "--by", "train.lr"])],
+                   ["compare", "{run}", "nope", "--results", "{out}", "--by", "train.lr"],
+                   ["upgrade", "nope", "--out", "{out}"], *REGISTERED(["nope", "--out", "{out}"]))],
     ("no-such-folder-to-ls", ["ls", "{tmp}/nowhere"], ["nowhere is not a folder"], None),
 ]
 
@@ -192,6 +200,8 @@ RUN_ID_COMMANDS = {
     "plot": ["plot", "{run}", "--results", "{out}", "--out", "{tmp}/figures"],
     "report": ["report", "{run}", "--results", "{out}", "--out", "{tmp}/report.html"],
     "compare": ["compare", "{run}", "--results", "{out}", "--by", "train.lr"],
+    "upgrade": ["upgrade", "{run}", "--out", "{out}"],
+    **{argv[0]: argv for argv in REGISTERED(["{run}", "--out", "{out}"])},
 }
 DAMAGE = {
     "truncated-stage": (truncate("replicate_0/level_1.h5"),
@@ -239,7 +249,8 @@ def test_the_matrix_covers_every_command_that_takes_run_ids():
     (commands,) = [a.choices for a in _parser()._actions if isinstance(a, argparse._SubParsersAction)]
     takes_runs = {name for name, parser in commands.items()
                   if any(action.dest in ("run", "runs") and not action.option_strings for action in parser._actions)}
-    assert takes_runs == {"show", "barrier", "perturb", "hessian", "plot", "report", "compare"}
+    assert takes_runs == {"show", "barrier", "perturb", "hessian", "plot", "report", "compare", "upgrade",
+                          *(argv[0] for argv in REGISTERED([]))}
     ids = {case[0] for case in CASES}
     assert all(f"no-such-run-{command}" in ids and f"truncated-stage-{command}" in ids for command in takes_runs)
 

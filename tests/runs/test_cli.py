@@ -63,11 +63,11 @@ def test_config_prints_every_field_and_the_id(capsys):
 
 def test_layers_lists_the_prunable_tensors_and_their_rule(capsys):
     assert main(["layers", "runs/lenet_mnist.toml", "--set", "data.dataset=digits",
-                 "--set", "prune.layer_fractions={'3.weight' = 0.1}"]) == 0
+                 "--set", "prune.layer_fractions={'fc2.weight' = 0.1}"]) == 0
     lines = [line.split() for line in capsys.readouterr().out.splitlines()]
-    assert lines[1] == ["1.weight", "300x64", "19200", "0.2", "of", "remaining,", "on", "its", "own"]
-    assert lines[2] == ["3.weight", "100x300", "30000", "0.1", "of", "remaining,", "on", "its", "own"]
-    assert lines[3] == ["5.weight", "10x100", "1000", "excluded"]
+    assert lines[1] == ["fc1.weight", "300x64", "19200", "0.2", "of", "remaining,", "on", "its", "own"]
+    assert lines[2] == ["fc2.weight", "100x300", "30000", "0.1", "of", "remaining,", "on", "its", "own"]
+    assert lines[3] == ["fc.weight", "10x100", "1000", "excluded"]
     assert lines[4][:2] == ["49200", "prunable"]
 
 
@@ -109,13 +109,12 @@ def test_barrier_and_perturb_on_a_finished_run(tmp_path, capsys):
     run_id = capsys.readouterr().out.split("run id ")[1].split(";")[0]
     assert main(["barrier", run_id, "--out", str(tmp_path), "--siblings", "2", "--levels", "1", *small]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == "barrier_to_next_test_error (interpolated baseline), per replicate and level:"
-    assert out[1].startswith("  replicate 0 level 1: ")
-    assert out[2] == "instability_test_error (interpolated baseline), per replicate and level:"
-    assert out[3].startswith("  replicate 0 level 1: ")
+    assert out[0].startswith("replicate 0 level 1 successive [") and "barrier_to_next_test_error" in out[0]
+    assert out[1].startswith("replicate 0 level 1 instability [") and "instability_test_error" in out[1]
+    assert out[2].startswith("settings: ") and '"points": 3' in out[2] and '"copies": 2' in out[2]
     assert main(["perturb", run_id, "--out", str(tmp_path), "--sizes", "0.5", "--levels", "0", *small]) == 0
-    assert (tmp_path / run_id / "replicate_0" / "perturb_0_gaussian_0.5.h5").is_file()
-    capsys.readouterr()
+    assert (tmp_path / run_id / "replicate_0" / "perturbed_0_gaussian_0.5.h5").is_file()
+    assert capsys.readouterr().out.startswith("replicate 0 level 0 perturb [")
     assert main(["show", run_id, "--out", str(tmp_path), "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)["levels"]
     assert "barrier_to_next_test_error" in rows[1] and "instability_test_error" in rows[1]
@@ -123,17 +122,24 @@ def test_barrier_and_perturb_on_a_finished_run(tmp_path, capsys):
     table = [line.split() for line in capsys.readouterr().out.splitlines()]
     assert table[0] == ["barrier", "between", "level_2", "and", "sibling_1_1:"]
     assert [row[0] for row in table[2:6]] == ["test_error", "test_loss", "train_error", "train_loss"]
-    assert (tmp_path / run_id / "replicate_0" / "pair_level_2__sibling_1_1.h5").is_file()
+    assert table[-1][0] == "results" and table[-1][-1].split("/")[-1].startswith("pair_")
     elsewhere = tmp_path / run_id / "replicate_0" / "level_0.h5"
     copy = tmp_path / "other" / "abc" / "replicate_1" / "level_0.h5"
     copy.parent.mkdir(parents=True)
     copy.write_bytes(elsewhere.read_bytes())
     assert main(["barrier", run_id, "--out", str(tmp_path), "--between", str(elsewhere), str(copy), *small]) == 0
-    assert "pair_level_0__abc.replicate_1.level_0.h5" in capsys.readouterr().out
+    capsys.readouterr()
+    assert main(["show", run_id, "--out", str(tmp_path), "--json"]) == 0
+    pairs = [m for m in json.loads(capsys.readouterr().out)["measurements"] if m["measurement"] == "pair"]
+    assert sorted(m["settings"]["networks"] for m in pairs) == [["level_0", "abc.replicate_1.level_0"],
+                                                                ["level_2", "sibling_1_1"]]
     assert main(["barrier", run_id, "--out", str(tmp_path), "--between", "level_2", "level_9", *small]) == 2
     assert "level_9: no such stage file" in capsys.readouterr().err
-    assert main(["barrier", run_id, "--out", str(tmp_path), "--set", "landscape.points=5"]) == 2
-    assert "measured its landscape with" in capsys.readouterr().err
+    # other curve settings are another measurement beside the first, not an error
+    assert main(["barrier", run_id, "--out", str(tmp_path), "--levels", "1", "--set", "landscape.points=5"]) == 0
+    assert '"points": 5' in capsys.readouterr().out
+    assert main(["barrier", run_id, "--out", str(tmp_path), "--levels", "7"]) == 2
+    assert "nothing to measure" in capsys.readouterr().err
     assert main(["barrier", run_id, "--out", str(tmp_path), "--set", "train.lr=1"]) == 2
     assert "only landscape.* settings can change" in capsys.readouterr().err
 
@@ -145,11 +151,31 @@ def test_hessian_on_a_finished_run(tmp_path, capsys):
                  "--set", "landscape.hessian_examples=100", "--set", "landscape.slq_runs=2",
                  "--set", "landscape.slq_steps=5", "--set", "landscape.trace_samples=0"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == "hessian_top_eigenvalue, per replicate and level:"
-    assert out[1].startswith("  replicate 0 level 1: ") and len(out) == 9
-    assert out[6] == "measured_max_prune_fraction, per replicate and level:"
-    assert out[7] in ("  replicate 0 level 1: 0.5000", "  replicate 0 level 1: 0.0000")
+    assert out[0].startswith("replicate 0 level 1 hessian [") and "hessian_top_eigenvalue" in out[0]
+    assert out[1].startswith("replicate 0 level 1 prune_check [") and len(out) == 4
+    assert out[1].endswith(("measured_max_prune_fraction 0.5", "measured_max_prune_fraction 0"))
+    assert '"k": 3' in out[2] and '"fractions": [0.5]' in out[2]
     assert main(["show", run_id, "--out", str(tmp_path), "--json"]) == 0
     row = json.loads(capsys.readouterr().out)["levels"][1]
     assert row["level"] == 1 and row["hessian_top_eigenvalue"] > 0
     assert 0 <= row["predicted_max_prune_fraction"] <= 1
+
+
+def test_layers_needs_no_data_and_names_the_layers(capsys):
+    # The input shape and classes of cifar10 come from its name: no files under data.root.
+    assert main(["layers", "--set", "data.dataset=cifar10", "--set", "model.name=resnet20",
+                 "--set", "data.root=/nonexistent"]) == 0
+    names = [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:-1]]
+    assert "fc.weight" in names and "layer1.0.conv1.weight" in names
+    assert "layer2.0.downsample.0.weight" in names and names[0] == "conv1.weight"
+
+
+def test_the_output_layer_is_fc_weight_in_every_model(capsys):
+    from imp.models import MODELS
+
+    for name in sorted(MODELS):
+        assert main(["layers", "--set", "data.dataset=cifar10", "--set", f"model.name={name}",
+                     "--set", "prune.exclude=['fc.weight']", "--set", "data.root=/nonexistent"]) == 0, name
+        last = capsys.readouterr().out.splitlines()[-2].split()  # the last tensor, then the total
+        assert last[0] == "fc.weight" and last[1].startswith("10x") and last[-1] == "excluded", name
+

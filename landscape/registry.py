@@ -1,0 +1,131 @@
+"""The measurement registry: one entry per measurement of a run's levels.
+
+A :class:`Measurement` says what it is called, which settings it is asked for with at a
+level (each set of settings is one *variant*, stored under its own id), how to compute
+its tree from a finished level, and which summary columns it adds to ``lth show``. Its
+registry entry then gives it, with nothing more to write elsewhere:
+
+* its config keys under ``[landscape]`` (``keys``; the built-in measurements' keys are
+  fields of :class:`imp.config.LandscapeConfig`);
+* its hook in ``lth run`` (:mod:`landscape.hooks` runs every entry after each level);
+* a subcommand ``lth <kind> RUN`` when ``command`` is set (:mod:`runs.lth.measure`);
+* its loader for analysis: every measurement file records its kind, level, settings and
+  columns (:func:`store_measurement`), which :mod:`analysis.load` reads generically.
+
+**Adding a measurement**: write a module with a function ``compute(context, level,
+settings) -> tree`` (see :mod:`landscape.distance`), and add one :class:`Measurement`
+line to :data:`REGISTRY` below.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from imp import names, store
+from imp.config import LandscapeConfig, register_landscape_key
+from imp.results import Measured, read_measured
+from landscape import measure, spectra
+
+Tree = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One measurement of a level (or of levels L and L+1, with ``span = 1``)."""
+
+    kind: str  # its stage names start with it; its subcommand, if any, is `lth <kind>`
+    help: str
+    variants: Callable[[LandscapeConfig, int], list[dict]]  # settings asked for at a level ([] = none)
+    compute: Callable[[measure.Context, int, dict], Tree]
+    columns: Callable[[Tree], dict[str, float]] = lambda tree: {}
+    span: int = 0  # the measurement of level L needs levels L .. L + span finished
+    keys: dict[str, tuple[type, Any]] = field(default_factory=dict)  # extra [landscape] keys: (type, default)
+    command: bool = False  # `lth <kind> RUN [--levels ...]` turns on its first key and measures
+
+
+def _at(levels: tuple[int, ...], level: int) -> bool:
+    return not levels or level in levels
+
+
+def _successive(ls: LandscapeConfig, level: int) -> list[dict]:
+    return [measure.curve_settings(ls)] if ls.successive else []
+
+
+def _instability(ls: LandscapeConfig, level: int) -> list[dict]:
+    if not ls.siblings or not _at(ls.sibling_levels, level):
+        return []
+    settings = {**measure.curve_settings(ls), "copies": ls.siblings, "per_example": ls.per_example}
+    return [{**settings, "tau": ls.tau} if ls.per_example else settings]
+
+
+def _perturb(ls: LandscapeConfig, level: int) -> list[dict]:
+    if not _at(ls.perturb_levels, level):
+        return []
+    return [{**measure.curve_settings(ls), "direction": direction, "size": size}
+            for direction in ls.perturb_directions for size in ls.perturb_sizes]
+
+
+def _hessian(ls: LandscapeConfig, level: int) -> list[dict]:
+    return [spectra.hessian_settings(ls)] if ls.hessian and _at(ls.hessian_levels, level) else []
+
+
+def _prune_check(ls: LandscapeConfig, level: int) -> list[dict]:
+    if not ls.prune_check or not _at(ls.hessian_levels, level):
+        return []
+    return [{"fractions": sorted(ls.prune_check), "matching_tolerance": ls.matching_tolerance}]
+
+
+REGISTRY: list[Measurement] = [
+    Measurement("successive", "error barrier between levels L and L+1", _successive, measure.successive,
+                measure.successive_columns, span=1),
+    Measurement("instability", "barriers between sibling copies of level L", _instability, measure.instability,
+                measure.instability_columns),
+    Measurement("perturb", "barrier between level L and a copy trained from a perturbed start", _perturb,
+                measure.perturb, measure.perturb_columns),
+    Measurement("hessian", "Hessian spectrum of level L and the prune limit it predicts", _hessian,
+                spectra.measure_hessian, spectra.hessian_columns),
+    Measurement("prune_check", "level L pruned once by each fraction and retrained", _prune_check,
+                spectra.prune_check, spectra.prune_check_columns),
+]
+PAIR = "pair"  # `lth barrier --between`: a measurement of two named networks, of no one level
+
+for _measurement in REGISTRY:
+    for _name, (_type, _default) in _measurement.keys.items():
+        register_landscape_key(_name, _type, _default)
+
+
+def by_kind(kind: str) -> Measurement:
+    return next(m for m in REGISTRY if m.kind == kind)
+
+
+def wanted(ls: LandscapeConfig, levels: range = range(1000)) -> bool:
+    """Whether the config asks for any measurement at any of ``levels``."""
+    return any(m.variants(ls, level) for m in REGISTRY for level in levels)
+
+
+def store_measurement(context: measure.Context, kind: str, level: int | None, settings: dict,
+                      compute: Callable[[], Tree], columns: Callable[[Tree], dict] = lambda tree: {}) -> Measured:
+    """The measurement ``kind`` of ``level`` with ``settings``: reused when stored, else
+    computed and written under its settings id with its self-description."""
+    stage = names.measurement_stage(kind, level, settings)
+    if not context.has(stage):
+        tree = compute()
+        tree.update({"measurement": kind, "level": -1 if level is None else level,
+                     "settings": names.settings_json(settings), "settings_id": names.settings_id(settings),
+                     names.COLUMNS_GROUP: columns(tree)})
+        context.write(stage, tree)
+    return read_measured(context.run, context.replicate, stage)
+
+
+def run_measurement(context: measure.Context, measurement: Measurement, level: int) -> list[Measured]:
+    """Every variant of ``measurement`` the config asks for at ``level`` (stored or made now)."""
+    done = []
+    for settings in measurement.variants(context.config.landscape, level):
+        done.append(store_measurement(context, measurement.kind, level, settings,
+                                      lambda: measurement.compute(context, level, settings), measurement.columns))
+    return done
+
+
+def ready(run: store.RunDir, replicate: int, measurement: Measurement, level: int) -> bool:
+    """Whether the levels ``measurement`` of ``level`` needs are finished."""
+    return all(run.has_stage(replicate, names.level_stage(level + i)) for i in range(measurement.span + 1))
