@@ -24,7 +24,7 @@ from typing import Any
 from imp import names, store
 from imp.config import LandscapeConfig, register_landscape_key
 from imp.results import Measured, read_measured
-from landscape import measure, spectra
+from landscape import distance, measure, spectra
 
 Tree = dict[str, Any]
 
@@ -86,6 +86,8 @@ REGISTRY: list[Measurement] = [
                 spectra.measure_hessian, spectra.hessian_columns),
     Measurement("prune_check", "level L pruned once by each fraction and retrained", _prune_check,
                 spectra.prune_check, spectra.prune_check_columns),
+    Measurement("distance", "weight distance and mask overlap between levels L and L+1", distance.variants,
+                distance.compute, distance.columns, span=1, keys=distance.KEYS, command=True),
 ]
 PAIR = "pair"  # `lth barrier --between`: a measurement of two named networks, of no one level
 
