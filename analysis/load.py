@@ -39,6 +39,7 @@ import pandas as pd
 from imp import names, store
 from imp.config import from_dict, to_dict
 from imp.errors import UserError
+from imp.record import TrainedLevel
 from imp.results import find_run, level_rows, measurements, run_info
 
 _CURVE_KINDS = ("successive", "instability", "perturb", "pair")  # measurements that store curves
@@ -83,8 +84,8 @@ def metrics_frame(runs: Iterable[store.RunDir]) -> pd.DataFrame:
                 parsed = names.parse_level_stage(stage)
                 if parsed is None:
                     continue
-                evaluations = store.read_h5(run.stage_file(replicate, stage), skip=("weights", "mask", "steps"))["eval"]
-                keys = [k for k in evaluations if k != "provenance"]
+                evaluations = TrainedLevel.read(run.stage_file(replicate, stage), arrays=("eval",)).eval
+                keys = list(evaluations)
                 for i in range(len(evaluations["step"])):
                     run_rows.append({"replicate": replicate, "level": parsed[0], "baseline": parsed[1] or "imp",
                                      **{k: evaluations[k][i].item() for k in keys}})

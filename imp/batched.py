@@ -59,10 +59,10 @@ from tqdm.auto import tqdm
 from imp.config import Config, TrainConfig
 from imp.data import Batches, Dataset, flip_crop
 from imp.level import LevelRecord, Start, State, start_model
+from imp.record import TrainedLevel
 from imp.pruning import Mask, Weights, groups, round_half_up
-from imp.seeds import generator
-from imp.train import (Hook, Seeds, autocast, learning_rate, make_optimizer, total_iterations,
-                       training_forward)
+from imp.seeds import Seeds, generator
+from imp.train import Hook, autocast, learning_rate, make_optimizer, total_iterations, training_forward
 
 
 def train_batched(
@@ -245,11 +245,11 @@ def train_levels_batched(
     snapshot_at: int | None = None,
     progress: bool = False,
     label: str = "",
-) -> list[tuple[dict, State | None]]:
+) -> list[tuple[TrainedLevel, State | None]]:
     """:func:`imp.level.train_level` for R networks at once (:func:`train_batched`).
 
-    All starts must share their step. Returns one (tree, snapshot) per network, the trees
-    laid out as ``train_level``'s; each tree's ``train_seconds`` is its 1/R share of the
+    All starts must share their step. Returns one (record, snapshot) per network, as
+    ``train_level`` does; each record's ``train_seconds`` is its 1/R share of the
     batched training time, so summing them over replicates gives the time spent.
     """
     steps = {start.step for start in starts}
@@ -267,6 +267,6 @@ def train_levels_batched(
                            start_step=step, end_step=records[0].iterations, masks=masks,
                            hooks_list=[record.hooks for record in records], progress=progress, label=label)
     share = (time.perf_counter() - started) / len(models)
-    return [(record.tree(seeds, start, mask, model, loss.clone(), share), record.snapshot())
+    return [(record.trained(seeds, start, mask, model, loss.clone(), share), record.snapshot())
             for record, seeds, start, mask, model, loss
             in zip(records, seeds_list, starts, masks, models, losses)]

@@ -361,8 +361,10 @@ def _build(cls: type, raw: Any, prefix: str):
     kwargs: dict[str, Any] = {}
     more = []
     for key, value in raw.items():
-        if key in extra:
-            more.append((key, _coerce(value, extra[key][0], prefix + key)))
+        if key in extra:  # kept only where it differs from its default: one config, one value
+            value = _coerce(value, extra[key][0], prefix + key)
+            if value != extra[key][1]:
+                more.append((key, value))
             continue
         if key not in fields:
             raise _unknown_key(prefix, key, _keys(cls))

@@ -19,10 +19,12 @@ import numpy as np
 from imp.config import Config
 from imp.data import Dataset
 from imp.errors import UserError
-from imp.level import Start, build_initial_model, copy_state
+from imp.level import Start, copy_state
+from imp.models import build_initial_model
 from imp.scores import ScoreSpec, load_or_compute, read_scores
 from imp.subsets import select
-from imp.train import Seeds, train
+from imp.seeds import Seeds
+from imp.train import train
 
 
 def score_spec(config: Config) -> ScoreSpec:

@@ -3,7 +3,8 @@
 Every trained network of a run (the dense level 0, each IMP level, each baseline) is
 made by :func:`train_level`: load a start state, zero the pruned weights, train from the
 start step to the end of the schedule with the mask enforced after every update, and
-evaluate on fixed splits. The returned tree is what the store writes (docs/storage.md).
+evaluate on fixed splits. It returns a :class:`imp.record.TrainedLevel`, the typed record
+that the store writes and reads (docs/storage.md).
 """
 
 import time
@@ -15,9 +16,11 @@ import torch
 
 from imp.config import Config, TrainConfig
 from imp.data import Dataset, fixed_subset
-from imp.models import build_model
+from imp.models import build_initial_model
 from imp.pruning import Mask, MaskEnforcer, apply_mask, density, kept, size
-from imp.train import EvaluationLog, Hook, Seeds, Snapshots, total_iterations, train
+from imp.record import TrainedLevel
+from imp.seeds import Seeds
+from imp.train import EvaluationLog, Hook, Snapshots, total_iterations, train
 
 State = dict[str, torch.Tensor]
 
@@ -29,14 +32,6 @@ class Start:
 
     state: State
     step: int
-
-
-def build_initial_model(config: Config, data: Dataset, init_seed: int) -> torch.nn.Module:
-    """The model of the config at its seeded initialisation, on the data's device."""
-    generator = torch.Generator().manual_seed(init_seed)
-    model = build_model(config.model.name, data.input_shape, data.num_classes,
-                        widths=config.model.widths, width=config.model.width, generator=generator)
-    return model.to(data.train.x.device)
 
 
 def evaluation_splits(config: Config, data: Dataset) -> dict:
@@ -72,12 +67,12 @@ def train_level(
     snapshot_at: int | None = None,
     progress: bool = False,
     label: str = "",
-) -> tuple[dict, State | None]:
+) -> tuple[TrainedLevel, State | None]:
     """Train ``mask * start.state`` from ``start.step`` to the end of training.
 
     ``train_config`` replaces ``config.train`` for the schedule (fine-tuning uses a
     constant rate). With ``snapshot_at = k`` the full state at step k is also returned
-    (the rewind point). Returns the tree stored for the level, and that snapshot.
+    (the rewind point). Returns the trained network's record, and that snapshot.
     """
     train_config = train_config or config.train
     model = start_model(config, data, seeds, start, mask)
@@ -87,7 +82,7 @@ def train_level(
                    end_step=record.iterations, hooks=record.hooks, after_step=MaskEnforcer(model, mask),
                    progress=progress, label=label)
     seconds = time.perf_counter() - started
-    return record.tree(seeds, start, mask, model, losses, seconds), record.snapshot()
+    return record.trained(seeds, start, mask, model, losses, seconds), record.snapshot()
 
 
 def start_model(config: Config, data: Dataset, seeds: Seeds, start: Start, mask: Mask) -> torch.nn.Module:
@@ -125,21 +120,13 @@ class LevelRecord:
     def snapshot(self) -> State | None:
         return self.snapshots.states.get(self.snapshot_at)
 
-    def tree(self, seeds: Seeds, start: Start, mask: Mask, model: torch.nn.Module,
-             losses: torch.Tensor, seconds: float) -> dict:
-        """The tree stored for the level (docs/storage.md), from the trained ``model``."""
-        return {
-            "iterations": self.iterations,
-            "start_step": start.step,
-            "iterations_per_epoch": self.iterations_per_epoch,
-            "train_seconds": seconds,
-            "density": density(mask),
-            "kept": kept(mask),
-            "prunable": size(mask),
-            "seeds": {"init": seeds.init, "order": seeds.order, "augment": seeds.augment},
-            "steps": {"train_loss": losses},
-            "eval": {key: torch.tensor(values) for key, values in self.log.rows.items()},
-            "final": self.log.last(),
-            "mask": {name: keep.cpu() for name, keep in mask.items()},
-            "weights": copy_state(model),
-        }
+    def trained(self, seeds: Seeds, start: Start, mask: Mask, model: torch.nn.Module,
+                losses: torch.Tensor, seconds: float) -> TrainedLevel:
+        """The record of the trained ``model`` (what the store writes for the level)."""
+        return TrainedLevel(
+            weights=copy_state(model), mask={name: keep.cpu() for name, keep in mask.items()},
+            final=self.log.last(),
+            eval={key: torch.tensor(values).numpy() for key, values in self.log.rows.items()},
+            train_loss=losses.detach().float().cpu().numpy(), seeds=seeds,
+            iterations=self.iterations, start_step=start.step, iterations_per_epoch=self.iterations_per_epoch,
+            train_seconds=seconds, density=density(mask), kept=kept(mask), prunable=size(mask))

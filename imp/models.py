@@ -26,6 +26,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from imp.config import Config
+from imp.data import Dataset
 from imp.errors import UserError, did_you_mean
 
 Shape = tuple[int, int, int]
@@ -324,3 +326,11 @@ def prunable_names(model: nn.Module) -> list[str]:
         for prefix, module in model.named_modules()
         if isinstance(module, (nn.Conv2d, nn.Linear))
     ]
+
+
+def build_initial_model(config: "Config", data: "Dataset", init_seed: int) -> nn.Module:
+    """The model of a run's config at its seeded initialisation, on the data's device."""
+    generator = torch.Generator().manual_seed(init_seed)
+    model = build_model(config.model.name, data.input_shape, data.num_classes,
+                        widths=config.model.widths, width=config.model.width, generator=generator)
+    return model.to(data.train.x.device)

@@ -15,16 +15,15 @@ from typing import Any
 from imp import names, store
 from imp.config import from_dict, to_dict
 from imp.errors import UserError
+from imp.legacy import check_run
 from imp.names import BASELINES, level_stage, parse_level_stage
-
-# Level files hold large arrays that summaries do not need.
-_SUMMARY_SKIP = ("weights", "mask", "steps", "eval", "seeds", "label_noise")
-
+from imp.record import TrainedLevel
 
 def find_run(name: str, out: str | Path, legacy: bool = False) -> store.RunDir:
     """A run given as a folder, or as a run id under ``out``; a damaged file in it is an
     error naming the file, before any command reads or adds to the run, and so are
-    measurements in the layout before settings ids (unless ``legacy``)."""
+    measurements in the layout before settings ids and parameters named before named
+    layers (:func:`imp.legacy.check_run`), unless ``legacy``."""
     path = Path(name)
     if not store.is_run(path):
         path = Path(out) / name
@@ -35,6 +34,7 @@ def find_run(name: str, out: str | Path, legacy: bool = False) -> store.RunDir:
     store.check_files(run)
     if not legacy:
         check_layout(run)
+        check_run(run)
     return run
 
 
@@ -95,13 +95,13 @@ def level_rows(run: store.RunDir) -> list[dict[str, Any]]:
             parsed = parse_level_stage(stage)
             if parsed is None:
                 continue
-            tree = store.read_h5(run.stage_file(replicate, stage), skip=_SUMMARY_SKIP)
+            trained = TrainedLevel.read(run.stage_file(replicate, stage), arrays=False)
             row = {
                 "replicate": replicate, "level": parsed[0], "baseline": parsed[1],
-                "density": tree["density"], "kept": tree["kept"], "prunable": tree["prunable"],
-                **tree["final"],
-                "iterations": tree["iterations"], "start_step": tree["start_step"],
-                "train_seconds": tree["train_seconds"],
+                "density": trained.density, "kept": trained.kept, "prunable": trained.prunable,
+                **trained.final,
+                "iterations": trained.iterations, "start_step": trained.start_step,
+                "train_seconds": trained.train_seconds,
             }
             if parsed[1] is None:
                 row.update(_single_variants(measured, replicate, parsed[0]))

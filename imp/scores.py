@@ -34,10 +34,10 @@ from imp.config import Config, ScoreName, to_dict
 from imp.data import Dataset, Split
 from imp.duration import Duration
 from imp.errors import UserError
-from imp.level import build_initial_model
+from imp.models import build_initial_model
 from imp.pergrad import grad_norms
-from imp.seeds import derive_seed
-from imp.train import Seeds, train
+from imp.seeds import Seeds, derive_seed
+from imp.train import train
 
 SCORES = ("el2n", "grand", "forgetting")
 

@@ -16,28 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from imp.seeds import derive_seed, generator
 from imp.config import TrainConfig
+from imp.seeds import Seeds, generator
 from imp.data import Batches, Dataset, Split, flip_crop
-
-
-@dataclass(frozen=True)
-class Seeds:
-    """One seed per source of randomness (init, data order, augmentation)."""
-
-    init: int
-    order: int
-    augment: int
-
-    @classmethod
-    def from_config(cls, config: TrainConfig, replicate: int = 0) -> "Seeds":
-        """Explicit seeds from the config win; the others derive from ``(seed, name, replicate)``."""
-        def pick(explicit: int | None, name: str) -> int:
-            if explicit is not None:
-                return derive_seed(explicit, name, replicate) if replicate else explicit
-            return derive_seed(config.seed, name, replicate)
-        return cls(pick(config.init_seed, "init"), pick(config.order_seed, "order"),
-                   pick(config.augment_seed, "augment"))
 
 
 def total_iterations(config: TrainConfig, iterations_per_epoch: int) -> int:

@@ -53,23 +53,26 @@ from imp.data import Dataset, load_dataset
 from imp.diet import diet_pretrain
 from imp.duration import Duration
 from imp.errors import UserError
-from imp.level import (Start, build_initial_model, copy_state, mask_from_arrays,
-                       state_from_arrays, train_level)
+from imp.level import Start, copy_state, state_from_arrays, train_level
+from imp.models import build_initial_model
 from imp.pruning import (Mask, full_mask, magnitude_prune, oneshot_prune, prunable_tensors,
                          random_mask)
+from imp.record import TrainedLevel
 from imp.names import BASELINES, PRETRAIN_STAGE, REWIND_STAGE, level_stage
-from imp.seeds import derive_seed, generator
-from imp.train import Seeds, learning_rate, total_iterations
+from imp.seeds import Seeds, derive_seed, generator
+from imp.train import learning_rate, total_iterations
 
 @dataclass(frozen=True)
 class LevelDone:
-    """What a hook receives after trunk level ``level`` of ``replicate`` is stored."""
+    """What a hook receives after trunk level ``level`` of ``replicate`` is stored: with
+    ``trained``, the level's record (just trained, or read once from its file)."""
 
     config: Config
     data: Dataset
     run: store.RunDir
     replicate: int
     level: int
+    trained: TrainedLevel
 
     def path(self, level: int | None = None, baseline: str | None = None) -> Path:
         return self.run.stage_file(self.replicate, level_stage(self.level if level is None else level, baseline))
@@ -173,29 +176,33 @@ class Replicate:
     def run_levels(self, hooks: Iterable[LevelHook] = ()) -> None:
         hooks = list(hooks)
         dense = self.level(0)
-        self._after(0, hooks)
+        self._after(dense, 0, hooks)
         previous = dense
         for level in range(1, self.config.prune.levels + 1):
             current = self.level(level, previous)
             for baseline in self.config.prune.baselines:
                 self.baseline(level, baseline, current, dense)
-            self._after(level, hooks)
+            self._after(current, level, hooks)
             previous = current
 
-    def _after(self, level: int, hooks: list[LevelHook]) -> None:
+    def _after(self, trained: TrainedLevel, level: int, hooks: list[LevelHook]) -> None:
         for hook in hooks:
-            hook(LevelDone(self.config, self.data, self.run, self.replicate, level))
+            hook(LevelDone(self.config, self.data, self.run, self.replicate, level, trained))
 
-    def level(self, level: int, previous: dict | None = None) -> dict:
-        """Trunk level ``level``, trained unless stored; returns its stored tree."""
+    def read(self, stage: str, arrays: bool = True) -> TrainedLevel:
+        """A network stage of this replicate (a level, a baseline, a measurement's copy)."""
+        return TrainedLevel.read(self.run.stage_file(self.replicate, stage), arrays=arrays)
+
+    def level(self, level: int, previous: TrainedLevel | None = None) -> TrainedLevel:
+        """Trunk level ``level``: trained now (its record is passed on, not read back), or stored."""
         job = self.level_job(level, previous)
         if job is not None:
-            self._train(job)
-        return store.read_h5(self.run.stage_file(self.replicate, level_stage(level)))
+            return self._train(job)
+        return self.read(level_stage(level))
 
-    def level_job(self, level: int, previous: dict | None = None) -> Job | None:
+    def level_job(self, level: int, previous: TrainedLevel | None = None) -> Job | None:
         """What trunk level ``level`` trains, or None if it is stored; ``previous`` is level
-        ``level - 1``'s tree. For level 0 the pre-training phase, if any, runs first."""
+        ``level - 1``. For level 0 the pre-training phase, if any, runs first."""
         stage = level_stage(level)
         if self.run.has_stage(self.replicate, stage):
             return None
@@ -203,12 +210,12 @@ class Replicate:
             return self._dense_job()
         return Job(stage, self.start_after(previous), self.prune(previous), self.train_config)
 
-    def baseline(self, level: int, baseline: str, trunk: dict, dense: dict) -> None:
+    def baseline(self, level: int, baseline: str, trunk: TrainedLevel, dense: TrainedLevel) -> None:
         stage = level_stage(level, baseline)
         if self.run.has_stage(self.replicate, stage):
             return
         prune = self.config.prune
-        mask = _mask(trunk)
+        mask = trunk.mask
         if baseline == "reinit":
             model = build_initial_model(self.config, self.data, derive_seed(self.seeds.init, "reinit", level))
             start = Start(copy_state(model), self.plan.rewind_step)
@@ -217,8 +224,7 @@ class Replicate:
                 mask = random_mask(mask, generator(self.seeds.init, "random_mask", level),
                                    layerwise=prune.random_strategy == "layerwise")
             elif baseline == "oneshot":
-                mask = oneshot_prune(_weights(dense), _mask(dense), mask, prune.strategy,
-                                     prune.layer_fractions)
+                mask = oneshot_prune(dense.weights, dense.mask, mask, prune.strategy, prune.layer_fractions)
             else:
                 raise ValueError(f"unknown baseline {baseline!r}; choose from {BASELINES}")
             start = self.start_after(dense)
@@ -249,58 +255,58 @@ class Replicate:
                         f"{len(tree.get('positions', ()))} examples ({tree.get('subset', 'custom')})")
         return start
 
-    def _train(self, job: Job) -> None:
-        tree, snapshot = train_level(self.config, self.data, self.seeds, job.start, job.mask,
-                                     train_config=job.train_config, snapshot_at=job.snapshot_at,
-                                     progress=self.progress, label=f"replicate {self.replicate} {job.stage}")
-        self.store_trained(job, tree, snapshot)
+    def _train(self, job: Job) -> TrainedLevel:
+        trained, snapshot = train_level(self.config, self.data, self.seeds, job.start, job.mask,
+                                        train_config=job.train_config, snapshot_at=job.snapshot_at,
+                                        progress=self.progress, label=f"replicate {self.replicate} {job.stage}")
+        return self.store_trained(job, trained, snapshot)
 
-    def store_trained(self, job: Job, tree: dict, snapshot: dict | None) -> None:
-        """Write a trained job's stage (and the rewind point it snapshotted), and report it."""
+    def store_trained(self, job: Job, trained: TrainedLevel, snapshot: dict | None) -> TrainedLevel:
+        """Write a trained job's stage (and the rewind point it snapshotted), report it, and
+        return its record as stored."""
         if snapshot is not None and not self.run.has_stage(self.replicate, REWIND_STAGE):
             # stored before a kill that hit level 0's own write: the first one stands
             self.write(REWIND_STAGE, {"step": job.snapshot_at, "weights": snapshot})
         if job.stage == level_stage(0) and bool(self.data.noisy.any()):
-            tree["label_noise"] = _label_noise(self.data)
-        self.write(job.stage, tree)
+            trained = trained.with_extra(label_noise=_label_noise(self.data))
+        self.write(job.stage, trained.tree())
         if self.report is not None:
-            final = tree["final"]
-            self.report(f"replicate {self.replicate} {job.stage}: density {tree['density']:.2%}, "
-                        f"test accuracy {final['test_accuracy']:.2%}, "
-                        f"{tree['train_seconds']:.0f} s")
+            self.report(f"replicate {self.replicate} {job.stage}: density {trained.density:.2%}, "
+                        f"test accuracy {trained.final['test_accuracy']:.2%}, {trained.train_seconds:.0f} s")
+        return trained
 
     def start_of(self, level: int) -> tuple[Start, Mask, TrainConfig]:
         """How a copy of finished trunk level ``level`` is trained: from the start point the
         trunk's levels >= 1 use (in ``rewind`` mode the masked rewind point at step k; for
         level 0 the rewind point itself), under its mask, with its schedule."""
-        tree = store.read_h5(self.run.stage_file(self.replicate, level_stage(level)),
-                             skip=("weights", "steps", "eval"))
+        mask = self.read(level_stage(level)).mask
         if level == 0:
-            rewind = store.read_h5(self.run.stage_file(self.replicate, REWIND_STAGE))
-            start = Start(state_from_arrays(rewind["weights"]), int(rewind["step"]))
-            return start, _mask(tree), self.config.train
-        previous = store.read_h5(self.run.stage_file(self.replicate, level_stage(level - 1)))
-        return self.start_after(previous), _mask(tree), self.train_config
+            return self.rewind_point(), mask, self.config.train
+        return self.start_after(self.read(level_stage(level - 1))), mask, self.train_config
 
     def next_mask(self, level: int) -> Mask:
         """The mask level ``level + 1`` has or will have: level ``level``'s final weights pruned."""
-        return self.prune(store.read_h5(self.run.stage_file(self.replicate, level_stage(level))))
+        return self.prune(self.read(level_stage(level)))
 
-    def prune(self, tree: dict) -> Mask:
-        """One level of the run's magnitude pruning applied to a stored level ``tree``."""
-        return magnitude_prune(_weights(tree), _mask(tree), self.config.prune.fraction,
+    def prune(self, trained: TrainedLevel) -> Mask:
+        """One level of the run's magnitude pruning applied to a trained level."""
+        return magnitude_prune(trained.weights, trained.mask, self.config.prune.fraction,
                                self.config.prune.strategy, self.config.prune.layer_fractions)
+
+    def rewind_point(self) -> Start:
+        """The stored rewind point ``w_k`` and its step k."""
+        rewind = store.read_h5(self.run.stage_file(self.replicate, REWIND_STAGE))
+        return Start(state_from_arrays(rewind["weights"]), int(rewind["step"]))
 
     def write(self, stage: str, tree: dict) -> None:
         store.write_h5(self.run.stage_file(self.replicate, stage), tree,
                        store.provenance(self.config_json, self.data.train.x.device, platform_json(self.config)))
 
-    def start_after(self, previous: dict) -> Start:
+    def start_after(self, previous: TrainedLevel) -> Start:
         """Where a level starts from, given the network it was pruned from."""
         if self.config.prune.retrain == "rewind":
-            rewind = store.read_h5(self.run.stage_file(self.replicate, REWIND_STAGE))
-            return Start(state_from_arrays(rewind["weights"]), int(rewind["step"]))
-        return Start(state_from_arrays(previous["weights"]), self.plan.rewind_step)
+            return self.rewind_point()
+        return Start(dict(previous.weights), self.plan.rewind_step)
 
 
 def run_lockstep(replicates: list[Replicate], hooks: Iterable[LevelHook] = ()) -> None:
@@ -308,41 +314,36 @@ def run_lockstep(replicates: list[Replicate], hooks: Iterable[LevelHook] = ()) -
     missing a trunk level train it together (:func:`imp.batched.train_levels_batched`),
     then each one's baselines and hooks of that level run in its usual order."""
     hooks = list(hooks)
-    trees: list[dict | None] = [None] * len(replicates)
+    trained: list[TrainedLevel | None] = [None] * len(replicates)
     for level in range(replicates[0].config.prune.levels + 1):
-        jobs = [(replicate, replicate.level_job(level, tree)) for replicate, tree in zip(replicates, trees)]
-        _train_together([(replicate, job) for replicate, job in jobs if job is not None])
-        trees = [replicate.level(level) for replicate in replicates]  # stored by now: read back
+        jobs = [(replicate, replicate.level_job(level, previous)) for replicate, previous in zip(replicates, trained)]
+        made = _train_together([(replicate, job) for replicate, job in jobs if job is not None])
+        trained = [made.get(replicate.replicate) or replicate.read(level_stage(level)) for replicate in replicates]
         if level == 0:
-            dense = trees
-        for replicate, tree, first in zip(replicates, trees, dense):
+            dense = trained
+        for replicate, current, first in zip(replicates, trained, dense):
             for baseline in replicate.config.prune.baselines if level > 0 else ():
-                replicate.baseline(level, baseline, tree, first)
-            replicate._after(level, hooks)
+                replicate.baseline(level, baseline, current, first)
+            replicate._after(current, level, hooks)
 
 
-def _train_together(pending: list[tuple[Replicate, Job]]) -> None:
-    """Train the jobs of one trunk level (one per replicate, all alike but for the replicate)."""
+def _train_together(pending: list[tuple[Replicate, Job]]) -> dict[int, TrainedLevel]:
+    """Train the jobs of one trunk level (one per replicate, all alike but for the replicate);
+    returns the records by replicate number."""
     if len(pending) == 1:
         replicate, job = pending[0]
-        replicate._train(job)
-    elif pending:
+        return {replicate.replicate: replicate._train(job)}
+    made = {}
+    if pending:
         first, job = pending[0]
         numbers = ", ".join(str(replicate.replicate) for replicate, _ in pending)
         results = train_levels_batched(first.config, first.data, [r.seeds for r, _ in pending],
                                        [j.start for _, j in pending], [j.mask for _, j in pending],
                                        train_config=job.train_config, snapshot_at=job.snapshot_at,
                                        progress=first.progress, label=f"replicates {numbers} {job.stage}")
-        for (replicate, job), (tree, snapshot) in zip(pending, results):
-            replicate.store_trained(job, tree, snapshot)
-
-
-def _weights(tree: dict) -> dict[str, torch.Tensor]:
-    return state_from_arrays(tree["weights"])
-
-
-def _mask(tree: dict) -> Mask:
-    return mask_from_arrays(tree["mask"])
+        for (replicate, job), (trained, snapshot) in zip(pending, results):
+            made[replicate.replicate] = replicate.store_trained(job, trained, snapshot)
+    return made
 
 
 def _label_noise(data: Dataset) -> dict:

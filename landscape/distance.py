@@ -19,8 +19,6 @@ Enable it with ``landscape.distance = true`` (during ``lth run``) or ``lth dista
 
 import numpy as np
 
-from imp.names import level_stage
-
 KEYS = {"distance": (bool, False)}  # landscape.distance: measure after every level
 
 
@@ -30,13 +28,12 @@ def variants(ls, level: int) -> list[dict]:
 
 
 def compute(context, level: int, settings: dict) -> dict:
-    a, b = (context.read(level_stage(level + i), skip=("steps", "eval")) for i in (0, 1))
-    names = sorted(a["mask"])
-    squares = {name: float(np.sum((a["weights"][name].astype(np.float64) - b["weights"][name]) ** 2))
-               for name in names}
-    norm = np.sqrt(sum(float(np.sum(a["weights"][name].astype(np.float64) ** 2)) for name in names))
-    both = sum(int(np.sum(a["mask"][name] & b["mask"][name])) for name in names)
-    either = sum(int(np.sum(a["mask"][name] | b["mask"][name])) for name in names)
+    a, b = context.level(level), context.level(level + 1)
+    names = sorted(a.mask)
+    squares = {name: float(((a.weights[name].double() - b.weights[name].double()) ** 2).sum()) for name in names}
+    norm = np.sqrt(sum(float((a.weights[name].double() ** 2).sum()) for name in names))
+    both = sum(int((a.mask[name] & b.mask[name]).sum()) for name in names)
+    either = sum(int((a.mask[name] | b.mask[name]).sum()) for name in names)
     distance = float(np.sqrt(sum(squares.values())))
     return {"levels": np.array([level, level + 1]), "weight_distance": distance,
             "relative_weight_distance": distance / norm if norm > 0 else float("nan"),

@@ -13,20 +13,23 @@ import torch
 from imp import store
 from imp.config import Config
 from imp.data import Dataset
+from imp.record import TrainedLevel
 from imp.results import Measured, levels_done
 from imp.trunk import LevelDone, LevelHook
 from landscape.measure import Context
 from landscape.registry import REGISTRY, ready, run_measurement, wanted
 
 
-def measure_level(config: Config, data: Dataset, run: store.RunDir, replicate: int, level: int) -> list[Measured]:
+def measure_level(config: Config, data: Dataset, run: store.RunDir, replicate: int, level: int,
+                  trained: TrainedLevel | None = None) -> list[Measured]:
     """Everything ``config.landscape`` asks for that becomes possible once ``level`` is done:
-    each measurement of level ``level - span`` (its last needed level is ``level``)."""
+    each measurement of level ``level - span`` (its last needed level is ``level``).
+    ``trained`` is that level's record, when the caller has it at hand."""
     context, done = None, []
     for measurement in REGISTRY:
         target = level - measurement.span
         if target >= 0 and measurement.variants(config.landscape, target):
-            context = context or Context(config, data, run, replicate)
+            context = context or Context(config, data, run, replicate, {level: trained} if trained else None)
             done += run_measurement(context, measurement, target)
     return done
 
@@ -37,7 +40,7 @@ def level_hooks(config: Config, device: torch.device) -> list[LevelHook]:
         return []
 
     def hook(done: LevelDone) -> None:
-        measure_level(done.config, done.data, done.run, done.replicate, done.level)
+        measure_level(done.config, done.data, done.run, done.replicate, done.level, done.trained)
 
     return [hook]
 

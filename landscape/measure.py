@@ -35,14 +35,15 @@ import numpy as np
 import torch
 
 from imp import store
-from imp.config import Config, LandscapeConfig, platform_json
+from imp.config import Config, LandscapeConfig
 from imp.data import Dataset, Split, fixed_subset
 from imp.errors import UserError
-from imp.level import State, build_initial_model, state_from_arrays, train_level
+from imp.level import State, train_level
+from imp.models import build_initial_model
 from imp.names import level_stage, perturbed_stage, sibling_stage
 from imp.pruning import Mask
-from imp.seeds import derive_seed, generator
-from imp.train import Seeds
+from imp.record import TrainedLevel
+from imp.seeds import Seeds, derive_seed, generator
 from imp.trunk import Replicate
 from landscape.lmc import curve_barriers, evaluate_path, midpoint_barriers
 
@@ -88,52 +89,61 @@ def compare(config: Config, data: Dataset, probe: Probe, a: State, b: State) -> 
 
 
 class Context:
-    """One replicate of a finished (or running) IMP run, as the measurements see it."""
+    """One replicate of a finished (or running) IMP run, as the measurements see it.
 
-    def __init__(self, config: Config, data: Dataset, run: store.RunDir, replicate: int):
+    ``known`` are trained levels already at hand (the trunk passes the one it has just
+    trained), so they are not read back from their files."""
+
+    def __init__(self, config: Config, data: Dataset, run: store.RunDir, replicate: int,
+                 known: dict[int, TrainedLevel] | None = None):
         self.config, self.data, self.run, self.replicate = config, data, run, replicate
         self.trunk = Replicate(config, data, run, replicate)
+        self.levels = dict(known or {})
 
     def has(self, stage: str) -> bool:
         return self.run.has_stage(self.replicate, stage)
 
-    def read(self, stage: str, skip=()) -> dict:
-        return store.read_h5(self.run.stage_file(self.replicate, stage), skip=skip)
+    def read(self, stage: str) -> dict:
+        """A measurement's stored tree (networks are read as records: :meth:`network`)."""
+        return store.read_h5(self.run.stage_file(self.replicate, stage))
 
-    def weights(self, stage: str) -> State:
-        return state_from_arrays(self.read(stage)["weights"])
+    def level(self, level: int) -> TrainedLevel:
+        """Trunk level ``level``, read once."""
+        if level not in self.levels:
+            self.levels[level] = self.trunk.read(level_stage(level))
+        return self.levels[level]
+
+    def network(self, stage: str) -> TrainedLevel:
+        return self.trunk.read(stage)
 
     def write(self, stage: str, tree: dict) -> None:
         self.trunk.write(stage, tree)
 
-    def provenance(self) -> dict:
-        return store.provenance(self.trunk.config_json, self.data.train.x.device, platform_json(self.config))
-
     def compare(self, settings: dict, a: State, b: State) -> dict:
         return compare(self.config, self.data, make_probe(self.config, self.data, settings), a, b)
 
-    def trained(self, stage: str, start, mask: Mask, train_config, seeds: Seeds, **extra) -> State:
-        """The final weights of network stage ``stage``: stored, or trained now and stored."""
-        if not self.has(stage):
-            tree, _ = train_level(self.config, self.data, seeds, start, mask, train_config=train_config,
-                                  label=f"replicate {self.replicate} {stage}")
-            self.write(stage, {**tree, **extra})
-        return self.weights(stage)
+    def trained(self, stage: str, start, mask: Mask, train_config, seeds: Seeds, **extra) -> TrainedLevel:
+        """Network stage ``stage``: stored, or trained now and stored."""
+        if self.has(stage):
+            return self.network(stage)
+        trained, _ = train_level(self.config, self.data, seeds, start, mask, train_config=train_config,
+                                 label=f"replicate {self.replicate} {stage}")
+        trained = trained.with_extra(**extra)
+        self.write(stage, trained.tree())
+        return trained
 
     def sibling(self, level: int, copy: int) -> State:
         """Copy ``copy`` of level ``level`` (see the module docstring)."""
         start, mask, train_config = self.trunk.start_of(level)
-        if copy == 0:
-            trunk = self.read(level_stage(level), skip=("steps", "eval"))
-            if int(trunk["start_step"]) == start.step:
-                return state_from_arrays(trunk["weights"])
+        if copy == 0 and self.level(level).start_step == start.step:
+            return self.level(level).weights
         seeds = self.trunk.seeds if copy == 0 else _sibling_seeds(self.trunk.seeds, copy)
-        return self.trained(sibling_stage(level, copy), start, mask, train_config, seeds, copy=copy)
+        return self.trained(sibling_stage(level, copy), start, mask, train_config, seeds, copy=copy).weights
 
 
 def successive(context: Context, level: int, settings: dict) -> dict:
     """Barrier between trunk levels ``level`` and ``level + 1`` (both finished)."""
-    tree = context.compare(settings, context.weights(level_stage(level)), context.weights(level_stage(level + 1)))
+    tree = context.compare(settings, context.level(level).weights, context.level(level + 1).weights)
     return {"levels": np.array([level, level + 1]), **tree}
 
 
@@ -184,9 +194,9 @@ def perturb(context: Context, level: int, settings: dict) -> dict:
     state = dict(start.state)
     for name, delta in unit.items():
         state[name] = state[name] * mask[name] + size * scale * delta
-    weights = context.trained(perturbed_stage(level, direction, size), replace(start, state=state), mask,
-                              train_config, trunk.seeds, direction=direction, size=size)
-    tree = context.compare(settings, weights, context.weights(level_stage(level)))
+    perturbed = context.trained(perturbed_stage(level, direction, size), replace(start, state=state), mask,
+                                train_config, trunk.seeds, direction=direction, size=size)
+    tree = context.compare(settings, perturbed.weights, context.level(level).weights)
     return {**tree, "direction": direction, "size": size, "natural_scale": scale,
             "perturbation_norm": abs(size) * scale, "network": perturbed_stage(level, direction, size)}
 
@@ -204,10 +214,10 @@ def pair_networks(context: Context, a: str, b: str) -> tuple[list[State], list[s
         path = Path(name) if name.endswith(".h5") else context.run.stage_file(context.replicate, name)
         if not path.is_file():
             raise UserError(f"{name}: no such stage file; give a stage of the run (e.g. level_3) or a .h5 path")
-        tree = store.read_h5(path)
+        tree = store.read_h5(path, only=("weights",))
         if "weights" not in tree:
             raise UserError(f"{path} holds no network weights")
-        states.append(state_from_arrays(tree["weights"]))
+        states.append({k: torch.from_numpy(v).clone() for k, v in tree["weights"].items()})
         inside = path.resolve().parent == context.run.replicate_dir(context.replicate).resolve()
         found.append(path.stem if inside else f"{path.parent.parent.name}.{path.parent.name}.{path.stem}")
     return states, found

@@ -16,8 +16,8 @@ import numpy as np
 
 from imp.config import LandscapeConfig
 from imp.data import fixed_subset
-from imp.level import build_initial_model, mask_from_arrays, state_from_arrays
-from imp.names import level_stage, pruned_stage
+from imp.models import build_initial_model
+from imp.names import pruned_stage
 from imp.pruning import magnitude_prune
 from imp.seeds import derive_seed
 from landscape.hessian import HessianOperator
@@ -36,8 +36,8 @@ def hessian_settings(ls: LandscapeConfig) -> dict:
 
 def measure_hessian(m: Context, level: int, settings: dict) -> dict:
     seed = m.config.train.seed
-    tree = m.read(level_stage(level))
-    weights, mask = state_from_arrays(tree["weights"]), mask_from_arrays(tree["mask"])
+    trained = m.level(level)
+    weights, mask = trained.weights, trained.mask
     device = m.data.train.x.device
     model = build_initial_model(m.config, m.data, 0)
     model.load_state_dict({k: v.to(device) for k, v in weights.items()})
@@ -76,20 +76,16 @@ def hessian_columns(tree: dict) -> dict:
 def prune_check(m: Context, level: int, settings: dict) -> dict:
     """One-shot prune checks of level ``level`` at ``settings["fractions"]``."""
     prune = m.config.prune
-    tree = m.read(level_stage(level))
-    start = m.trunk.start_after(tree)
-    dense = m.read(level_stage(0), skip=("weights", "mask", "steps"))
-    dense_error = 1 - dense["final"]["test_accuracy"]
+    trained = m.level(level)
+    start = m.trunk.start_after(trained)
+    dense_error = 1 - m.level(0).final["test_accuracy"]
     fractions = np.asarray(settings["fractions"], dtype=float)
     errors = []
     for fraction in fractions:
-        stage = pruned_stage(level, fraction)
-        if not m.has(stage):
-            mask = magnitude_prune(state_from_arrays(tree["weights"]), mask_from_arrays(tree["mask"]), fraction,
-                                   prune.strategy, prune.layer_fractions)
-            m.trained(stage, start, mask, m.trunk.train_config, m.trunk.seeds, fraction=float(fraction),
-                      from_level=level)
-        errors.append(1 - m.read(stage, skip=("weights", "mask", "steps", "eval"))["final"]["test_accuracy"])
+        mask = magnitude_prune(trained.weights, trained.mask, fraction, prune.strategy, prune.layer_fractions)
+        pruned = m.trained(pruned_stage(level, fraction), start, mask, m.trunk.train_config, m.trunk.seeds,
+                           fraction=float(fraction), from_level=level)
+        errors.append(1 - pruned.final["test_accuracy"])
     errors = np.asarray(errors)
     matching = errors <= dense_error + settings["matching_tolerance"]
     return {"fractions": fractions, "test_error": errors, "matching": matching, "from_level": level,

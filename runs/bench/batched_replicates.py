@@ -43,7 +43,8 @@ from imp.duration import Duration
 from imp.models import build_model
 from imp.pruning import MaskEnforcer, apply_mask, density, full_mask, magnitude_prune, prunable_tensors
 from imp.runtime import choose_device, set_threads
-from imp.train import Seeds, train
+from imp.seeds import Seeds
+from imp.train import train
 from runs.bench.train_throughput import machine_facts, timed
 
 LR, MOMENTUM, DENSITY = 0.01, 0.9, 0.5

@@ -42,7 +42,8 @@ from imp.datasets import READERS
 from imp.duration import Duration
 from imp.models import build_model
 from imp.runtime import available_cores, set_threads
-from imp.train import Seeds, evaluate, train
+from imp.seeds import Seeds
+from imp.train import evaluate, train
 
 LR = 0.1
 DEFAULT_ROOT = Path(__file__).resolve().parents[2].parent / "shared" / "data"

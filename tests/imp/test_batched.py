@@ -20,12 +20,13 @@ from imp.batched import prune_batched, train_batched, train_levels_batched
 from imp.config import TrainConfig, load_config, platform_json, run_id
 from imp.data import Dataset, Split, load_dataset
 from imp.duration import Duration
-from imp.level import Start, build_initial_model, copy_state, train_level
-from imp.models import build_model
+from imp.level import Start, copy_state, train_level
+from imp.models import build_initial_model, build_model
 from imp.pruning import MaskEnforcer, apply_mask, full_mask, magnitude_prune, prunable_tensors
 from imp.names import level_stage
 from imp.trunk import run_imp
-from imp.train import Hook, Seeds, train
+from imp.seeds import Seeds
+from imp.train import Hook, train
 
 CPU = torch.device("cpu")
 REPLICATES = 3
@@ -236,7 +237,7 @@ def flatten(tree: dict, prefix: str = "") -> dict:
         if isinstance(value, dict):
             out.update(flatten(value, f"{prefix}{key}/"))
         else:
-            out[f"{prefix}{key}"] = value
+            out[f"{prefix}{key}"] = torch.from_numpy(value) if isinstance(value, np.ndarray) else value
     return out
 
 
@@ -253,11 +254,11 @@ def test_train_levels_batched_trees_equal_train_level_trees(tmp_path, monkeypatc
         starts.append(Start(state, 3))
         masks.append(magnitude_prune(state, full_mask(state, prunable_tensors(model)), 0.3 + 0.3 * replicate))
     batched = train_levels_batched(config, data, seeds, starts, masks, snapshot_at=7)
-    for (tree, snapshot), s, start, mask in zip(batched, seeds, starts, masks):
+    for (trained, snapshot), s, start, mask in zip(batched, seeds, starts, masks):
         reference, reference_snapshot = train_level(config, data, s, start, mask, snapshot_at=7)
         assert_states_close(snapshot, reference_snapshot, 1e-6)
         assert any("running_var" in key for key in snapshot)
-        mine, theirs = flatten(tree), flatten(reference)
+        mine, theirs = flatten(trained.tree()), flatten(reference.tree())
         assert list(mine) == list(theirs)
         for key, value in theirs.items():
             if key == "train_seconds":
@@ -272,7 +273,7 @@ def test_train_levels_batched_trees_equal_train_level_trees(tmp_path, monkeypatc
                 assert mine[key] == pytest.approx(value, rel=1e-6), key
             else:
                 assert mine[key] == value, key
-        assert tree["eval"]["step"].tolist() == [3, 5, 10, 12]
+        assert trained.eval["step"].tolist() == [3, 5, 10, 12]
     with pytest.raises(ValueError, match="start step"):
         train_levels_batched(config, data, seeds, [starts[0], Start(starts[1].state, 4)], masks)
 

@@ -155,3 +155,18 @@ def test_to_dict_round_trips():
 def test_sections_are_typed():
     assert isinstance(Config().data, DataConfig)
     assert isinstance(Config().train, TrainConfig)
+
+
+def test_registered_landscape_keys_round_trip():
+    import landscape  # noqa: F401  (registers the measurements' keys, e.g. landscape.distance)
+
+    on = load_config(None, ["landscape.distance=true"])
+    assert on.landscape.extra("distance") is True and Config().landscape.extra("distance") is False
+    assert from_dict(to_dict(on, defaults=True, platform=True)) == on
+    assert from_dict(to_dict(Config(), defaults=True, platform=True)) == Config()
+    assert load_config(None, ["landscape.distance=false"]) == Config()  # the default, stated
+    assert run_id(on) == run_id(Config())  # a measurement is not part of the run
+    with pytest.raises(UserError, match="landscape.distance must be true or false"):
+        load_config(None, ["landscape.distance=3"])
+    with pytest.raises(UserError, match="did you mean 'landscape.distance'"):
+        load_config(None, ["landscape.distanse=true"])

@@ -7,11 +7,12 @@ from imp.config import load_config
 from imp.data import load_dataset
 from imp.diet import score_spec
 from imp.errors import UserError
-from imp.level import build_initial_model
+from imp.models import build_initial_model
 from imp.names import level_stage
 from imp.scores import scores_path
 from imp.subsets import select
-from imp.train import Seeds, train
+from imp.seeds import Seeds
+from imp.train import train
 from imp.trunk import run_imp
 
 CPU = torch.device("cpu")

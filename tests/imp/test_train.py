@@ -9,8 +9,8 @@ from imp.config import DataConfig, TrainConfig
 from imp.data import load_dataset
 from imp.duration import Duration
 from imp.models import build_model
-from imp.train import (EvaluationLog, Hook, Seeds, Snapshots, evaluate, learning_rate,
-                       make_optimizer, train)
+from imp.seeds import Seeds
+from imp.train import EvaluationLog, Hook, Snapshots, evaluate, learning_rate, make_optimizer, train
 from tests.conftest import require_mnist
 
 
@@ -199,7 +199,7 @@ def test_adam_trains(digits):
 def _fast_setup(tmp_path, *extra):
     from imp.config import load_config
     from imp.data import load_dataset
-    from imp.level import build_initial_model
+    from imp.models import build_initial_model
 
     config = load_config(None, ["model.name=resnet20", "model.width=4", "data.batch_size=64",
                                 "train.momentum=0.9", "train.lr=0.01", *extra])
