@@ -14,9 +14,9 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from analysis.figures_scores import (FIGSIZE, new_axes, per_example_histogram, place_legend,
-                                     replicates_note, require, score_histogram, score_scatter,
-                                     set_title)
+from analysis.figures_scores import per_example_histogram, score_histogram, score_scatter
+from analysis.style import (FIGSIZE, new_axes, place_legend, replicates_note, require, set_title,
+                            variant_suffix)
 from imp.duration import Duration
 from imp.errors import UserError
 
@@ -53,16 +53,6 @@ def _runs(frame: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
     each: variants are never averaged together), else None."""
     frame = frame.assign(run=frame["run_id"].astype(str) + variant_suffix(frame))
     return frame, "run" if frame["run"].nunique() > 1 else None
-
-
-def variant_suffix(frame: pd.DataFrame) -> pd.Series:
-    """`` [<variant>]`` on the rows of a run that holds several variants of their
-    measurement (other settings), else ``""``: labels that keep variants apart."""
-    if "variant" not in frame.columns:
-        return pd.Series("", index=frame.index)
-    keys = ["run_id", "kind"] if "kind" in frame.columns else ["run_id"]
-    several = frame.groupby(keys)["variant"].transform("nunique") > 1
-    return (" [" + frame["variant"].astype(str) + "]").where(several, "")
 
 
 def _trunk(levels: pd.DataFrame, figure: str, columns: list[str]) -> pd.DataFrame:

@@ -1,5 +1,4 @@
-"""Data-diet figures (example scores, per-example barriers) and the helpers every figure in
-:mod:`analysis.figures` shares: a new Axes, the frame check, the legend placement.
+"""Data-diet figures: example scores and per-example barriers.
 
 Scores are unitless (EL2N, GraNd) or counts (forgetting; ``inf`` = never learned, which a
 histogram cannot bin: the count is printed instead, and a scatter draws them at the far
@@ -16,61 +15,12 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 from scipy.stats import rankdata, spearmanr
 
-FIGSIZE = (6.4, 4.2)  # inches; fonts keep matplotlib's 10 pt (titles 12 pt)
+from analysis.style import new_axes, place_legend, replicates_note, require, set_title
+
 SCORE_UNITS = {"el2n": "EL2N (error-vector norm)", "grand": "GraNd (gradient norm)",
                "forgetting": "forgetting events (count)"}
 CLEAN, NOISY = "clean label", "noisy label"
 NOISE_COLOURS = dict(zip((CLEAN, NOISY), sns.color_palette("colorblind").as_hex()[0:4:3]))
-
-
-def require(frame: pd.DataFrame, columns, figure: str) -> None:
-    """Raise ValueError, naming the figure, for an empty frame or a missing column."""
-    if frame is None or len(frame) == 0:
-        raise ValueError(f"{figure}: no rows to plot")
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise ValueError(f"{figure}: the frame lacks column(s) {missing}")
-
-
-def new_axes(ax=None):
-    """``ax``, or the Axes of a new figure of the standard size with constrained layout."""
-    if ax is None:
-        _, ax = plt.subplots(figsize=FIGSIZE, layout="constrained")
-    return ax
-
-
-def place_legend(ax, title: str | None = None) -> None:
-    """One legend right of the axes (never over the data): seaborn's entries plus any
-    labelled reference lines or bands."""
-    old = ax.get_legend()
-    handles = list(old.legend_handles) if old else []
-    labels = [t.get_text() for t in old.texts] if old else []
-    for handle, label in zip(*ax.get_legend_handles_labels()):
-        if label not in labels:
-            handles.append(handle)
-            labels.append(label)
-    if title is None and old is not None:
-        title = old.get_title().get_text() or None
-    if handles:
-        ax.legend(handles, labels, title=title, loc="upper left", bbox_to_anchor=(1.02, 1),
-                  borderaxespad=0, frameon=False, fontsize=10, title_fontsize=10,
-                  ncols=1 if len(labels) <= 14 else 2)
-
-
-def set_title(ax, text: str) -> None:
-    """Left-aligned, so a title wider than axes narrowed by an outside legend stays whole."""
-    ax.set_title(text, loc="left", fontsize=11)
-
-
-def replicates_note(frame: pd.DataFrame) -> str:
-    """``"n = 3 replicates"`` (per run; a range when runs differ), and the number of runs."""
-    counts = frame.groupby("run_id")["replicate"].nunique()
-    low, high = int(counts.min()), int(counts.max())
-    if low == high:
-        note = f"n = {low} replicate{'s' * (high > 1)}"
-    else:
-        note = f"n = {low}–{high} replicates"
-    return note + (f", {len(counts)} runs" if len(counts) > 1 else "")
 
 
 def _noise_labels(noisy: pd.Series) -> pd.Series:
