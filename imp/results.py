@@ -15,15 +15,14 @@ from typing import Any
 from imp import names, store
 from imp.config import from_dict, to_dict
 from imp.errors import UserError
-from imp.legacy import check_run
 from imp.names import BASELINES, level_stage, parse_level_stage
 from imp.record import TrainedLevel
+
 
 def find_run(name: str, out: str | Path, legacy: bool = False) -> store.RunDir:
     """A run given as a folder, or as a run id under ``out``; a damaged file in it is an
     error naming the file, before any command reads or adds to the run, and so are
-    measurements in the layout before settings ids and parameters named before named
-    layers (:func:`imp.legacy.check_run`), unless ``legacy``."""
+    measurements in the layout before settings ids (unless ``legacy``)."""
     path = Path(name)
     if not store.is_run(path):
         path = Path(out) / name
@@ -34,7 +33,6 @@ def find_run(name: str, out: str | Path, legacy: bool = False) -> store.RunDir:
     store.check_files(run)
     if not legacy:
         check_layout(run)
-        check_run(run)
     return run
 
 

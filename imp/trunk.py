@@ -46,7 +46,7 @@ from typing import NamedTuple
 
 import torch
 
-from imp import store
+from imp import legacy, store
 from imp.batched import train_levels_batched
 from imp.config import Config, TrainConfig, canonical_json, platform_json, run_id
 from imp.data import Dataset, load_dataset
@@ -375,6 +375,7 @@ def run_imp(config: Config, out: str | Path, data_root: Path, device: torch.devi
     with store.RunLock(run, wait=wait):
         run.remove_partial_files()
         store.check_files(run)  # a damaged stage file is never taken for a finished stage
+        legacy.check_run(run)  # nor are parameters named by an earlier version: `lth upgrade`
         pending = [r for r in range(replicates) if not is_complete(run, config, r)]
         data = load_dataset(config.data, data_root, device) if pending or hooks else None
         if data is not None:

@@ -1,4 +1,7 @@
-"""``lth upgrade``: convert measurements stored before settings ids to the current layout.
+"""``lth upgrade``: convert a run stored by earlier versions to the current layout: its
+measurements stored before settings ids (here), then its parameter names stored before
+named layers (:func:`imp.legacy.upgrade_parameter_names`; last, since it may rename the
+run's folder, and it renames the network files the first step writes too).
 
 Before, a measurement file was named by its kind and level only (``hessian_3``), and the
 curve settings of a run were recorded once in ``run.h5`` (``landscape_settings``). Each
@@ -18,15 +21,16 @@ from pathlib import Path
 import numpy as np
 
 from imp import names, store
+from imp.legacy import NamesUpgrade, upgrade_parameter_names
 from imp.results import legacy_stages
 from landscape.registry import PAIR, by_kind
 
 _CURVE_KEYS = ("points", "examples", "bn", "bn_examples")
 
 
-def upgrade_run(run: store.RunDir) -> list[tuple[str, Path]]:
-    """Convert every old-layout measurement of ``run`` (holding its lock); returns
-    ``(old stage, new file)`` pairs."""
+def upgrade_run(run: store.RunDir) -> tuple[list[tuple[str, Path]], NamesUpgrade]:
+    """Convert every old-layout measurement of ``run``, then its parameter names, holding
+    its lock; returns ``(old stage, new file)`` pairs and what the renaming did."""
     converted = []
     with store.RunLock(run):
         curve = _curve_settings(run)
@@ -68,7 +72,8 @@ def upgrade_run(run: store.RunDir) -> list[tuple[str, Path]]:
             for stage, _, _ in found:
                 run.stage_file(replicate, stage).unlink()
                 converted.append((stage, new))
-    return converted
+        renamed = upgrade_parameter_names(run)
+    return converted, renamed
 
 
 def _writer(run: store.RunDir, replicate: int, provenance: dict):

@@ -111,7 +111,8 @@ def _parser() -> argparse.ArgumentParser:
             _measure_arguments(command)
             command.set_defaults(command=measure.registered(measurement.kind))
 
-    upgrade = commands.add_parser("upgrade", help="convert a run's measurements stored before settings ids")
+    upgrade = commands.add_parser("upgrade", help="convert a run stored by earlier versions (measurements "
+                                  "before settings ids, parameters before named layers)")
     upgrade.add_argument("run", help="a run folder, or a run id under --out")
     upgrade.add_argument("--out", default=DEFAULT_OUT, help=f"results folder (default: {DEFAULT_OUT})")
     upgrade.set_defaults(command=_upgrade)
@@ -259,10 +260,18 @@ def _upgrade(args) -> int:
     from landscape.upgrade import upgrade_run
 
     run = find_run(args.run, args.out, legacy=True)
-    converted = upgrade_run(run)
+    converted, names = upgrade_run(run)
     for old, new in converted:
         print(f"{old} -> {new.name}")
-    print(f"converted {len(converted)} file(s) of run {run.run_id}" if converted
+    for path in names.renamed:
+        print(f"{path.relative_to(names.run.path)}: parameters renamed")
+    for line in names.patterns:
+        print(line)
+    if names.run.run_id != run.run_id:
+        print(f"run {run.run_id} -> {names.run.run_id} (the id of its config with renamed patterns)")
+    done = ([f"converted {len(converted)} file(s)"] if converted else []) + (
+        [f"renamed the parameters in {len(names.renamed)} file(s)"] if names.renamed else [])
+    print(f"{' and '.join(done)} of run {names.run.run_id}" if done
           else f"run {run.run_id} has nothing in the old layout")
     return 0
 

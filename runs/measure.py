@@ -96,11 +96,13 @@ def _on_run(args, extra: list[str], kinds: Sequence[str] = (), between: Sequence
     from imp import store
     from imp.config import with_overrides
     from imp.data import load_dataset, resolve_root
+    from imp.legacy import check_run
     from imp.results import find_run, run_info
     from imp.runtime import choose_device, set_threads
     from landscape.hooks import measure_run
 
     run = find_run(args.run, args.out)
+    check_run(run)  # parameters named before named layers: one line, before any work
     info = run_info(run)
     for override in args.overrides:
         if not override.startswith("landscape."):

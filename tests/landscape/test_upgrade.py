@@ -1,18 +1,24 @@
-"""`lth upgrade` turns measurements stored before settings ids into today's layout.
+"""`lth upgrade` turns measurements stored before settings ids, and parameters stored
+before named layers, into today's layout.
 
 The old files are made from fresh new-layout ones by undoing the conversion, exactly as
 the old code wrote them (a level file plus the measurement for perturbations and prune
-checks; the curve settings once in run.h5), so the upgrade must give back the same files."""
+checks; the curve settings once in run.h5; the parameters under their old names, the
+config's prune patterns too, in the folder of that config's id), so the upgrade must give
+back the same files."""
 
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from imp import names, store
-from imp.config import load_config
+from imp.config import canonical_json, from_dict, load_config, run_id
 from imp.errors import UserError
+from imp.legacy import CONFIG_BEFORE, RUN_ID_BEFORE, names_model, old_to_new
 from imp.results import find_run, measurements
 from imp.trunk import run_imp
 from landscape.hooks import level_hooks
@@ -60,6 +66,37 @@ def make_legacy(run: store.RunDir) -> None:
         path.unlink()
 
 
+def make_old_names(run: store.RunDir, prune_before: dict | None = None) -> store.RunDir:
+    """Rewrite the run as stored before named layers: every network file's parameters and
+    masks under their old names and, with ``prune_before``, the config's prune section as
+    it was then, stored in every file, the run in the folder of that config's id."""
+    config = json.loads(store.read_config_json(run))
+    model = names_model(from_dict(config))
+    old_of = {new: old for old, new in old_to_new(model).items()}
+    config_json = canonical_json(from_dict({**config, "prune": {**config.get("prune", {}), **(prune_before or {})}}))
+    for path in [run.run_file] + [run.stage_file(r, stage) for r in run.replicates() for stage in run.stages(r)]:
+        tree = store.read_h5(path)
+        provenance = {**tree.pop(names.PROVENANCE), "config": config_json}
+        for group in ("weights", "mask"):
+            if group in tree:
+                tree[group] = {old_of[key]: value for key, value in tree[group].items()}
+        store.write_h5(path, tree, provenance)
+    old = store.RunDir(run.out, run_id(from_dict(json.loads(config_json))))
+    if old.path != run.path:
+        os.rename(run.path, old.path)
+    return old
+
+
+def file_bytes(folder: Path) -> dict:
+    return {path: path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def assert_bitwise(a: dict, b: dict, where: str) -> None:
+    assert list(a) == list(b), where
+    for key in a:
+        assert a[key].dtype == b[key].dtype and a[key].tobytes() == b[key].tobytes(), f"{where}/{key}"
+
+
 def all_trees(run: store.RunDir) -> dict:
     return {stage: strip(store.read_h5(run.stage_file(0, stage))) for stage in run.stages(0)}
 
@@ -73,11 +110,14 @@ def assert_same(a, b, where=""):
         np.testing.assert_array_equal(a, b, err_msg=where)
 
 
-def test_upgrade_gives_back_the_current_layout(tmp_path, capsys):
+@pytest.mark.parametrize("old_names", [False, True])
+def test_upgrade_gives_back_the_current_layout(tmp_path, capsys, old_names):
     config = load_config(None, TINY)
     run = run_imp(config, tmp_path, tmp_path, CPU, hooks=level_hooks(config, CPU))
     fresh = all_trees(run)
     make_legacy(run)
+    if old_names:  # as the runs before named layers were: their measurements are older still
+        assert make_old_names(run).path == run.path  # no prune patterns: the same run id
     old = set(run.stages(0))
     assert {"barrier_0", "instability_1", "hessian_1", "perturb_0_gaussian_0.5", "prune_check_1_0.3"} <= old
     with pytest.raises(UserError, match="lth upgrade"):
@@ -87,7 +127,10 @@ def test_upgrade_gives_back_the_current_layout(tmp_path, capsys):
 
     assert main(["upgrade", run.run_id, "--out", str(tmp_path)]) == 0
     # 1 successive, 2 instability, 2 hessian, 2 perturb, 2 levels x 2 prune checks
-    assert "converted 11 file(s)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "converted 11 file(s)" in out
+    # rewind, 2 levels, 2 siblings, 2 perturbed, 2 levels x 2 pruned networks
+    assert ("renamed the parameters in 11 file(s)" in out) == old_names
     upgraded = all_trees(run)
     hessians = {s for s in upgraded if s.startswith("hessian_")}
     # The old Hessian files did not record every setting: marked legacy, never reused.
@@ -104,3 +147,54 @@ def test_upgrade_gives_back_the_current_layout(tmp_path, capsys):
     # asking again with the run's settings reuses every exact conversion and adds only the Hessians
     run_imp(config, tmp_path, tmp_path, CPU, hooks=level_hooks(config, CPU))
     assert set(run.stages(0)) == set(upgraded) | {s for s in fresh if s.startswith("hessian_")}
+
+
+NAMED = ["model.widths=[16]", "train.epochs='40it'", "train.eval_every='20it'", "data.batch_size=64",
+         "prune.levels=1", "prune.rewind='10it'", "prune.baselines=['reinit']", "prune.exclude=['fc.weight']"]
+
+
+def test_upgrade_renames_parameters_stored_before_named_layers(tmp_path, capsys):
+    config = load_config(None, NAMED)
+    run = run_imp(config, tmp_path, tmp_path, CPU)
+    fresh = {stage: store.read_h5(run.stage_file(0, stage)) for stage in run.stages(0)}
+    old = make_old_names(run, {"exclude": ["3.weight"]})  # what "fc.weight" was called then
+    assert old.run_id != run.run_id and not run.path.exists()
+    before = file_bytes(tmp_path)
+
+    # Refused in one line: lth barrier checks the run's names first (imp.legacy.check_run in
+    # runs.measure); the load sites (imp.legacy.load_state) are the second line of defence.
+    assert main(["barrier", old.run_id, "--out", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "named before named layers (e.g. '1.weight')" in error
+    assert f"lth upgrade {old.path}" in error
+    assert file_bytes(tmp_path) == before
+    run.path.mkdir()  # the translated config's folder is taken: refused, nothing written
+    assert main(["upgrade", old.run_id, "--out", str(tmp_path)]) == 2
+    assert "exists already" in capsys.readouterr().err
+    assert file_bytes(tmp_path) == before
+    run.path.rmdir()
+
+    assert main(["upgrade", old.run_id, "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "prune.exclude '3.weight' -> 'fc.weight'" in out
+    assert f"run {old.run_id} -> {run.run_id}" in out
+    assert f"renamed the parameters in 4 file(s) of run {run.run_id}" in out  # rewind, 2 levels, reinit
+    assert run.path.is_dir() and not old.path.exists()
+    for stage, tree in fresh.items():
+        upgraded = store.read_h5(run.stage_file(0, stage))
+        for group in ("weights", "mask"):
+            assert_bitwise(tree.get(group, {}), upgraded.get(group, {}), f"{stage}/{group}")
+        assert_same(strip(tree), strip(upgraded), stage)
+        assert upgraded[names.PROVENANCE]["config"] != canonical_json(config)  # its provenance is kept
+    stored = store.read_run(run)
+    assert stored[names.PROVENANCE]["config"] == canonical_json(config)
+    assert json.loads(stored[CONFIG_BEFORE])["prune"]["exclude"] == ["3.weight"]
+    assert stored[RUN_ID_BEFORE] == old.run_id
+
+    assert main(["upgrade", run.run_id, "--out", str(tmp_path)]) == 0
+    assert "nothing in the old layout" in capsys.readouterr().out
+    after = file_bytes(tmp_path)
+    # the config with today's names finds the converted run and extends it
+    assert run_imp(load_config(None, NAMED + ["prune.levels=2"]), tmp_path, tmp_path, CPU).path == run.path
+    assert set(run.stages(0)) == set(fresh) | {"level_2", "level_2_reinit"}
+    assert all(after[path] == path.read_bytes() for path in after if path.suffix == ".h5" and path.name != "run.h5")
