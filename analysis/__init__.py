@@ -1,4 +1,4 @@
 """Analysis of stored results: tidy tables, seaborn figures, reports, comparisons.
 
-Reads results through :mod:`imp.store` only and never imports training code.
+Reads results through :mod:`imp.base.store` only and never imports training code.
 """

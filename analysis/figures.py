@@ -17,8 +17,8 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 from analysis.figures_scores import per_example_histogram, score_histogram, score_scatter
 from analysis.style import (FIGSIZE, new_axes, place_legend, replicates_note, require, set_title,
                             variant_suffix)
-from imp.duration import Duration
-from imp.errors import UserError
+from imp.base.duration import Duration
+from imp.base.errors import UserError
 
 TRUNK = "imp"
 CI = {"errorbar": ("ci", 95), "seed": 0}  # bootstrap over replicates, seeded: figures reproduce

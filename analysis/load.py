@@ -5,7 +5,7 @@ Every frame has ``run_id`` and the run's config as columns named ``section.key``
 ``prune.rewind`` or ``diet.subset``. The frames and their columns:
 
 * ``levels``: one row per run, replicate, level and baseline (``"imp"`` for the trunk),
-  the columns of :func:`imp.results.level_rows`;
+  the columns of :func:`imp.base.results.level_rows`;
 * ``measurements``: one row per run, replicate, level and measurement variant: ``kind``
   (e.g. ``hessian``), ``variant`` (its settings id), ``settings`` (JSON text) and its
   summary columns (``hessian_top_eigenvalue``, ``measured_max_prune_fraction``, ...);
@@ -25,8 +25,8 @@ Every frame has ``run_id`` and the run's config as columns named ``section.key``
 
 Variants of one measurement (the same kind and level measured with other settings) are
 rows of their own with their own ``variant``: the figures draw them apart and never
-average them together. Names of files come from :mod:`imp.names`, and what a measurement
-file holds from its own attributes (:func:`imp.results.measurements`).
+average them together. Names of files come from :mod:`imp.base.names`, and what a measurement
+file holds from its own attributes (:func:`imp.base.results.measurements`).
 """
 
 import json
@@ -36,11 +36,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from imp import names, store
-from imp.config import from_dict, to_dict
-from imp.errors import UserError
-from imp.record import TrainedLevel
-from imp.results import find_run, level_rows, measurements, run_info
+from imp.base import names, store
+from imp.base.config import from_dict, to_dict
+from imp.base.errors import UserError
+from imp.base.record import TrainedLevel
+from imp.base.results import find_run, level_rows, measurements, run_info
 
 _CURVE_KINDS = ("successive", "instability", "perturb", "pair")  # measurements that store curves
 

@@ -1,7 +1,7 @@
 """The engine of the lottery-ticket toolkit, on a foundation of plain modules.
 
-Foundation (no training code; the analysis layer reads results through it):
-``config`` (typed run configs and run ids), ``duration`` (lengths with units),
+Foundation, :mod:`imp.base` (no training code; the analysis layer reads results through
+it): ``config`` (typed run configs and run ids), ``duration`` (lengths with units),
 ``errors`` (one-line user errors), ``seeds`` (one seed per source of randomness),
 ``runtime`` (device and threads), ``names`` (every stored name), ``store`` (atomic
 HDF5 files, provenance, the run lock), ``record`` (a trained network as stored) and

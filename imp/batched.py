@@ -56,12 +56,12 @@ from torch import nn
 from torch.func import functional_call, stack_module_state
 from tqdm.auto import tqdm
 
-from imp.config import Config, TrainConfig
+from imp.base.config import Config, TrainConfig
 from imp.data import Batches, Dataset, flip_crop
 from imp.level import LevelRecord, Start, State, start_model
-from imp.record import TrainedLevel
+from imp.base.record import TrainedLevel
 from imp.pruning import Mask, Weights, groups, round_half_up
-from imp.seeds import Seeds, generator
+from imp.base.seeds import Seeds, generator
 from imp.train import Hook, autocast, learning_rate, make_optimizer, total_iterations, training_forward
 
 

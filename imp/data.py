@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from imp import seeds
-from imp.config import DataConfig
+from imp.base import seeds
+from imp.base.config import DataConfig
 from imp.datasets import READERS, RawData
-from imp.errors import UserError, did_you_mean
+from imp.base.errors import UserError, did_you_mean
 
 
 @dataclass(frozen=True)

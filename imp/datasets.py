@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from imp.errors import UserError, did_you_mean
+from imp.base.errors import UserError, did_you_mean
 
 
 @dataclass(frozen=True)

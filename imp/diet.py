@@ -16,14 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
-from imp.config import Config
+from imp.base.config import Config
 from imp.data import Dataset
-from imp.errors import UserError
+from imp.base.errors import UserError
 from imp.level import Start, copy_state
 from imp.models import build_initial_model
 from imp.scores import ScoreSpec, load_or_compute, read_scores
 from imp.subsets import select
-from imp.seeds import Seeds
+from imp.base.seeds import Seeds
 from imp.train import train
 
 

@@ -37,13 +37,13 @@ import h5py
 import torch
 from torch import nn
 
-from imp import store
-from imp.config import Config, canonical_json, from_dict, run_id
+from imp.base import store
+from imp.base.config import Config, canonical_json, from_dict, run_id
 from imp.datasets import input_spec
-from imp.errors import UserError
+from imp.base.errors import UserError
 from imp.legacy_patterns import translate_prune
 from imp.models import MLP, MODELS, VGG, ConvNet, ResNet
-from imp.names import PROVENANCE
+from imp.base.names import PROVENANCE
 
 CONFIG_BEFORE = "config_before_named_layers"  # run.h5 attributes written by the conversion
 RUN_ID_BEFORE = "run_id_before_named_layers"
@@ -190,7 +190,7 @@ def upgrade_parameter_names(run: store.RunDir) -> NamesUpgrade:
     """Rename the ``weights/`` and ``mask/`` keys of every network file of ``run`` stored
     with the old names; call it holding the run's lock.
 
-    Each file is rewritten whole (:func:`imp.store.write_h5`, atomic) with its provenance and
+    Each file is rewritten whole (:func:`imp.base.store.write_h5`, atomic) with its provenance and
     every other group and attribute as they were. The first time, the config's prune
     patterns that named old tensors are translated (:func:`imp.legacy_patterns.translate_prune`)
     and stored in ``run.h5``, with the config as it was in ``config_before_named_layers``

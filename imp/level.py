@@ -3,7 +3,7 @@
 Every trained network of a run (the dense level 0, each IMP level, each baseline) is
 made by :func:`train_level`: load a start state, zero the pruned weights, train from the
 start step to the end of the schedule with the mask enforced after every update, and
-evaluate on fixed splits. It returns a :class:`imp.record.TrainedLevel`, the typed record
+evaluate on fixed splits. It returns a :class:`imp.base.record.TrainedLevel`, the typed record
 that the store writes and reads (docs/storage.md).
 """
 
@@ -14,12 +14,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from imp.config import Config, TrainConfig
+from imp.base.config import Config, TrainConfig
 from imp.data import Dataset, fixed_subset
 from imp.models import build_initial_model
 from imp.pruning import Mask, MaskEnforcer, apply_mask, density, kept, size
-from imp.record import TrainedLevel
-from imp.seeds import Seeds
+from imp.base.record import TrainedLevel
+from imp.base.seeds import Seeds
 from imp.train import EvaluationLog, Hook, Snapshots, total_iterations, train
 
 State = dict[str, torch.Tensor]

@@ -26,9 +26,9 @@ from typing import Callable
 import torch
 from torch import nn
 
-from imp.config import Config
+from imp.base.config import Config
 from imp.data import Dataset
-from imp.errors import UserError, did_you_mean
+from imp.base.errors import UserError, did_you_mean
 
 Shape = tuple[int, int, int]
 

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from imp.errors import UserError, did_you_mean
+from imp.base.errors import UserError, did_you_mean
 
 METHODS = ("auto", "ghost", "naive", "vmap")
 CONV_FORMS = ("auto", "materialise", "gram")

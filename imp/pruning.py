@@ -29,7 +29,7 @@ from fnmatch import fnmatchcase
 import torch
 from torch import nn
 
-from imp.errors import UserError
+from imp.base.errors import UserError
 from imp.models import prunable_names
 
 Mask = dict[str, torch.Tensor]

@@ -29,14 +29,14 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from imp import names, store
-from imp.config import Config, ScoreName, to_dict
+from imp.base import names, store
+from imp.base.config import Config, ScoreName, to_dict
 from imp.data import Dataset, Split
-from imp.duration import Duration
-from imp.errors import UserError
+from imp.base.duration import Duration
+from imp.base.errors import UserError
 from imp.models import build_initial_model
 from imp.pergrad import grad_norms
-from imp.seeds import Seeds, derive_seed
+from imp.base.seeds import Seeds, derive_seed
 from imp.train import train
 
 SCORES = ("el2n", "grand", "forgetting")

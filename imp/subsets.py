@@ -11,7 +11,7 @@ remainders, so the parts add up exactly) and each class is selected on its own.
 
 import numpy as np
 
-from imp.errors import UserError
+from imp.base.errors import UserError
 
 MODES = ("all", "easy", "hard", "random")
 

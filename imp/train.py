@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from imp.config import TrainConfig
-from imp.seeds import Seeds, generator
+from imp.base.config import TrainConfig
+from imp.base.seeds import Seeds, generator
 from imp.data import Batches, Dataset, Split, flip_crop
 
 

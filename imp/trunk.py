@@ -46,20 +46,21 @@ from typing import NamedTuple
 
 import torch
 
-from imp import legacy, store
+from imp import legacy
+from imp.base import store
 from imp.batched import train_levels_batched
-from imp.config import Config, TrainConfig, canonical_json, platform_json, run_id
+from imp.base.config import Config, TrainConfig, canonical_json, platform_json, run_id
 from imp.data import Dataset, load_dataset
 from imp.diet import diet_pretrain
-from imp.duration import Duration
-from imp.errors import UserError
+from imp.base.duration import Duration
+from imp.base.errors import UserError
 from imp.level import Start, copy_state, state_from_arrays, train_level
 from imp.models import build_initial_model
 from imp.pruning import (Mask, full_mask, magnitude_prune, oneshot_prune, prunable_tensors,
                          random_mask)
-from imp.record import TrainedLevel
-from imp.names import BASELINES, PRETRAIN_STAGE, REWIND_STAGE, level_stage
-from imp.seeds import Seeds, derive_seed, generator
+from imp.base.record import TrainedLevel
+from imp.base.names import BASELINES, PRETRAIN_STAGE, REWIND_STAGE, level_stage
+from imp.base.seeds import Seeds, derive_seed, generator
 from imp.train import learning_rate, total_iterations
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from imp.errors import UserError, did_you_mean
+from imp.base.errors import UserError, did_you_mean
 from imp.pruning import Mask
 from landscape.lanczos import hutchinson_trace, lanczos, random_entries, slq_density
 

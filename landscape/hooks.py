@@ -10,11 +10,11 @@ from collections.abc import Iterable
 
 import torch
 
-from imp import store
-from imp.config import Config
+from imp.base import store
+from imp.base.config import Config
 from imp.data import Dataset
-from imp.record import TrainedLevel
-from imp.results import Measured, levels_done
+from imp.base.record import TrainedLevel
+from imp.base.results import Measured, levels_done
 from imp.trunk import LevelDone, LevelHook
 from landscape.measure import Context
 from landscape.registry import REGISTRY, ready, run_measurement, wanted

@@ -26,7 +26,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from imp.errors import UserError
+from imp.base.errors import UserError
 
 _BREAKDOWN = 1e-10  # beta below this times the largest |alpha| or beta seen: invariant subspace
 

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from imp.data import Split
-from imp.errors import UserError, did_you_mean
+from imp.base.errors import UserError, did_you_mean
 from imp.level import State
 from landscape.fastpath import Sums, cross_entropy, forward_sums, mix, mlp_applies, mlp_sums, vmap_sums
 

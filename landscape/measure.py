@@ -34,16 +34,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from imp import store
-from imp.config import Config, LandscapeConfig
+from imp.base import store
+from imp.base.config import Config, LandscapeConfig
 from imp.data import Dataset, Split, fixed_subset
-from imp.errors import UserError
+from imp.base.errors import UserError
 from imp.level import State, train_level
 from imp.models import build_initial_model
-from imp.names import level_stage, perturbed_stage, sibling_stage
+from imp.base.names import level_stage, perturbed_stage, sibling_stage
 from imp.pruning import Mask
-from imp.record import TrainedLevel
-from imp.seeds import Seeds, derive_seed, generator
+from imp.base.record import TrainedLevel
+from imp.base.seeds import Seeds, derive_seed, generator
 from imp.trunk import Replicate
 from landscape.lmc import curve_barriers, evaluate_path, midpoint_barriers
 

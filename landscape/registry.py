@@ -6,7 +6,7 @@ its tree from a finished level, and which summary columns it adds to ``lth show`
 registry entry then gives it, with nothing more to write elsewhere:
 
 * its config keys under ``[landscape]`` (``keys``; the built-in measurements' keys are
-  fields of :class:`imp.config.LandscapeConfig`);
+  fields of :class:`imp.base.config.LandscapeConfig`);
 * its hook in ``lth run`` (:mod:`landscape.hooks` runs every entry after each level);
 * a subcommand ``lth <kind> RUN`` when ``command`` is set (:mod:`runs.lth.measure`);
 * its loader for analysis: every measurement file records its kind, level, settings and
@@ -21,9 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from imp import names, store
-from imp.config import LandscapeConfig, register_landscape_key
-from imp.results import Measured, read_measured
+from imp.base import names, store
+from imp.base.config import LandscapeConfig, register_landscape_key
+from imp.base.results import Measured, read_measured
 from landscape import distance, measure, spectra
 
 Tree = dict[str, Any]

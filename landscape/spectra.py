@@ -14,12 +14,12 @@
 
 import numpy as np
 
-from imp.config import LandscapeConfig
+from imp.base.config import LandscapeConfig
 from imp.data import fixed_subset
 from imp.models import build_initial_model
-from imp.names import pruned_stage
+from imp.base.names import pruned_stage
 from imp.pruning import magnitude_prune
-from imp.seeds import derive_seed
+from imp.base.seeds import derive_seed
 from landscape.hessian import HessianOperator
 from landscape.lanczos import hutchinson_trace, lanczos, slq_density
 from landscape.measure import Context

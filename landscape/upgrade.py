@@ -5,7 +5,7 @@ run's folder, and it renames the network files the first step writes too).
 
 Before, a measurement file was named by its kind and level only (``hessian_3``), and the
 curve settings of a run were recorded once in ``run.h5`` (``landscape_settings``). Each
-old file is rewritten under the name of its settings (:func:`imp.names.measurement_stage`)
+old file is rewritten under the name of its settings (:func:`imp.base.names.measurement_stage`)
 with its kind, level, settings and columns; a file that also held a trained network
 (``perturb_*``, ``prune_check_*``) becomes that network's stage plus the measurement.
 The new files are written (atomically) before the old one is removed, so a crash loses
@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from imp import names, store
+from imp.base import names, store
 from imp.legacy import NamesUpgrade, upgrade_parameter_names
-from imp.results import legacy_stages
+from imp.base.results import legacy_stages
 from landscape.registry import PAIR, by_kind
 
 _CURVE_KEYS = ("points", "examples", "bn", "bn_examples")

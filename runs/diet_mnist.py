@@ -22,13 +22,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from imp.config import load_config
+from imp.base.config import load_config
 from imp.data import load_dataset
-from imp.duration import Duration
+from imp.base.duration import Duration
 from imp.models import build_initial_model
 from imp.scores import ScoreSpec, load_or_compute, roc_auc, spearman
 from imp.subsets import select
-from imp.seeds import Seeds
+from imp.base.seeds import Seeds
 from imp.train import evaluate, total_iterations, train
 
 BASE = ["model.name=lenet_300_100", "data.batch_size=128", "train.lr=0.1", "train.epochs='10ep'"]

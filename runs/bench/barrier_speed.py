@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from imp.data import Split
 from imp.models import build_model
 from imp.pruning import apply_mask, density, full_mask, magnitude_prune, prunable_tensors
-from imp.runtime import set_threads
+from imp.base.runtime import set_threads
 from imp.train import evaluate
 from landscape.lmc import alphas, curve_barriers, evaluate_path
 from runs.bench.train_throughput import machine_facts, timed

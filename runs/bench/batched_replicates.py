@@ -37,13 +37,13 @@ import statistics
 import torch
 
 from imp.batched import train_batched
-from imp.config import TrainConfig
+from imp.base.config import TrainConfig
 from imp.data import Dataset, Split
-from imp.duration import Duration
+from imp.base.duration import Duration
 from imp.models import build_model
 from imp.pruning import MaskEnforcer, apply_mask, density, full_mask, magnitude_prune, prunable_tensors
-from imp.runtime import choose_device, set_threads
-from imp.seeds import Seeds
+from imp.base.runtime import choose_device, set_threads
+from imp.base.seeds import Seeds
 from imp.train import train
 from runs.bench.train_throughput import machine_facts, timed
 

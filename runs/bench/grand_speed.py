@@ -29,7 +29,7 @@ import torch
 
 from imp.models import build_model
 from imp.pergrad import conv_form_for, grad_norms, naive_grad_norms
-from imp.runtime import set_threads
+from imp.base.runtime import set_threads
 from runs.bench.train_throughput import machine_facts, timed
 
 

@@ -44,7 +44,7 @@ from torch.nn.utils import prune
 
 from imp.models import build_model
 from imp.pruning import apply_mask, density, full_mask, magnitude_prune, prunable_tensors
-from imp.runtime import set_threads
+from imp.base.runtime import set_threads
 from landscape.hessian import HessianOperator, lanczos
 from runs.bench.train_throughput import cpu_seconds, machine_facts
 

@@ -47,9 +47,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from imp.config import Config, load_config
-from imp.results import level_rows
-from imp.runtime import set_threads
+from imp.base.config import Config, load_config
+from imp.base.results import level_rows
+from imp.base.runtime import set_threads
 from imp.trunk import run_imp
 from runs.bench.train_throughput import DEFAULT_ROOT, cpu_seconds, machine_facts
 

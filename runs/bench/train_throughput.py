@@ -36,13 +36,13 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision import transforms
 
-from imp.config import DataConfig, TrainConfig
+from imp.base.config import DataConfig, TrainConfig
 from imp.data import load_dataset
 from imp.datasets import READERS
-from imp.duration import Duration
+from imp.base.duration import Duration
 from imp.models import build_model
-from imp.runtime import available_cores, set_threads
-from imp.seeds import Seeds
+from imp.base.runtime import available_cores, set_threads
+from imp.base.seeds import Seeds
 from imp.train import evaluate, train
 
 LR = 0.1

@@ -5,9 +5,9 @@ only (its id last), a scores file, and unrelated files."""
 import pytest
 import torch
 
-from imp.config import load_config
+from imp.base.config import load_config
 from imp.data import load_dataset
-from imp.duration import Duration
+from imp.base.duration import Duration
 from imp.scores import ScoreSpec, load_or_compute
 from imp.trunk import run_imp
 from landscape.hooks import level_hooks

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from analysis.load import config_columns, load_frames, load_runs
-from imp import store
-from imp.errors import UserError
+from imp.base import store
+from imp.base.errors import UserError
 
 def test_frames_of_several_runs(results):
     out, ids = results

@@ -5,8 +5,8 @@ import pytest
 from analysis.figures import FIGURES
 from analysis.load import load_frames, levels_frame, load_runs
 from analysis.report import compare, write_report
-from imp.results import run_info
-from runs.cli import main
+from imp.base.results import run_info
+from runs.lth.cli import main
 
 
 def test_the_report_has_every_section_and_every_figure(results, tmp_path):

@@ -15,17 +15,17 @@ import torch
 
 import imp.level
 import imp.trunk
-from imp import store
+from imp.base import store
 from imp.batched import prune_batched, train_batched, train_levels_batched
-from imp.config import TrainConfig, load_config, platform_json, run_id
+from imp.base.config import TrainConfig, load_config, platform_json, run_id
 from imp.data import Dataset, Split, load_dataset
-from imp.duration import Duration
+from imp.base.duration import Duration
 from imp.level import Start, copy_state, train_level
 from imp.models import build_initial_model, build_model
 from imp.pruning import MaskEnforcer, apply_mask, full_mask, magnitude_prune, prunable_tensors
-from imp.names import level_stage
+from imp.base.names import level_stage
 from imp.trunk import run_imp
-from imp.seeds import Seeds
+from imp.base.seeds import Seeds
 from imp.train import Hook, train
 
 CPU = torch.device("cpu")

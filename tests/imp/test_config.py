@@ -3,10 +3,10 @@ import hashlib
 
 import pytest
 
-from imp.config import (Config, DataConfig, TrainConfig, canonical_json, from_dict, load_config,
+from imp.base.config import (Config, DataConfig, TrainConfig, canonical_json, from_dict, load_config,
                         run_id, to_dict)
-from imp.duration import Duration
-from imp.errors import UserError
+from imp.base.duration import Duration
+from imp.base.errors import UserError
 
 # Pinned run ids: these must never change, or every stored result loses its name.
 PINNED = [

@@ -11,10 +11,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from imp import seeds
-from imp.config import DataConfig
+from imp.base import seeds
+from imp.base.config import DataConfig
 from imp.data import Batches, Dataset, fixed_subset, flip_crop, load_dataset, permute_labels, resolve_root
-from imp.errors import UserError
+from imp.base.errors import UserError
 
 N_DIGITS_TRAIN = 1437
 

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imp.config import DatasetName
+from imp.base.config import DatasetName
 from imp.datasets import (READERS, DataNotFound, RawData, input_spec, read_cifar10, read_cifar100, read_digits,
                           read_imagefolder)
-from imp.errors import UserError
+from imp.base.errors import UserError
 
 IDX_FILES = {
     "x_train": "train-images-idx3-ubyte",

@@ -2,16 +2,16 @@ import numpy as np
 import pytest
 import torch
 
-from imp import store
-from imp.config import load_config
+from imp.base import store
+from imp.base.config import load_config
 from imp.data import load_dataset
 from imp.diet import score_spec
-from imp.errors import UserError
+from imp.base.errors import UserError
 from imp.models import build_initial_model
-from imp.names import level_stage
+from imp.base.names import level_stage
 from imp.scores import scores_path
 from imp.subsets import select
-from imp.seeds import Seeds
+from imp.base.seeds import Seeds
 from imp.train import train
 from imp.trunk import run_imp
 

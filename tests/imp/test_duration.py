@@ -1,7 +1,7 @@
 import pytest
 
-from imp.duration import Duration
-from imp.errors import UserError
+from imp.base.duration import Duration
+from imp.base.errors import UserError
 
 
 @pytest.mark.parametrize("text, epochs, iterations", [

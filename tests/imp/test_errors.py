@@ -1,4 +1,4 @@
-from imp.errors import closest, did_you_mean
+from imp.base.errors import closest, did_you_mean
 
 
 def test_closest_prefers_fewest_edits():

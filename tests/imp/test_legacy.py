@@ -5,8 +5,8 @@ refusal, and the translation of a stored config's prune patterns."""
 import pytest
 import torch
 
-from imp.config import load_config
-from imp.errors import UserError
+from imp.base.config import load_config
+from imp.base.errors import UserError
 from imp.legacy import check_names, check_state, load_state, names_model, old_to_new
 from imp.legacy_patterns import translate_prune
 from imp.models import MODELS, build_model

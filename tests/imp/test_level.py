@@ -1,11 +1,11 @@
 import torch
 
-from imp.config import load_config
+from imp.base.config import load_config
 from imp.data import load_dataset
 from imp.level import Start, copy_state, train_level
 from imp.models import build_initial_model
 from imp.pruning import full_mask, magnitude_prune, prunable_tensors
-from imp.seeds import Seeds
+from imp.base.seeds import Seeds
 from imp.train import Snapshots, Hook, train
 
 TINY = ["model.name=resnet20", "model.width=4", "train.epochs='12it'", "train.eval_every='6it'",

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from imp.config import ModelName
+from imp.base.config import ModelName
 from imp.models import MODELS, build_model, prunable_names
 
 CIFAR = (3, 32, 32)

@@ -1,7 +1,7 @@
 import pytest
 
-from imp import names
-from imp.names import (level_stage, legacy_kind, measurement_stage, parse_level_stage,
+from imp.base import names
+from imp.base.names import (level_stage, legacy_kind, measurement_stage, parse_level_stage,
                        parse_measurement_stage, settings_id)
 
 

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from imp import pergrad
-from imp.errors import UserError
+from imp.base.errors import UserError
 from imp.models import build_model
 from imp.pergrad import UnsupportedModel, conv_form_for, grad_norms, naive_grad_norms
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from imp.errors import UserError
+from imp.base.errors import UserError
 from imp.models import build_model
 from imp.pruning import (MaskEnforcer, apply_mask, density, full_mask, groups, kept, magnitude_prune,
                          oneshot_prune, prunable_tensors, random_mask, round_half_up)

@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from imp import store
-from imp.config import load_config
-from imp.record import TrainedLevel
-from imp.seeds import Seeds
+from imp.base import store
+from imp.base.config import load_config
+from imp.base.record import TrainedLevel
+from imp.base.seeds import Seeds
 from imp.trunk import run_imp
 
 CPU = torch.device("cpu")

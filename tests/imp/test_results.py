@@ -1,8 +1,8 @@
 import pytest
 
-from imp import store
-from imp.errors import UserError
-from imp.results import find_run, levels_done
+from imp.base import store
+from imp.base.errors import UserError
+from imp.base.results import find_run, levels_done
 
 
 def test_find_run_by_folder_or_id(tmp_path):

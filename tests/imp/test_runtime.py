@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from imp.errors import UserError
-from imp.runtime import available_cores, choose_device, set_threads
+from imp.base.errors import UserError
+from imp.base.runtime import available_cores, choose_device, set_threads
 
 
 def test_threads():

@@ -6,15 +6,15 @@ import torch
 from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
-from imp.config import load_config
+from imp.base.config import load_config
 from imp.data import load_dataset
-from imp.duration import Duration
-from imp.errors import UserError
+from imp.base.duration import Duration
+from imp.base.errors import UserError
 from imp.models import build_initial_model
 from imp.pergrad import grad_norms
 from imp.scores import (Forgetting, ScoreSpec, compute_scores, el2n, load_or_compute, ranks,
                         read_scores, roc_auc, score_id, scores_path, spearman)
-from imp.seeds import Seeds, derive_seed
+from imp.base.seeds import Seeds, derive_seed
 
 TINY = ["model.widths=[32]", "data.batch_size=64", "train.momentum=0.9", "train.lr=0.05"]
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from imp import store
-from imp.errors import UserError
+from imp.base import store
+from imp.base.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
 PROVENANCE_KEYS = {"config", "platform", "lth_version", "git_revision", "git_dirty", "torch_version",
@@ -95,7 +95,7 @@ def test_read_skips_groups_and_names_an_unreadable_file(tmp_path):
 WRITER = textwrap.dedent("""
     import sys
     import numpy as np
-    from imp import store
+    from imp.base import store
     run = store.RunDir(sys.argv[1], "run")
     for stage in range(1000):
         # ~32 MB per file in 8 datasets, so the kill lands inside a write most of the time
@@ -138,7 +138,7 @@ def test_sigkill_mid_write_loses_nothing_finished(tmp_path):
 
 HOLDER = textwrap.dedent("""
     import sys, time
-    from imp import store
+    from imp.base import store
     with store.RunLock(store.RunDir(sys.argv[1], "run")):
         print("locked", flush=True)
         time.sleep(120)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from imp.errors import UserError
+from imp.base.errors import UserError
 from imp.subsets import select
 
 SCORES = np.array([0.5, 0.1, 0.9, 0.1, 0.7, 0.3, 0.9, 0.0])

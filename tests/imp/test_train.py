@@ -5,11 +5,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from imp.config import DataConfig, TrainConfig
+from imp.base.config import DataConfig, TrainConfig
 from imp.data import load_dataset
-from imp.duration import Duration
+from imp.base.duration import Duration
 from imp.models import build_model
-from imp.seeds import Seeds
+from imp.base.seeds import Seeds
 from imp.train import EvaluationLog, Hook, Snapshots, evaluate, learning_rate, make_optimizer, train
 from tests.conftest import require_mnist
 
@@ -197,7 +197,7 @@ def test_adam_trains(digits):
 
 
 def _fast_setup(tmp_path, *extra):
-    from imp.config import load_config
+    from imp.base.config import load_config
     from imp.data import load_dataset
     from imp.models import build_initial_model
 
@@ -245,8 +245,8 @@ def test_channels_last_and_compile_train_the_same_network(tmp_path, monkeypatch)
 def test_platform_options_are_provenance_not_identity(tmp_path):
     import json
 
-    from imp import store
-    from imp.config import load_config, platform_json, run_id
+    from imp.base import store
+    from imp.base.config import load_config, platform_json, run_id
     from imp.trunk import run_imp
 
     base = ["model.widths=[8]", "train.epochs='10it'", "train.eval_every='10it'"]

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from imp import store
-from imp.config import load_config, run_id
-from imp.errors import UserError
+from imp.base import store
+from imp.base.config import load_config, run_id
+from imp.base.errors import UserError
 from imp.level import state_from_arrays
 from imp.pruning import round_half_up
-from imp.names import level_stage
-from imp.results import level_rows
+from imp.base.names import level_stage
+from imp.base.results import level_rows
 from imp.trunk import LevelDone, run_imp
 
 REPO = Path(__file__).resolve().parents[2]
@@ -184,7 +184,7 @@ def test_a_locked_run_is_refused(tmp_path):
 def test_killed_in_level_2_resumes_without_retraining_and_matches_an_uninterrupted_run(tmp_path):
     overrides = ["model.widths=[64, 32]", "train.epochs='15ep'", "train.eval_every='5ep'",
                  "data.batch_size=32", "prune.levels=2", "prune.rewind='20it'", "prune.baselines=['reinit']"]
-    args = [sys.executable, "-m", "runs.cli", "run", "--out", str(tmp_path / "killed"), "--quiet"]
+    args = [sys.executable, "-m", "runs.lth.cli", "run", "--out", str(tmp_path / "killed"), "--quiet"]
     args += [item for o in overrides for item in ("--set", o)]
     config = load_config(None, overrides)
     killed = store.RunDir(tmp_path / "killed", run_id(config))

@@ -1,4 +1,4 @@
-from imp.names import parse_measurement_stage
+from imp.base.names import parse_measurement_stage
 
 
 def measured(run, kind, level=None, replicate=0):

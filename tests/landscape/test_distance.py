@@ -3,12 +3,12 @@
 import numpy as np
 import torch
 
-from imp import store
-from imp.config import load_config, to_dict
-from imp.results import level_rows
+from imp.base import store
+from imp.base.config import load_config, to_dict
+from imp.base.results import level_rows
 from imp.trunk import run_imp
 from landscape.hooks import level_hooks
-from runs.cli import main
+from runs.lth.cli import main
 from tests.landscape.conftest import measured, only
 
 CPU = torch.device("cpu")

@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import prune
 
-from imp.config import load_config
+from imp.base.config import load_config
 from imp.data import load_dataset
-from imp.errors import UserError
+from imp.base.errors import UserError
 from imp.models import build_model
 from imp.pruning import apply_mask, full_mask, magnitude_prune, prunable_tensors
 from landscape.hessian import HessianOperator, dense_hessian, hutchinson_trace, lanczos, slq_density

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from imp.data import Split
-from imp.errors import UserError
+from imp.base.errors import UserError
 from imp.models import build_model
 from imp.pruning import apply_mask, full_mask, magnitude_prune, prunable_tensors
 from imp.train import evaluate

@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from imp import store
-from imp.config import load_config
+from imp.base import store
+from imp.base.config import load_config
 from imp.data import load_dataset
 from imp.level import state_from_arrays
 from imp.pruning import full_mask, magnitude_prune
-from imp.results import level_rows, measurements
+from imp.base.results import level_rows, measurements
 from imp.trunk import run_imp
 from landscape.hooks import level_hooks, measure_run
 from landscape.measure import compare, make_probe, perturbation

@@ -1,9 +1,9 @@
 import numpy as np
 import torch
 
-from imp import store
-from imp.config import load_config
-from imp.results import level_rows
+from imp.base import store
+from imp.base.config import load_config
+from imp.base.results import level_rows
 from imp.trunk import run_imp
 from landscape.hooks import level_hooks
 from tests.landscape.conftest import measured, only

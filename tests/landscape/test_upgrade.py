@@ -15,14 +15,14 @@ import numpy as np
 import pytest
 import torch
 
-from imp import names, store
-from imp.config import canonical_json, from_dict, load_config, run_id
-from imp.errors import UserError
+from imp.base import names, store
+from imp.base.config import canonical_json, from_dict, load_config, run_id
+from imp.base.errors import UserError
 from imp.legacy import CONFIG_BEFORE, RUN_ID_BEFORE, names_model, old_to_new
-from imp.results import find_run, measurements
+from imp.base.results import find_run, measurements
 from imp.trunk import run_imp
 from landscape.hooks import level_hooks
-from runs.cli import main
+from runs.lth.cli import main
 
 CPU = torch.device("cpu")
 TINY = ["model.widths=[16]", "train.epochs='40it'", "train.eval_every='20it'", "data.batch_size=64",
@@ -162,7 +162,7 @@ def test_upgrade_renames_parameters_stored_before_named_layers(tmp_path, capsys)
     before = file_bytes(tmp_path)
 
     # Refused in one line: lth barrier checks the run's names first (imp.legacy.check_run in
-    # runs.measure); the load sites (imp.legacy.load_state) are the second line of defence.
+    # runs.lth.measure); the load sites (imp.legacy.load_state) are the second line of defence.
     assert main(["barrier", old.run_id, "--out", str(tmp_path)]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "named before named layers (e.g. '1.weight')" in error

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from runs.cli import _parser, main
+from runs.lth.cli import _parser, main
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = ["--set", "model.widths=[16]", "--set", "train.epochs='2ep'", "--set", "prune.levels=1", "--quiet"]
@@ -308,7 +308,7 @@ def test_an_unwritable_results_folder_as_the_os_reports_it(results, tmp_path, ca
 
 
 def lth(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "runs.cli", *args], cwd=REPO, text=True, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "runs.lth.cli", *args], cwd=REPO, text=True, capture_output=True,
                           env={**os.environ, **(env or {})}, timeout=300)
 
 

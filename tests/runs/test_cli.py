@@ -4,7 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from runs.cli import main
+from runs.lth.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = ["--set", "model.widths=[16]", "--set", "train.epochs='30it'",
@@ -13,7 +13,7 @@ TINY = ["--set", "model.widths=[16]", "--set", "train.epochs='30it'",
 
 def lth(*args, env=None):
     """Run the real command in a subprocess, as a user would."""
-    return subprocess.run([sys.executable, "-m", "runs.cli", *args], cwd=REPO, text=True,
+    return subprocess.run([sys.executable, "-m", "runs.lth.cli", *args], cwd=REPO, text=True,
                           capture_output=True, env={**os.environ, **(env or {})}, timeout=300)
 
 

@@ -7,8 +7,8 @@ import sys
 import time
 from pathlib import Path
 
-from imp import store
-from runs.cli import main
+from imp.base import store
+from runs.lth.cli import main
 from tests.runs.test_kill import REPO, TINY, assert_same_results, stamp, stored_files, toml
 
 GRID = "\n".join(["[sweep]", '"train.lr" = [0.1, 0.05, 0.02]', "replicates = 2"])
@@ -18,7 +18,7 @@ def test_two_sweep_processes_finish_every_run_exactly_once(tmp_path):
     sweep = tmp_path / "grid.toml"
     sweep.write_text(toml(TINY) + GRID)
     out = tmp_path / "shared"
-    command = [sys.executable, "-m", "runs.cli", "sweep", str(sweep), "--out", str(out), "--threads", "1"]
+    command = [sys.executable, "-m", "runs.lth.cli", "sweep", str(sweep), "--out", str(out), "--threads", "1"]
     processes = [subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                  for _ in range(2)]
     first_seen: dict[Path, tuple[int, int]] = {}

@@ -4,8 +4,8 @@ different replicates and different seeds give different numbers."""
 
 import numpy as np
 
-from imp import store
-from runs.cli import main
+from imp.base import store
+from runs.lth.cli import main
 from tests.runs.test_kill import assert_same_results, stored_files
 
 SETTINGS = ["model.name='resnet20'", "model.width=4", "data.augment='flip_crop'", "train.epochs='3ep'",

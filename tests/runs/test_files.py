@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from imp.config import load_config, run_id
-from runs.sweep import load_sweep
+from imp.base.config import load_config, run_id
+from runs.lth.sweep import load_sweep
 
 RUNS = Path(__file__).resolve().parents[2] / "runs"
 

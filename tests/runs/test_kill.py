@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from imp import store
-from runs.cli import main
+from imp.base import store
+from runs.lth.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = ["model.widths=[32, 16]", "train.epochs='6ep'", "train.eval_every='3ep'", "data.batch_size=64",
@@ -55,7 +55,7 @@ def kill_and_resume(arguments, tmp_path: Path, budget: float) -> None:
     kinds = ["write", "landscape", "time"]
     while not kills or time.monotonic() < deadline:  # a cycle runs on until its run completes
         out = tmp_path / f"killed_{len(kills)}"
-        command = [sys.executable, "-m", "runs.cli", *arguments(out)]
+        command = [sys.executable, "-m", "runs.lth.cli", *arguments(out)]
         while True:
             finished = stage_files(out)
             kind = kinds[len(kills) % len(kinds)] if time.monotonic() < deadline else "none"

@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
 
-from imp import store
-from imp.config import run_id
-from imp.errors import UserError
-from runs.cli import main
-from runs.sweep import load_sweep, read_manifests, run_point, run_sweep, submit_sweep, _plain
+from imp.base import store
+from imp.base.config import run_id
+from imp.base.errors import UserError
+from runs.lth.cli import main
+from runs.lth.sweep import load_sweep, read_manifests, run_point, run_sweep, submit_sweep, _plain
 
 SWEEP = """
 [model]

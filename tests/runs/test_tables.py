@@ -1,4 +1,4 @@
-from runs.tables import format_table, level_table
+from runs.lth.tables import format_table, level_table
 
 
 def row(replicate, level, baseline, accuracy, density):

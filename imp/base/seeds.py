@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
-from imp.config import TrainConfig
+from imp.base.config import TrainConfig
 
 
 def derive_seed(*parts: object) -> int:

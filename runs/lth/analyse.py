@@ -2,7 +2,7 @@
 
 import sys
 
-from imp.errors import UserError
+from imp.base.errors import UserError
 
 
 def plot(args) -> int:
@@ -20,7 +20,7 @@ def plot(args) -> int:
 def report(args) -> int:
     from analysis.load import load_frames, load_runs
     from analysis.report import write_report
-    from imp.results import run_info
+    from imp.base.results import run_info
 
     infos = [run_info(run) for run in load_runs(args.runs, args.results)]
     path = write_report(load_frames(args.runs, args.results), infos, args.out)

@@ -8,7 +8,7 @@ iterations per epoch (``ceil(train examples / batch size)``).
 import re
 from dataclasses import dataclass
 
-from imp.errors import UserError
+from imp.base.errors import UserError
 
 _PATTERN = re.compile(r"^(?:(\d+)ep)?(?:(\d+)it)?$")
 

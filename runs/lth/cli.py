@@ -1,5 +1,5 @@
-"""The ``lth`` command. With :mod:`runs.measure` (commands that measure existing runs)
-and :mod:`runs.analyse` (commands that read results), it is the one place that reads
+"""The ``lth`` command. With :mod:`runs.lth.measure` (commands that measure existing runs)
+and :mod:`runs.lth.analyse` (commands that read results), it is the one place that reads
 argv and the environment; this module holds the parser and the run commands.
 
 Bad input of any kind (config keys, values, missing data, a locked run) ends with one
@@ -13,8 +13,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from imp.errors import UserError
-from runs import analyse, measure
+from imp.base.errors import UserError
+from runs.lth import analyse, measure
 
 DEFAULT_OUT = "results"
 
@@ -183,25 +183,25 @@ def _config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _load(args):
-    from imp.config import load_config
+    from imp.base.config import load_config
 
     return load_config(args.config, args.overrides)
 
 
 def _run(args) -> int:
-    from imp.config import run_id
+    from imp.base.config import run_id
 
     config = _load(args)  # before the imports that take seconds (torch): a typo answers at once
     if args.replicates < 1:
         raise UserError(f"--replicates must be at least 1, got {args.replicates}")
 
-    from imp import store
+    from imp.base import store
     from imp.data import resolve_root
-    from imp.results import level_rows
-    from imp.runtime import choose_device, set_threads
+    from imp.base.results import level_rows
+    from imp.base.runtime import choose_device, set_threads
     from imp.trunk import run_imp
     from landscape.hooks import level_hooks
-    from runs.tables import level_table
+    from runs.lth.tables import level_table
 
     store.check_files(store.RunDir(args.out, run_id(config)))  # a damaged stage is not a finished one
     set_threads(args.threads)
@@ -227,7 +227,7 @@ def _run(args) -> int:
 
 
 def _config(args) -> int:
-    from imp.config import canonical_json, run_id, to_dict
+    from imp.base.config import canonical_json, run_id, to_dict
 
     config = _load(args)
     print(json.dumps(to_dict(config, defaults=True, platform=True), indent=2))
@@ -236,8 +236,8 @@ def _config(args) -> int:
 
 
 def _show(args) -> int:
-    from imp.results import find_run, level_rows, measurement_rows, run_info
-    from runs.tables import level_table, measurement_table
+    from imp.base.results import find_run, level_rows, measurement_rows, run_info
+    from runs.lth.tables import level_table, measurement_table
 
     run = find_run(args.run, args.out)
     info, rows, measured = run_info(run), level_rows(run), measurement_rows(run)
@@ -256,7 +256,7 @@ def _show(args) -> int:
 
 
 def _upgrade(args) -> int:
-    from imp.results import find_run
+    from imp.base.results import find_run
     from landscape.upgrade import upgrade_run
 
     run = find_run(args.run, args.out, legacy=True)
@@ -277,7 +277,7 @@ def _upgrade(args) -> int:
 
 
 def _sweep(args) -> int:
-    from runs.sweep import main_sweep
+    from runs.lth.sweep import main_sweep
 
     if args.workers < 1:
         raise UserError(f"--workers must be at least 1, got {args.workers}")
@@ -289,7 +289,7 @@ def _layers(args) -> int:
     from imp.datasets import input_spec
     from imp.models import build_model, prunable_names
     from imp.pruning import groups, prunable_tensors
-    from runs.tables import format_table
+    from runs.lth.tables import format_table
 
     config = _load(args)
     prune = config.prune
@@ -314,10 +314,10 @@ def _layers(args) -> int:
 
 
 def _ls(args) -> int:
-    from imp import store
-    from runs.sweep import read_manifests
-    from imp.results import levels_done, run_info
-    from runs.tables import format_table
+    from imp.base import store
+    from runs.lth.sweep import read_manifests
+    from imp.base.results import levels_done, run_info
+    from runs.lth.tables import format_table
 
     out = Path(args.dir)
     if not out.is_dir():

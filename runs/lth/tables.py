@@ -5,7 +5,7 @@ from collections.abc import Sequence
 
 import json
 
-from imp.names import BASELINES
+from imp.base.names import BASELINES
 
 # Landscape summaries shown when measured: test-error barriers (interpolated convention).
 LANDSCAPE_COLUMNS = {"barrier_to_next_test_error": "barrier to next", "instability_test_error": "instability"}

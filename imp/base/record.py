@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from imp import names, store
-from imp.seeds import Seeds
+from imp.base import names, store
+from imp.base.seeds import Seeds
 
 State = dict[str, torch.Tensor]
 Mask = dict[str, torch.Tensor]
@@ -47,7 +47,7 @@ class TrainedLevel:
     provenance: dict[str, Any] = field(default_factory=dict)  # of the file it was read from
 
     def tree(self) -> dict[str, Any]:
-        """The tree :func:`imp.store.write_h5` writes for this network."""
+        """The tree :func:`imp.base.store.write_h5` writes for this network."""
         return {
             **{name: getattr(self, name) for name in _FIELDS},
             "seeds": {"init": self.seeds.init, "order": self.seeds.order, "augment": self.seeds.augment},

@@ -1,5 +1,5 @@
 """Reading a run's results: per-level rows, measurements, status. No training code here,
-so the analysis layer can use it; every name comes from :mod:`imp.names`.
+so the analysis layer can use it; every name comes from :mod:`imp.base.names`.
 
 Stage files of replicate r (see docs/storage.md): ``rewind.h5`` (the rewind point),
 ``level_<L>.h5`` (trunk level L; level 0 is the dense network),
@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from imp import names, store
-from imp.config import from_dict, to_dict
-from imp.errors import UserError
-from imp.names import BASELINES, level_stage, parse_level_stage
-from imp.record import TrainedLevel
+from imp.base import names, store
+from imp.base.config import from_dict, to_dict
+from imp.base.errors import UserError
+from imp.base.names import BASELINES, level_stage, parse_level_stage
+from imp.base.record import TrainedLevel
 
 
 def find_run(name: str, out: str | Path, legacy: bool = False) -> store.RunDir:

@@ -9,7 +9,7 @@ import os
 
 import torch
 
-from imp.errors import UserError
+from imp.base.errors import UserError
 
 
 def available_cores() -> int:

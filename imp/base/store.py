@@ -1,6 +1,6 @@
 """The HDF5 results store: atomic writes, reads, provenance and the run lock.
 
-The names of files, folders and stages come from :mod:`imp.names`.
+The names of files, folders and stages come from :mod:`imp.base.names`.
 
 Layout of one run (see ``docs/storage.md`` for reading it with plain h5py)::
 
@@ -35,9 +35,9 @@ import h5py
 import numpy as np
 import torch
 
-from imp import names
-from imp.errors import UserError
-from imp.names import LOCK_FILE, PROVENANCE, RUN_FILE, TEMPORARY_SUFFIX
+from imp.base import names
+from imp.base.errors import UserError
+from imp.base.names import LOCK_FILE, PROVENANCE, RUN_FILE, TEMPORARY_SUFFIX
 
 KILL_IN_WRITE = "LTH_TEST_KILL_IN_WRITE"  # fault injection for the crash tests, see _injected_fault
 
@@ -242,7 +242,7 @@ def read_h5(path: str | Path, skip: Iterable[str] = (), only: Iterable[str] | No
     The ``provenance`` key holds the provenance attributes. Top-level groups or datasets
     named in ``skip`` (e.g. ``weights``) are not read; with ``only``, no top-level group
     or dataset but those named is read (the root's attributes always are). A file that
-    cannot be read is a :class:`~imp.errors.UserError` naming it and what to do.
+    cannot be read is a :class:`~imp.base.errors.UserError` naming it and what to do.
     """
     try:
         with h5py.File(path, "r") as file:

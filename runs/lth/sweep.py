@@ -33,9 +33,9 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from imp.config import Config, check_key, from_dict, read_toml, run_id, to_dict
-from imp.errors import UserError
-from imp.names import SWEEPS_DIR, sweep_manifest
+from imp.base.config import Config, check_key, from_dict, read_toml, run_id, to_dict
+from imp.base.errors import UserError
+from imp.base.names import SWEEPS_DIR, sweep_manifest
 
 
 @dataclass(frozen=True)
@@ -105,8 +105,8 @@ def run_point(config_data: dict[str, Any], out: str, replicates: int, device: st
     Slurm job.
     """
     from imp.data import resolve_root
-    from imp.runtime import choose_device, set_threads
-    from imp.store import RunDir, RunLocked, check_files
+    from imp.base.runtime import choose_device, set_threads
+    from imp.base.store import RunDir, RunLocked, check_files
     from imp.trunk import run_imp
     from landscape.hooks import level_hooks
 
@@ -123,7 +123,7 @@ def run_point(config_data: dict[str, Any], out: str, replicates: int, device: st
 
 
 def write_manifest(sweep: Sweep, out: str | Path) -> Path:
-    from imp.store import cannot_write
+    from imp.base.store import cannot_write
 
     path = Path(out) / SWEEPS_DIR / sweep_manifest(sweep.name)
     manifest = {"name": sweep.name, "replicates": sweep.replicates, "runs": [run_id(c) for c in sweep.configs]}
@@ -164,7 +164,7 @@ def run_sweep(sweep: Sweep, out: str | Path, *, workers: int = 1, device: str = 
 
     ``threads = 0`` divides the machine's cores between the workers.
     """
-    from imp.runtime import available_cores
+    from imp.base.runtime import available_cores
 
     write_manifest(sweep, out)
     threads = threads or max(1, available_cores() // max(workers, 1))

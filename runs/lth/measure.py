@@ -7,14 +7,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from imp.errors import UserError
+from imp.base.errors import UserError
 
 
 def scores(args) -> int:
-    from imp.config import load_config
+    from imp.base.config import load_config
     from imp.data import load_dataset, resolve_root
-    from imp.duration import Duration
-    from imp.runtime import choose_device, set_threads
+    from imp.base.duration import Duration
+    from imp.base.runtime import choose_device, set_threads
     from imp.scores import ScoreSpec, load_or_compute, roc_auc, spearman
 
     config = load_config(args.config, args.overrides)
@@ -43,7 +43,7 @@ def scores(args) -> int:
 
 def correlate(args) -> int:
     from imp.scores import read_scores, spearman
-    from runs.tables import format_table
+    from runs.lth.tables import format_table
 
     trees = [read_scores(path) for path in args.files]
     if any(not np.array_equal(t["index"], trees[0]["index"]) for t in trees):
@@ -93,12 +93,12 @@ def registered(kind: str):
 def _on_run(args, extra: list[str], kinds: Sequence[str] = (), between: Sequence[str] = ()) -> int:
     """Load a run, apply landscape overrides, measure its finished levels (or the pair
     ``between``) under its lock, and print exactly the measurements asked for."""
-    from imp import store
-    from imp.config import with_overrides
+    from imp.base import store
+    from imp.base.config import with_overrides
     from imp.data import load_dataset, resolve_root
     from imp.legacy import check_run
-    from imp.results import find_run, run_info
-    from imp.runtime import choose_device, set_threads
+    from imp.base.results import find_run, run_info
+    from imp.base.runtime import choose_device, set_threads
     from landscape.hooks import measure_run
 
     run = find_run(args.run, args.out)
@@ -132,7 +132,7 @@ def _on_run(args, extra: list[str], kinds: Sequence[str] = (), between: Sequence
 def _pair(config, data, run, replicate: int, between: Sequence[str]) -> int:
     from landscape.measure import Context, curve_settings, pair, pair_networks
     from landscape.registry import PAIR, store_measurement
-    from runs.tables import format_table
+    from runs.lth.tables import format_table
 
     if replicate not in run.replicates():
         raise UserError(f"run {run.run_id} has no replicate {replicate}; it has "

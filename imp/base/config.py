@@ -6,7 +6,7 @@ their default left out, fields marked ``identity=False`` such as the data root l
 is what :func:`run_id` hashes and what the results store. A new field whose default
 reproduces the old behaviour therefore never changes an old run id.
 
-Unknown keys and wrong types raise :class:`~imp.errors.UserError` naming the key and,
+Unknown keys and wrong types raise :class:`~imp.base.errors.UserError` naming the key and,
 when one is close, the valid key that was probably meant.
 """
 
@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from imp.duration import Duration
-from imp.errors import UserError, closest, did_you_mean
+from imp.base.duration import Duration
+from imp.base.errors import UserError, closest, did_you_mean
 
 DatasetName = Literal["digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "imagefolder"]
 ModelName = Literal[
@@ -191,7 +191,7 @@ class LandscapeConfig:
 
     These are analyses of the run, stored with it; none of them is part of the run id.
     Each result is stored under a hash of exactly the settings that change its numbers
-    (:mod:`imp.names`), so asking with other settings (e.g. ``points`` or ``hessian_bn``)
+    (:mod:`imp.base.names`), so asking with other settings (e.g. ``points`` or ``hessian_bn``)
     makes a new result beside the old one.
     """
 
