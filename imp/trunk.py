@@ -171,6 +171,7 @@ class Replicate:
         self.config_json = canonical_json(config)
         self.train_config = (finetune_config(config, self.plan) if config.prune.retrain == "finetune"
                              else config.train)
+        self._names: list[str] | None = None  # the model's state names in registration order
 
     # ------------------------------------------------------------ stages
 
@@ -191,8 +192,21 @@ class Replicate:
             hook(LevelDone(self.config, self.data, self.run, self.replicate, level, trained))
 
     def read(self, stage: str, arrays: bool = True) -> TrainedLevel:
-        """A network stage of this replicate (a level, a baseline, a measurement's copy)."""
-        return TrainedLevel.read(self.run.stage_file(self.replicate, stage), arrays=arrays)
+        """A network stage of this replicate (a level, a baseline, a measurement's copy).
+
+        Its mask and weights come in the model's registration order, as those of a level
+        just trained do (HDF5 returns names sorted): the random baseline draws tensor by
+        tensor and pruning breaks ties by position, so a resumed run must see the order
+        an uninterrupted one does."""
+        trained = TrainedLevel.read(self.run.stage_file(self.replicate, stage), arrays=arrays)
+        order = self._order()
+        return dataclasses.replace(trained, mask=_ordered(trained.mask, order),
+                                   weights=_ordered(trained.weights, order))
+
+    def _order(self) -> list[str]:
+        if self._names is None:
+            self._names = list(build_initial_model(self.config, self.data, 0).state_dict())
+        return self._names
 
     def level(self, level: int, previous: TrainedLevel | None = None) -> TrainedLevel:
         """Trunk level ``level``: trained now (its record is passed on, not read back), or stored."""
@@ -345,6 +359,11 @@ def _train_together(pending: list[tuple[Replicate, Job]]) -> dict[int, TrainedLe
         for (replicate, job), (trained, snapshot) in zip(pending, results):
             made[replicate.replicate] = replicate.store_trained(job, trained, snapshot)
     return made
+
+
+def _ordered(tensors: dict, order: list[str]) -> dict:
+    """``tensors`` with the names in ``order`` first, in that order (any others after)."""
+    return {**{name: tensors[name] for name in order if name in tensors}, **tensors}
 
 
 def _label_noise(data: Dataset) -> dict:

@@ -64,3 +64,19 @@ def test_the_trunk_passes_on_what_it_trained_without_reading_it_back(tmp_path, m
     seen.clear()
     run_imp(config, tmp_path, tmp_path, CPU, hooks=[seen.append])
     assert [done.level for done in seen] == [0, 1, 2] and len(reads) == 3
+
+
+def test_a_resumed_run_sees_masks_in_the_order_an_uninterrupted_one_does(tmp_path):
+    """HDF5 returns names sorted (fc, fc1, fc2) while a level just trained has them in the
+    model's order (fc1, fc2, fc); the random baseline draws tensor by tensor, so a run
+    extended level by level must draw exactly what a run in one go draws."""
+    base = TINY[1:-1] + ["model.widths=[16, 8]", "prune.baselines=['random']", "prune.random_strategy=layerwise"]
+    whole = run_imp(load_config(None, base + ["prune.levels=2"]), tmp_path / "whole", tmp_path, CPU)
+    steps = tmp_path / "steps"
+    run_imp(load_config(None, base + ["prune.levels=1"]), steps, tmp_path, CPU)
+    extended = run_imp(load_config(None, base + ["prune.levels=2"]), steps, tmp_path, CPU)
+    first = TrainedLevel.read(whole.stage_file(0, "level_2_random"))
+    second = TrainedLevel.read(extended.stage_file(0, "level_2_random"))
+    assert sorted(first.mask) == ["fc.weight", "fc1.weight", "fc2.weight"]
+    for name in first.mask:
+        assert torch.equal(first.mask[name], second.mask[name]), name
