@@ -62,5 +62,8 @@ def measurement_table(rows: list[dict]) -> str:
                       row["measurement"], row["settings_id"], values])
     settings = sorted({(row["measurement"], row["settings_id"], json.dumps(row["settings"], sort_keys=True))
                        for row in rows})
-    return ("measurements\n" + format_table(["replicate", "level", "measurement", "variant", "values"], lines)
+    table = format_table(["replicate", "level", "measurement", "variant"], [line[:4] for line in lines])
+    rows = table.split("\n")
+    table = "\n".join([rows[0] + "  values"] + [row + "  " + line[4] for row, line in zip(rows[1:], lines)])
+    return ("measurements\n" + table
             + "\n" + "\n".join(f"  {kind} [{variant}]: {text}" for kind, variant, text in settings))
