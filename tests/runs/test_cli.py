@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from imp.base import store
 from runs.lth.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -159,6 +160,13 @@ def test_hessian_on_a_finished_run(tmp_path, capsys):
     row = json.loads(capsys.readouterr().out)["levels"][1]
     assert row["level"] == 1 and row["hessian_top_eigenvalue"] > 0
     assert 0 <= row["predicted_max_prune_fraction"] <= 1
+    # After a Hessian, a barrier with its own curve settings is measured, not refused.
+    assert main(["barrier", run_id, "--out", str(tmp_path), "--set", "landscape.points=3",
+                 "--set", "landscape.examples=100"]) == 0
+    assert '"points": 3' in capsys.readouterr().out
+    stage = next(s for s in os.listdir(tmp_path / run_id / "replicate_0") if s.startswith("successive_0_"))
+    curve = store.read_h5(tmp_path / run_id / "replicate_0" / stage)["curve"]
+    assert len(curve["alpha"]) == 3
 
 
 def test_layers_needs_no_data_and_names_the_layers(capsys):
