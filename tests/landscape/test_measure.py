@@ -150,6 +150,12 @@ def test_more_siblings_and_per_example_values_make_a_new_instability(tmp_path):
     assert {s for s in run.stages(0) if s.startswith("sibling")} == {"sibling_1_1", "sibling_1_2"}
     np.testing.assert_array_equal(trees[0]["pairs"]["0_1"]["curve"]["test_error"],
                                   trees[1]["pairs"]["0_1"]["curve"]["test_error"])
+    # asking again for 3 copies with per-example values reuses everything stored
+    stamps = {stage: run.stage_file(0, stage).stat().st_mtime_ns for stage in run.stages(0)}
+    with store.RunLock(run):
+        again = measure_run(three, data, run, CPU, levels=[1])
+    assert [m.settings["copies"] for m in again] == [3]
+    assert {stage: run.stage_file(0, stage).stat().st_mtime_ns for stage in run.stages(0)} == stamps
 
 
 def test_nothing_to_do_where_a_level_is_missing(tmp_path):
