@@ -18,6 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from analysis.figures import FIGURES, category_order  # noqa: E402
+from imp.base.errors import did_you_mean  # noqa: E402
 
 
 def draw_all(frames: dict[str, pd.DataFrame]) -> tuple[dict[str, plt.Figure], dict[str, str]]:
@@ -51,7 +52,8 @@ def compare(levels: pd.DataFrame, by: str, metric: str = "test_accuracy") -> pd.
         raise ValueError("no finished levels to compare")
     if by not in levels.columns:
         keys = sorted(c for c in levels.columns if "." in c)
-        raise ValueError(f"unknown key {by!r}; choose a config key such as {', '.join(keys[:8])}, ...")
+        hint = did_you_mean(by, keys) or f"; choose a config key such as {', '.join(keys[:8])}, ..."
+        raise ValueError(f"unknown key {by!r}{hint}")
     trunk = levels[levels["baseline"] == "imp"]
     grouped = trunk.groupby([by, "level"])
     table = pd.DataFrame({"n": grouped[metric].count(), "density": grouped["density"].mean(),

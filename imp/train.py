@@ -17,6 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from imp.base.config import TrainConfig
+from imp.base.errors import Diverged
 from imp.base.seeds import Seeds, generator
 from imp.data import Batches, Dataset, Split, flip_crop
 
@@ -210,9 +211,27 @@ def train(
         bar.update()
         if progress and (step + 1) % 50 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        if (step + 1 - start_step) % FINITE_CHECK_EVERY == 0:
+            check_finite(losses, start_step, step + 1, config, label)
     bar.close()
+    check_finite(losses, start_step, end_step, config, label)
     _run_hooks(hooks, end_step, model)
     return losses
+
+
+FINITE_CHECK_EVERY = 100  # updates between checks for a diverged loss (each check syncs a GPU once)
+
+
+def check_finite(losses: torch.Tensor, start_step: int, upto: int, config: TrainConfig, label: str) -> None:
+    """Stop with :class:`~imp.base.errors.Diverged` if a loss before step ``upto`` is not
+    finite: a diverged network is never stored, pruned or measured."""
+    seen = losses[: upto - start_step]
+    finite = torch.isfinite(seen)
+    if bool(finite.all()):
+        return
+    first = int((~finite).nonzero()[0])
+    raise Diverged(f"{label or 'training'}: the training loss became {float(seen[first])} at step "
+                   f"{start_step + first}; lower train.lr (now {config.lr:g}) or check the data")
 
 
 def _run_hooks(hooks: list[Hook], step: int, model: nn.Module) -> None:

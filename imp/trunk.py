@@ -60,6 +60,7 @@ from imp.pruning import (Mask, full_mask, magnitude_prune, oneshot_prune, prunab
                          random_mask)
 from imp.base.record import TrainedLevel
 from imp.base.names import BASELINES, PRETRAIN_STAGE, REWIND_STAGE, level_stage
+from imp.base.results import levels_done
 from imp.base.seeds import Seeds, derive_seed, generator
 from imp.train import learning_rate, total_iterations
 
@@ -194,11 +195,17 @@ class Replicate:
     def read(self, stage: str, arrays: bool = True) -> TrainedLevel:
         """A network stage of this replicate (a level, a baseline, a measurement's copy).
 
-        Its mask and weights come in the model's registration order, as those of a level
-        just trained do (HDF5 returns names sorted): the random baseline draws tensor by
-        tensor and pruning breaks ties by position, so a resumed run must see the order
-        an uninterrupted one does."""
-        trained = TrainedLevel.read(self.run.stage_file(self.replicate, stage), arrays=arrays)
+        A network with a NaN or infinite weight is refused: it is never pruned, retrained
+        from or measured. Its mask and weights come in the model's registration order, as
+        those of a level just trained do (HDF5 returns names sorted): the random baseline
+        draws tensor by tensor and pruning breaks ties by position, so a resumed run must
+        see the order an uninterrupted one does."""
+        path = self.run.stage_file(self.replicate, stage)
+        trained = TrainedLevel.read(path, arrays=arrays)
+        broken = trained.nonfinite()
+        if broken:  # stored by an earlier version, which did not stop diverged training
+            raise UserError(f"{path} holds non-finite weights ({broken[0]}): its training diverged; delete it "
+                            "and rerun with a lower train.lr")
         order = self._order()
         return dataclasses.replace(trained, mask=_ordered(trained.mask, order),
                                    weights=_ordered(trained.weights, order))
@@ -400,10 +407,15 @@ def run_imp(config: Config, out: str | Path, data_root: Path, device: torch.devi
         data = load_dataset(config.data, data_root, device) if pending or hooks else None
         if data is not None:
             check(config, data)
-        store.create_run(run, canonical_json(config), device, extra=_plan(run, config, replicates, data_root),
-                         platform=platform_json(config))
         all_replicates = [Replicate(config, data, run, r, pretrain=pretrain, progress=progress, report=report)
                           for r in range(replicates)] if data is not None else []
+        for replicate in all_replicates:  # what the pending work starts from is sound, before run.h5 changes
+            if replicate.replicate in pending:
+                done = levels_done(run, replicate.replicate)
+                for level in sorted({0, done - 1}) if done else ():
+                    replicate.read(level_stage(level))
+        store.create_run(run, canonical_json(config), device, extra=_plan(run, config, replicates, data_root),
+                         platform=platform_json(config))
         together = pending if config.train.batch_replicates and len(pending) > 1 else []
         if together:
             run_lockstep([all_replicates[replicate] for replicate in together], hooks)

@@ -14,6 +14,7 @@ from imp.base import store
 from imp.base.config import Config
 from imp.data import Dataset
 from imp.base.record import TrainedLevel
+from imp.base.names import level_stage
 from imp.base.results import Measured, levels_done
 from imp.trunk import LevelDone, LevelHook
 from landscape.measure import Context
@@ -36,7 +37,7 @@ def measure_level(config: Config, data: Dataset, run: store.RunDir, replicate: i
 
 def level_hooks(config: Config, device: torch.device) -> list[LevelHook]:
     """Hooks for :func:`imp.trunk.run_imp` (none when the section asks for nothing)."""
-    if not wanted(config.landscape):
+    if not wanted(config.landscape, range(config.prune.levels + 1)):
         return []
 
     def hook(done: LevelDone) -> None:
@@ -50,13 +51,18 @@ def measure_run(config: Config, data: Dataset, run: store.RunDir, device: torch.
     """Measure the finished levels (all, or ``levels``) of every replicate of ``run``; returns
     every measurement asked for (made now or found stored), so callers report exactly those."""
     chosen = None if levels is None else set(levels)
-    done = []
+    plan = []
     for replicate in run.replicates():
         context = Context(config, data, run, replicate)
         for level in range(levels_done(run, replicate)):
-            if chosen is not None and level not in chosen:
-                continue
-            for measurement in REGISTRY:
-                if ready(run, replicate, measurement, level):
-                    done += run_measurement(context, measurement, level)
+            if chosen is None or level in chosen:
+                plan += [(context, measurement, level) for measurement in REGISTRY
+                         if ready(run, replicate, measurement, level)
+                         and measurement.variants(config.landscape, level)]
+    for context, measurement, level in plan:  # every network is sound before anything is stored
+        for needed in range(level, level + measurement.span + 1):
+            context.trunk.read(level_stage(needed))
+    done = []
+    for context, measurement, level in plan:
+        done += run_measurement(context, measurement, level)
     return done

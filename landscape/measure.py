@@ -217,6 +217,8 @@ def pair_networks(context: Context, a: str, b: str) -> tuple[list[State], list[s
         tree = store.read_h5(path, only=("weights",))
         if "weights" not in tree:
             raise UserError(f"{path} holds no network weights")
+        if not all(np.isfinite(v).all() for v in tree["weights"].values() if np.issubdtype(v.dtype, np.floating)):
+            raise UserError(f"{path} holds non-finite weights: its training diverged; measure another network")
         states.append({k: torch.from_numpy(v).clone() for k, v in tree["weights"].items()})
         inside = path.resolve().parent == context.run.replicate_dir(context.replicate).resolve()
         found.append(path.stem if inside else f"{path.parent.parent.name}.{path.parent.name}.{path.stem}")

@@ -100,7 +100,7 @@ def by_kind(kind: str) -> Measurement:
     return next(m for m in REGISTRY if m.kind == kind)
 
 
-def wanted(ls: LandscapeConfig, levels: range = range(1000)) -> bool:
+def wanted(ls: LandscapeConfig, levels: range) -> bool:
     """Whether the config asks for any measurement at any of ``levels``."""
     return any(m.variants(ls, level) for m in REGISTRY for level in levels)
 

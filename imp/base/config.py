@@ -13,6 +13,7 @@ when one is close, the valid key that was probably meant.
 import dataclasses
 import hashlib
 import json
+import math
 import tomllib
 import types
 import typing
@@ -144,6 +145,8 @@ class PruneConfig:
         for pattern, rate in self.layer_fractions.items():
             _check(0.0 < rate < 1.0, f"prune.layer_fractions[{pattern!r}]", "must be in (0, 1)")
         _check(len(set(self.baselines)) == len(self.baselines), "prune.baselines", "lists a baseline twice")
+        _check(not self.baselines or self.levels >= 1, "prune.baselines",
+               "are trained at pruning levels 1 and up, and prune.levels is 0; set prune.levels >= 1")
 
 
 ScoreName = Literal["el2n", "grand", "forgetting"]
@@ -237,6 +240,8 @@ class LandscapeConfig:
         _check(all(level >= 0 for level in self.sibling_levels + self.perturb_levels),
                "landscape levels", "must be >= 0")
         _check(len(self.perturb_directions) > 0, "landscape.perturb_directions", "must not be empty")
+        _check(all(math.isfinite(size) and abs(size) <= 1e3 for size in self.perturb_sizes),
+               "landscape.perturb_sizes", "must be finite numbers of at most 1000 natural scales in size")
         _check(self.hessian_k >= 1, "landscape.hessian_k", "must be at least 1")
         _check(self.hessian_tol > 0, "landscape.hessian_tol", "must be positive")
         _check(self.slq_runs >= 1 and self.slq_steps >= 2, "landscape.slq_runs/slq_steps", "must be >= 1 and >= 2")
@@ -293,8 +298,16 @@ def read_toml(path: Path, what: str) -> dict[str, Any]:
     """The tables of a TOML file; a missing or malformed file is a one-line error."""
     if not path.is_file():
         raise UserError(f"{what} {str(path)!r} not found")
+    data = path.read_bytes()
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise UserError(f"{path} is UTF-16 text; save it as UTF-8 (TOML files are UTF-8)")
     try:
-        return tomllib.loads(path.read_text())
+        text = data.decode("utf-8-sig")  # a byte-order mark is accepted and dropped
+    except UnicodeDecodeError as error:
+        raise UserError(f"{path} is not UTF-8 text (byte {error.start}); save it as UTF-8 "
+                        "(TOML files are UTF-8)") from None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise UserError(f"{path}: not valid TOML ({error})") from None
 
@@ -432,6 +445,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"{key} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise UserError(f"{key} must be a finite number, got {value!r}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):

@@ -12,6 +12,10 @@ class UserError(ValueError):
     """Bad input: a config key, a value, a missing data file, a locked run."""
 
 
+class Diverged(UserError):
+    """Training went to a non-finite loss or weights: bad settings (say, the learning rate)."""
+
+
 def closest(word: str, choices: Iterable[str]) -> str | None:
     """The choice most like ``word`` (fewest edits among the similar ones), or None."""
     choices = list(choices)

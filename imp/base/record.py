@@ -59,6 +59,11 @@ class TrainedLevel:
             **self.extra,
         }
 
+    def nonfinite(self) -> list[str]:
+        """The names of the weights (or buffers) holding a NaN or an infinity."""
+        return [name for name, value in self.weights.items()
+                if value.is_floating_point() and not bool(torch.isfinite(value).all())]
+
     def with_extra(self, **extra: Any) -> "TrainedLevel":
         return dataclasses.replace(self, extra={**self.extra, **extra})
 

@@ -20,12 +20,19 @@ from imp.base.record import TrainedLevel
 
 
 def find_run(name: str, out: str | Path, legacy: bool = False) -> store.RunDir:
-    """A run given as a folder, or as a run id under ``out``; a damaged file in it is an
+    """A run given as a folder, or as a run id (or a unique start of one, of 4 characters
+    or more) under ``out``; a damaged file in it is an
     error naming the file, before any command reads or adds to the run, and so are
     measurements in the layout before settings ids (unless ``legacy``)."""
     path = Path(name)
     if not store.is_run(path):
         path = Path(out) / name
+    if not store.is_run(path) and len(name) >= 4 and "/" not in name:  # a unique prefix, as git takes
+        found = [run.path for run in store.find_runs(out) if run.run_id.startswith(name)]
+        if len(found) > 1:
+            raise UserError(f"{name!r} is the start of {len(found)} run ids under {out}/ "
+                            f"({', '.join(p.name for p in found[:4])}); give more of the id")
+        path = found[0] if found else path
     if not store.is_run(path):
         raise UserError(f"{name!r} is not a run folder, nor a run id under {out}/ "
                         "(`lth ls` lists the runs there)")

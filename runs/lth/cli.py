@@ -34,7 +34,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from imp import __version__
+
     parser = argparse.ArgumentParser(prog="lth", description="Lottery-ticket research toolkit.")
+    parser.add_argument("--version", action="version", version=f"lth {__version__}")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     run = commands.add_parser("run", help="train a run (resumes where it stopped)")

@@ -97,7 +97,7 @@ def _on_run(args, extra: list[str], kinds: Sequence[str] = (), between: Sequence
     from imp.base.config import with_overrides
     from imp.data import load_dataset, resolve_root
     from imp.legacy import check_run
-    from imp.base.results import find_run, run_info
+    from imp.base.results import find_run, levels_done, run_info
     from imp.base.runtime import choose_device, set_threads
     from landscape.hooks import measure_run
 
@@ -111,6 +111,13 @@ def _on_run(args, extra: list[str], kinds: Sequence[str] = (), between: Sequence
     set_threads(args.threads)
     device = choose_device(args.device)
     root = resolve_root(str(store.read_run(run).get("data_root", "")), os.environ)
+    if args.levels and not between:
+        done = max((levels_done(run, r) for r in run.replicates()), default=0)
+        missing = sorted(level for level in set(args.levels) if level >= done)
+        if missing:
+            raise UserError(f"run {run.run_id} has levels 0-{done - 1} finished; --levels "
+                            f"{' '.join(map(str, missing))} are not (`lth run` with a larger prune.levels "
+                            "trains them)" if done else f"run {run.run_id} has no finished level yet")
     with store.RunLock(run, wait=args.wait):
         data = load_dataset(config.data, root, device)
         if between:

@@ -170,3 +170,9 @@ def test_registered_landscape_keys_round_trip():
         load_config(None, ["landscape.distance=3"])
     with pytest.raises(UserError, match="did you mean 'landscape.distance'"):
         load_config(None, ["landscape.distanse=true"])
+
+
+def test_a_config_file_with_a_byte_order_mark_is_read(tmp_path):
+    path = tmp_path / "bom.toml"
+    path.write_bytes("\ufeff[train]\nlr = 0.05\n".encode("utf-8"))
+    assert load_config(path).train.lr == 0.05

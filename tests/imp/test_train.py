@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from imp.base.config import DataConfig, TrainConfig
+from imp.base.config import DataConfig, TrainConfig, load_config
 from imp.data import load_dataset
 from imp.base.duration import Duration
 from imp.models import build_model
@@ -258,3 +258,17 @@ def test_platform_options_are_provenance_not_identity(tmp_path):
     assert stored["train"] == {"batch_replicates": False, "channels_last": False, "compile": False,
                                "precision": "bf16"}
     assert stored["data"]["root"] == ""
+
+
+def test_a_diverging_loss_stops_training_naming_the_step(tmp_path):
+    from imp.base.errors import Diverged
+    from imp.models import build_initial_model
+
+    config = load_config(None, ["model.widths=[32, 16]", "train.epochs='60it'", "data.batch_size=64",
+                                "train.lr=1e6", "train.momentum=0.9"])
+    data = load_dataset(config.data, tmp_path)
+    seeds = Seeds.from_config(config.train)
+    model = build_initial_model(config, data, seeds.init)
+    with pytest.raises(Diverged, match=r"^level 9: the training loss became nan at step \d+; lower train.lr "
+                                       r"\(now 1e\+06\)"):
+        train(model, data, config.train, 64, seeds, label="level 9")

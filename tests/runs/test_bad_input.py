@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from runs.lth.cli import _parser, main
@@ -63,6 +64,13 @@ def write(name: str, text: str):
     return setup
 
 
+def write_bytes(name: str, content: bytes):
+    """A case setup writing a file of raw bytes (a config in another encoding)."""
+    def setup(out: Path, run_id: str, tmp: Path) -> None:
+        (tmp / name).write_bytes(content)
+    return setup
+
+
 def mnist_root(name: str, content: bytes):
     """A data root whose MNIST training images are ``content``."""
     def setup(out: Path, run_id: str, tmp: Path) -> None:
@@ -84,6 +92,20 @@ def overwrite(stage: str):
     """Replace a stored file of the run with bytes that are not HDF5."""
     def setup(out: Path, run_id: str, tmp: Path) -> None:
         (out / run_id / stage).write_bytes(b"this is not an HDF5 file\n" * 40)
+    return setup
+
+
+def nan_weights(stage: str):
+    """Put a NaN into a stored network's weights (as an earlier version stored diverged runs)."""
+    def setup(out: Path, run_id: str, tmp: Path) -> None:
+        from imp.base import store
+
+        path = out / run_id / stage
+        tree = store.read_h5(path)
+        provenance = tree.pop("provenance")
+        name = next(iter(tree["mask"]))
+        tree["weights"][name] = tree["weights"][name] * np.nan
+        store.write_h5(path, tree, provenance)
     return setup
 
 
@@ -187,6 +209,26 @@ CASES = [
                    ["compare", "{run}", "nope", "--results", "{out}", "--by", "train.lr"],
                    ["upgrade", "nope", "--out", "{out}"], *REGISTERED(["nope", "--out", "{out}"]))],
     ("no-such-folder-to-ls", ["ls", "{tmp}/nowhere"], ["nowhere is not a folder"], None),
+    ("config-in-utf16", ["run", "{tmp}/c.toml", "--out", "{out}"], ["c.toml is UTF-16 text", "save it as UTF-8"],
+     write_bytes("c.toml", '[train]\nlr = 0.1\n'.encode("utf-16"))),
+    ("config-not-utf8", ["run", "{tmp}/c.toml", "--out", "{out}"], ["c.toml is not UTF-8 text", "save it as UTF-8"],
+     write_bytes("c.toml", b"# caf\xe9\n[train]\nlr = 0.1\n")),
+    ("baselines-without-levels", bad_run("prune.levels=0", "prune.baselines=['reinit']"),
+     ["prune.baselines are trained at pruning levels 1 and up", "set prune.levels >= 1"], None),
+    ("levels-not-finished", ["barrier", "{run}", "--out", "{out}", "--levels", "1", "7", "9"],
+     ["has levels 0-1 finished; --levels 7 9 are not"], None),
+    ("compare-by-a-typo", ["compare", "{run}", "--results", "{out}", "--by", "prune.rewnd"],
+     ["unknown key 'prune.rewnd'; did you mean 'prune.rewind'?"], None),
+    # divergence is bad input too: never a stored NaN network, never a barrier of 0 between NaNs
+    ("infinite-learning-rate", bad_run("train.lr=inf"), ["train.lr must be a finite number"], None),
+    ("nan-perturbation", ["perturb", "{run}", "--out", "{out}", "--sizes", "nan"],
+     ["landscape.perturb_sizes[0] must be a finite number"], None),
+    ("huge-perturbation", ["perturb", "{run}", "--out", "{out}", "--sizes", "1e30"],
+     ["landscape.perturb_sizes must be finite numbers of at most 1000"], None),
+    *[(f"stored-nan-network-{argv[0]}", argv, ["replicate_0/level_1.h5 holds non-finite weights", "lower train.lr"],
+       nan_weights("replicate_0/level_1.h5"))
+      for argv in (["barrier", "{run}", "--out", "{out}"], ["hessian", "{run}", "--out", "{out}"],
+                   [*RUN, "--set", "prune.levels=2"])],
 ]
 
 # Damaged results files, for every command that reads a stored run.
@@ -233,6 +275,18 @@ def test_bad_input_is_one_line_exit_code_2_and_keeps_the_results(finished, resul
     assert_one_error_line(capsys.readouterr().err, *(fill(words, results, run_id, tmp_path)))
     assert snapshot(results) == before
     assert not (tmp_path / "report.html").exists() and not (tmp_path / "figures").exists()
+
+
+def test_a_diverging_run_stops_in_one_line_and_stores_no_network(results, tmp_path, capsys):
+    before = snapshot(results)
+    assert main(fill(bad_run("train.lr=1e6"), results, "", tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert_one_error_line(err, "replicate 0 level_", ": the training loss became nan at step",
+                          "lower train.lr (now 1e+06)")
+    diverged = err.split("replicate 0 ")[1].split(":")[0]  # the stage that diverged, e.g. level_1
+    after = snapshot(results)
+    assert {path: data for path, data in after.items() if path in before} == before
+    assert not any(path.name == f"{diverged}.h5" for path in set(after) - set(before))  # it is not stored
 
 
 def test_a_garbage_data_file_found_through_lth_data(results, tmp_path, capsys, monkeypatch):

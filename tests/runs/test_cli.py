@@ -140,7 +140,11 @@ def test_barrier_and_perturb_on_a_finished_run(tmp_path, capsys):
     assert main(["barrier", run_id, "--out", str(tmp_path), "--levels", "1", "--set", "landscape.points=5"]) == 0
     assert '"points": 5' in capsys.readouterr().out
     assert main(["barrier", run_id, "--out", str(tmp_path), "--levels", "7"]) == 2
+    assert "--levels 7 are not" in capsys.readouterr().err
+    assert main(["barrier", run_id, "--out", str(tmp_path), "--levels", "2"]) == 2  # the last: no next level
     assert "nothing to measure" in capsys.readouterr().err
+    assert main(["show", run_id[:6], "--out", str(tmp_path)]) == 0  # a unique start of the id will do
+    assert capsys.readouterr().out.startswith(f"run {run_id} ")
     assert main(["barrier", run_id, "--out", str(tmp_path), "--set", "train.lr=1"]) == 2
     assert "only landscape.* settings can change" in capsys.readouterr().err
 
@@ -187,3 +191,13 @@ def test_the_output_layer_is_fc_weight_in_every_model(capsys):
         last = capsys.readouterr().out.splitlines()[-2].split()  # the last tensor, then the total
         assert last[0] == "fc.weight" and last[1].startswith("10x") and last[-1] == "excluded", name
 
+
+
+def test_version(capsys):
+    from imp import __version__
+
+    try:
+        main(["--version"])
+    except SystemExit as exit:
+        assert exit.code == 0
+    assert capsys.readouterr().out.strip() == f"lth {__version__}"
