@@ -44,7 +44,7 @@ def choose_subset(config: Config, data: Dataset, out: str | Path, progress: bool
                 raise UserError(f"{diet.scores_file} holds {tree['score']} scores but diet.score is "
                                 f"{diet.score!r}; set diet.score = {tree['score']!r} or use another file")
         else:
-            tree, source = load_or_compute(config, data, score_spec(config), out, progress)
+            tree, source = load_or_compute(config, data, score_spec(config), out, progress, threads=None)
         scores = tree["mean"]
     positions = select(scores, labels, diet.subset, diet.size, offset=diet.offset,
                        class_balanced=diet.class_balanced, seed=diet.seed)

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from imp.base import names, store
+from imp.base.runtime import DEFAULT_THREADS, set_threads
 from imp.base.config import Config, ScoreName, to_dict
 from imp.data import Dataset, Split
 from imp.base.duration import Duration
@@ -142,8 +143,11 @@ def compute_scores(config: Config, data: Dataset, spec: ScoreSpec, progress: boo
 
 
 def load_or_compute(config: Config, data: Dataset, spec: ScoreSpec, out: str | Path,
-                    progress: bool = False) -> tuple[dict, Path]:
-    """The scores of ``spec`` from their cache file under ``out``, computed and written if absent."""
+                    progress: bool = False, threads: int | None = DEFAULT_THREADS) -> tuple[dict, Path]:
+    """The scores of ``spec`` from their cache file under ``out``, computed and written if
+    absent; sets torch's CPU threads to ``threads`` first (None leaves them alone)."""
+    if threads is not None:
+        set_threads(threads)
     path = scores_path(out, config, spec)
     if path.is_file():
         return read_scores(path, data), path

@@ -56,11 +56,12 @@ from imp.base.duration import Duration
 from imp.base.errors import UserError
 from imp.level import Start, copy_state, state_from_arrays, train_level
 from imp.models import build_initial_model
-from imp.pruning import (Mask, full_mask, magnitude_prune, oneshot_prune, prunable_tensors,
+from imp.pruning import (Mask, density, full_mask, magnitude_prune, oneshot_prune, prunable_tensors,
                          random_mask)
 from imp.base.record import TrainedLevel
 from imp.base.names import BASELINES, PRETRAIN_STAGE, REWIND_STAGE, level_stage
 from imp.base.results import levels_done
+from imp.base.runtime import DEFAULT_THREADS, set_threads
 from imp.base.seeds import Seeds, derive_seed, generator
 from imp.train import learning_rate, total_iterations
 
@@ -230,7 +231,19 @@ class Replicate:
             return None
         if level == 0:
             return self._dense_job()
-        return Job(stage, self.start_after(previous), self.prune(previous), self.train_config)
+        return Job(stage, self.start_after(previous), self.nonempty(self.prune(previous), stage),
+                   self.train_config)
+
+    def nonempty(self, mask: Mask, stage: str) -> Mask:
+        """``mask``, unless it prunes every weight of a tensor: then the network is cut in two
+        (its output no longer depends on its input) and the stage is refused, unless
+        ``prune.allow_empty_layers``."""
+        empty = [name for name, keep in mask.items() if not bool(keep.any())]
+        if empty and not self.config.prune.allow_empty_layers:
+            raise UserError(f"replicate {self.replicate} {stage} would prune every weight of {empty[0]} "
+                            f"({len(empty)} tensor(s) emptied, at density {density(mask):.3%}); stop at fewer "
+                            "prune.levels or a smaller prune.fraction, or set prune.allow_empty_layers = true")
+        return mask
 
     def baseline(self, level: int, baseline: str, trunk: TrainedLevel, dense: TrainedLevel) -> None:
         stage = level_stage(level, baseline)
@@ -250,7 +263,7 @@ class Replicate:
             else:
                 raise ValueError(f"unknown baseline {baseline!r}; choose from {BASELINES}")
             start = self.start_after(dense)
-        self._train(Job(stage, start, mask, self.train_config))
+        self._train(Job(stage, start, self.nonempty(mask, stage), self.train_config))
 
     def _dense_job(self) -> Job:
         model = build_initial_model(self.config, self.data, self.seeds.init)
@@ -388,13 +401,17 @@ def is_complete(run: store.RunDir, config: Config, replicate: int) -> bool:
 def run_imp(config: Config, out: str | Path, data_root: Path, device: torch.device, *,
             replicates: int = 1, progress: bool = False, wait: bool = False,
             hooks: Iterable[LevelHook] = (), pretrain: Pretrain | None = None,
-            report: Callable[[str], None] | None = None) -> store.RunDir:
+            report: Callable[[str], None] | None = None,
+            threads: int | None = DEFAULT_THREADS) -> store.RunDir:
     """Run (or resume, or extend) the IMP run of ``config`` under ``out``.
 
     Holds the run's lock throughout. Loads the data only when a stage is missing or
     hooks are given; checks the config against the data (rewind point, exclusion
-    patterns) before anything is written.
+    patterns) before anything is written. Sets torch's CPU threads to ``threads``
+    (:mod:`imp.base.runtime`'s policy; None leaves them as they are).
     """
+    if threads is not None:
+        set_threads(threads)
     hooks = list(hooks)
     if pretrain is None and config.diet.pretrain != Duration():
         pretrain = diet_pretrain(out, progress)

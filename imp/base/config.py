@@ -138,6 +138,7 @@ class PruneConfig:
     layer_fractions: dict[str, float] = field(default_factory=dict)  # pattern -> own fraction
     baselines: tuple[Baseline, ...] = _extent(())
     random_strategy: Literal["layerwise", "global"] = "layerwise"  # how the random baseline keeps density
+    allow_empty_layers: bool = _extent(False)  # let a level prune every weight of a tensor (else refused)
 
     def __post_init__(self):
         _check(0.0 < self.fraction < 1.0, "prune.fraction", "must be in (0, 1), e.g. 0.2")

@@ -3,6 +3,12 @@
 On a small CPU, two spin-waiting OpenMP threads competing with another process made
 small-model steps 10-40x slower; so the thread count is always set explicitly, and
 replicates are parallelised across processes rather than threads.
+
+The policy, the same for every entry point: ``lth`` commands take ``--threads``
+(default :data:`DEFAULT_THREADS`), a sweep divides the cores between its workers, and
+the Python API's run functions (:func:`imp.trunk.run_imp`,
+:func:`imp.scores.load_or_compute`) set :data:`DEFAULT_THREADS` when they are entered,
+unless given ``threads=None`` (leave torch's setting alone) or another count.
 """
 
 import os
@@ -10,6 +16,8 @@ import os
 import torch
 
 from imp.base.errors import UserError
+
+DEFAULT_THREADS = 1  # intra-op threads of every entry point unless told otherwise (0 = one per core)
 
 
 def available_cores() -> int:

@@ -221,7 +221,7 @@ def _run(args) -> int:
               + (f" by {diet.score} after {diet.score_step} ({diet.score_runs} run(s))"
                  if diet.subset in ("easy", "hard") else ""), file=sys.stderr)
     report = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
-    run = run_imp(config, args.out, root, device, replicates=args.replicates,
+    run = run_imp(config, args.out, root, device, replicates=args.replicates, threads=args.threads,
                   progress=not args.quiet and sys.stderr.isatty(), wait=args.wait,
                   report=report, hooks=level_hooks(config, device))
     print(level_table(level_rows(run)))

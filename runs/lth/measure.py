@@ -27,7 +27,8 @@ def scores(args) -> int:
     data = load_dataset(config.data, resolve_root(config.data.root, os.environ), device)
     print(f"{spec.score} after {spec.step} ({config.model.name} on {config.data.dataset}), "
           f"mean of {spec.runs} run(s), {len(data.train)} examples, {device}", file=sys.stderr)
-    tree, path = load_or_compute(config, data, spec, args.out, progress=not args.quiet and sys.stderr.isatty())
+    tree, path = load_or_compute(config, data, spec, args.out, progress=not args.quiet and sys.stderr.isatty(),
+                                 threads=args.threads)
     mean = tree["mean"]
     finite = mean[np.isfinite(mean)]
     print(f"{spec.score}: mean {finite.mean():.4g}, quartiles "

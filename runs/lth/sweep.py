@@ -116,7 +116,7 @@ def run_point(config_data: dict[str, Any], out: str, replicates: int, device: st
     chosen = choose_device(device)
     try:
         run = run_imp(config, out, resolve_root(config.data.root, os.environ), chosen,
-                      replicates=replicates, hooks=level_hooks(config, chosen))
+                      replicates=replicates, hooks=level_hooks(config, chosen), threads=threads)
     except RunLocked:
         return f"{run_id(config)}: skipped, another process is writing it"
     return f"{run.run_id}: done"

@@ -214,3 +214,19 @@ def test_killed_in_level_2_resumes_without_retraining_and_matches_an_uninterrupt
         if "eval" in a:
             assert a["final"] == b["final"]
             np.testing.assert_array_equal(a["steps"]["train_loss"], b["steps"]["train_loss"])
+
+
+def test_run_imp_sets_the_thread_policy_when_entered(tmp_path):
+    from imp.base.runtime import DEFAULT_THREADS
+
+    config = load_config(None, ["model.widths=[8]", "train.epochs='4it'", "train.eval_every='4it'"])
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        run_imp(config, tmp_path, tmp_path, CPU)
+        assert torch.get_num_threads() == DEFAULT_THREADS == 1
+        torch.set_num_threads(2)
+        run_imp(config, tmp_path, tmp_path, CPU, threads=None)  # left as it is
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

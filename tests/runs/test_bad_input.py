@@ -289,6 +289,22 @@ def test_a_diverging_run_stops_in_one_line_and_stores_no_network(results, tmp_pa
     assert not any(path.name == f"{diverged}.h5" for path in set(after) - set(before))  # it is not stored
 
 
+def test_a_level_that_empties_a_layer_is_refused(results, tmp_path, capsys):
+    before = snapshot(results)
+    assert main(fill(bad_run("prune.fraction=0.95", "prune.levels=4", "model.widths=[32, 16]"),
+                     results, "", tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert_one_error_line(err, "would prune every weight of", "prune.allow_empty_layers = true")
+    refused = err.split("replicate 0 ")[1].split(" ")[0]  # e.g. level_3
+    after = snapshot(results)
+    assert {path: data for path, data in after.items() if path in before} == before
+    assert not any(path.name == f"{refused}.h5" for path in set(after) - set(before))
+    # allowed on purpose, the same run goes on and trains the empty network
+    assert main(fill(bad_run("prune.fraction=0.95", "prune.levels=4", "model.widths=[32, 16]",
+                             "prune.allow_empty_layers=true"), results, "", tmp_path)) == 0
+    assert any(path.name == "level_4.h5" for path in snapshot(results))
+
+
 def test_a_garbage_data_file_found_through_lth_data(results, tmp_path, capsys, monkeypatch):
     mnist_root("data", b"\x89garbage" * 50)(results, "", tmp_path)
     monkeypatch.setenv("LTH_DATA", str(tmp_path / "data"))
