@@ -19,7 +19,7 @@ $(STAMP): setup.cfg pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/lth run runs/demo_digits.toml --out results/demo
 	$(VENV)/bin/lth report $$($(VENV)/bin/lth config runs/demo_digits.toml | tail -n 1 | cut -d ' ' -f 3) \
-		--results results/demo --out results/demo/report.html
+		--out results/demo --html results/demo/report.html
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q

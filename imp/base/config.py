@@ -315,6 +315,12 @@ def read_toml(path: Path, what: str) -> dict[str, Any]:
 
 def with_overrides(raw: dict[str, Any], overrides: typing.Sequence[str] = ()) -> Config:
     """A config from nested plain data (e.g. a stored canonical config) and overrides."""
+    return from_dict(apply_overrides(raw, overrides))
+
+
+def apply_overrides(raw: dict[str, Any], overrides: typing.Sequence[str] = ()) -> dict[str, Any]:
+    """Nested plain data with ``section.key=value`` overrides set (a copy; types are checked
+    when a config is built from it)."""
     raw = {key: dict(value) if isinstance(value, dict) else value for key, value in raw.items()}
     for override in overrides:
         key, value = _parse_override(override)
@@ -325,7 +331,7 @@ def with_overrides(raw: dict[str, Any], overrides: typing.Sequence[str] = ()) ->
         if not isinstance(raw[section], dict):
             raise UserError(f"{section} must be a table of keys")
         raw[section][name] = value
-    return from_dict(raw)
+    return raw
 
 
 def _parse_override(text: str) -> tuple[str, Any]:

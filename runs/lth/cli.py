@@ -121,23 +121,32 @@ def _parser() -> argparse.ArgumentParser:
     upgrade.set_defaults(command=_upgrade)
 
     plot = commands.add_parser("plot", help="write every figure the runs' results support")
-    plot.add_argument("runs", nargs="+", help="run folders, or run ids under --results")
-    plot.add_argument("--out", default="figures", help="folder for the figures (default: figures)")
+    plot.add_argument("runs", nargs="+", help="run folders, or run ids under --out")
+    plot.add_argument("--figures", default="figures", help="folder for the figures (default: figures)")
     plot.add_argument("--format", default="png", choices=["png", "pdf", "svg"])
     _results_argument(plot)
     plot.set_defaults(command=analyse.plot)
 
     report = commands.add_parser("report", help="one self-contained HTML report of the runs")
-    report.add_argument("runs", nargs="+", help="run folders, or run ids under --results")
-    report.add_argument("--out", default="report.html", help="the HTML file to write (default: report.html)")
+    report.add_argument("runs", nargs="+", help="run folders, or run ids under --out")
+    report.add_argument("--html", default="report.html", help="the HTML file to write (default: report.html)")
     _results_argument(report)
     report.set_defaults(command=analyse.report)
 
     compare = commands.add_parser("compare", help="compare groups of runs (e.g. rewind points) level by level")
-    compare.add_argument("runs", nargs="+", help="run folders, or run ids under --results")
+    compare.add_argument("runs", nargs="+", help="run folders, or run ids under --out")
     compare.add_argument("--by", required=True, help="a config key, e.g. prune.rewind or diet.subset")
     _results_argument(compare)
     compare.set_defaults(command=analyse.compare)
+
+    export = commands.add_parser("export", help="write one tidy table of the runs (CSV or Parquet)")
+    export.add_argument("runs", nargs="+", help="run folders, or run ids under --out")
+    export.add_argument("--table", required=True, choices=list(analyse.TABLES),
+                        help="which frame of analysis.load (columns documented there and in the README)")
+    export.add_argument("--format", default="csv", choices=["csv", "parquet"])
+    export.add_argument("--file", help="the file to write (default: <table>.<format>)")
+    _results_argument(export)
+    export.set_defaults(command=analyse.export)
 
     layers = commands.add_parser("layers", help="list the model's prunable tensors and how each is pruned")
     _config_arguments(layers)
@@ -145,6 +154,8 @@ def _parser() -> argparse.ArgumentParser:
 
     sweep = commands.add_parser("sweep", help="run (or resume, or submit) every run of a sweep file")
     sweep.add_argument("file", help="a TOML run config with a [sweep] table of axes")
+    sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                       help="override one value of the sweep's base config, as for `lth run` (repeatable)")
     sweep.add_argument("--out", default=DEFAULT_OUT, help=f"results folder (default: {DEFAULT_OUT})")
     sweep.add_argument("--executor", default="local", choices=["local", "parallel", "slurm"],
                        help="local: one run after another; parallel: --workers processes; slurm: one job per run")
@@ -166,7 +177,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _results_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--results", default=DEFAULT_OUT, help=f"where run ids are looked up (default: {DEFAULT_OUT})")
+    parser.add_argument("--out", default=DEFAULT_OUT,
+                        help=f"the results folder, where run ids are looked up (default: {DEFAULT_OUT})")
 
 
 def _measure_arguments(parser: argparse.ArgumentParser) -> None:

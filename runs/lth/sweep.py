@@ -26,14 +26,14 @@ import itertools
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from imp.base.config import Config, check_key, from_dict, read_toml, run_id, to_dict
+from imp.base.config import Config, apply_overrides, check_key, from_dict, read_toml, run_id, to_dict
 from imp.base.errors import UserError
 from imp.base.names import SWEEPS_DIR, sweep_manifest
 
@@ -45,11 +45,18 @@ class Sweep:
     replicates: int
 
 
-def load_sweep(path: str | Path) -> Sweep:
-    """Read a sweep file and expand its grid, checking every axis and every point."""
+def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> Sweep:
+    """Read a sweep file, set ``overrides`` (``section.key=value``) on its base config, and
+    expand its grid, checking every axis and every point."""
     path = Path(path)
     raw = read_toml(path, "sweep file")
     grid = raw.pop("sweep", None)
+    if isinstance(grid, dict):
+        for override in overrides:  # --set: like `lth run`, on the file's base config
+            key = override.partition("=")[0].strip()
+            if any(key in (k.strip() for k in axis.split(",")) for axis in grid):
+                raise UserError(f"--set {override}: {key} is an axis of the sweep; change its values in {path}")
+        raw = apply_overrides(raw, overrides)
     if not isinstance(grid, dict):
         raise UserError(f"{path} has no [sweep] table; `lth run` takes plain run configs (`lth run {path}`), "
                         "a sweep file adds a [sweep] table of axes such as \"prune.rewind\" = [\"0it\", \"200it\"]")
@@ -203,7 +210,7 @@ def slurm_executor(out: str | Path, *, partition: str | None, gpus_per_job: int,
 
 def main_sweep(args) -> int:
     """``lth sweep``: expand the file, then run or submit every point."""
-    sweep = load_sweep(args.file)
+    sweep = load_sweep(args.file, args.overrides)
     print(f"sweep {sweep.name}: {len(sweep.configs)} run(s) x {sweep.replicates} replicate(s), "
           f"executor {args.executor}", file=sys.stderr)
     if args.executor == "slurm":

@@ -37,7 +37,7 @@ def test_the_report_notes_what_was_not_computed(results, tmp_path):
 
 def test_plot_writes_the_supported_figures(results, tmp_path, capsys):
     out, ids = results
-    assert main(["plot", *ids[:2], "--results", str(out), "--out", str(tmp_path / "figs"), "--format", "svg"]) == 0
+    assert main(["plot", *ids[:2], "--out", str(out), "--figures", str(tmp_path / "figs"), "--format", "svg"]) == 0
     written = capsys.readouterr().out.split()
     assert written and all(path.endswith(".svg") for path in written)
     assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == sorted(p.split("/")[-1] for p in written)
@@ -48,9 +48,25 @@ def test_compare_groups_by_a_config_key(results, capsys):
     table = compare(levels_frame(load_runs(ids[:2], out)), "prune.rewind")
     assert list(table.columns) == ["prune.rewind", "level", "n", "density", "mean", "std"]
     assert set(table["n"]) == {2} and len(table) == 2 * 3
-    assert main(["compare", *ids[:2], "--results", str(out), "--by", "prune.rewind"]) == 0
+    assert main(["compare", *ids[:2], "--out", str(out), "--by", "prune.rewind"]) == 0
     assert capsys.readouterr().out.split("\n")[0].split() == ["prune.rewind", "level", "n", "density", "mean", "std"]
-    assert main(["compare", *ids, "--results", str(out), "--by", "prune.rewnd"]) == 2
+    assert main(["compare", *ids, "--out", str(out), "--by", "prune.rewnd"]) == 2
     assert "unknown key 'prune.rewnd'" in capsys.readouterr().err
     with pytest.raises(ValueError, match="no finished levels"):
         compare(levels_frame([]), "prune.rewind")
+
+
+def test_export_writes_the_frame_as_csv(results, tmp_path, capsys):
+    import pandas as pd
+
+    from analysis.load import load_frames
+
+    out, ids = results
+    for table in ("levels", "measurements", "barriers"):
+        path = tmp_path / f"{table}.csv"
+        assert main(["export", *ids[:2], "--out", str(out), "--table", table, "--file", str(path)]) == 0
+        written, frame = pd.read_csv(path), load_frames(ids[:2], out)[table]
+        assert list(written.columns) == list(frame.columns) and len(written) == len(frame)
+        numbers = [c for c in frame.columns if frame[c].dtype.kind == "f"]
+        pd.testing.assert_frame_equal(written[numbers], frame[numbers].reset_index(drop=True), check_dtype=False)
+    assert "rows x" in capsys.readouterr().out

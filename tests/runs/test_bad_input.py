@@ -204,10 +204,12 @@ CASES = [
     *[(f"no-such-run-{argv[0]}", argv, ["'nope' is not a run folder, nor a run id under", "`lth ls` lists the runs"], None)
       for argv in (["show", "nope", "--out", "{out}"], ["barrier", "nope", "--out", "{out}"],
                    ["perturb", "nope", "--out", "{out}", "--sizes", "0.5"], ["hessian", "nope", "--out", "{out}"],
-                   ["plot", "nope", "--results", "{out}", "--out", "{tmp}/figures"],
-                   ["report", "nope", "--results", "{out}", "--out", "{tmp}/report.html"],
-                   ["compare", "{run}", "nope", "--results", "{out}", "--by", "train.lr"],
-                   ["upgrade", "nope", "--out", "{out}"], *REGISTERED(["nope", "--out", "{out}"]))],
+                   ["plot", "nope", "--out", "{out}", "--figures", "{tmp}/figures"],
+                   ["report", "nope", "--out", "{out}", "--html", "{tmp}/report.html"],
+                   ["compare", "{run}", "nope", "--out", "{out}", "--by", "train.lr"],
+                   ["upgrade", "nope", "--out", "{out}"],
+                   ["export", "nope", "--out", "{out}", "--table", "levels", "--file", "{tmp}/levels.csv"],
+                   *REGISTERED(["nope", "--out", "{out}"]))],
     ("no-such-folder-to-ls", ["ls", "{tmp}/nowhere"], ["nowhere is not a folder"], None),
     ("config-in-utf16", ["run", "{tmp}/c.toml", "--out", "{out}"], ["c.toml is UTF-16 text", "save it as UTF-8"],
      write_bytes("c.toml", '[train]\nlr = 0.1\n'.encode("utf-16"))),
@@ -217,7 +219,13 @@ CASES = [
      ["prune.baselines are trained at pruning levels 1 and up", "set prune.levels >= 1"], None),
     ("levels-not-finished", ["barrier", "{run}", "--out", "{out}", "--levels", "1", "7", "9"],
      ["has levels 0-1 finished; --levels 7 9 are not"], None),
-    ("compare-by-a-typo", ["compare", "{run}", "--results", "{out}", "--by", "prune.rewnd"],
+    ("export-of-nothing-measured", ["export", "{run}", "--out", "{out}", "--table", "barriers", "--file",
+                                    "{tmp}/b.csv"], ["the runs have no barriers rows"], None),
+    ("export-parquet-without-pyarrow", ["export", "{run}", "--out", "{out}", "--table", "levels", "--format",
+                                        "parquet", "--file", "{tmp}/l.parquet"], ["needs pyarrow"], None),
+    ("export-into-a-folder", ["export", "{run}", "--out", "{out}", "--table", "levels", "--file", "{tmp}"],
+     ["is a folder; give --file a file name"], None),
+    ("compare-by-a-typo", ["compare", "{run}", "--out", "{out}", "--by", "prune.rewnd"],
      ["unknown key 'prune.rewnd'; did you mean 'prune.rewind'?"], None),
     # divergence is bad input too: never a stored NaN network, never a barrier of 0 between NaNs
     ("infinite-learning-rate", bad_run("train.lr=inf"), ["train.lr must be a finite number"], None),
@@ -239,10 +247,11 @@ RUN_ID_COMMANDS = {
     "barrier": ["barrier", "{run}", "--out", "{out}"],
     "perturb": ["perturb", "{run}", "--out", "{out}", "--sizes", "0.5"],
     "hessian": ["hessian", "{run}", "--out", "{out}"],
-    "plot": ["plot", "{run}", "--results", "{out}", "--out", "{tmp}/figures"],
-    "report": ["report", "{run}", "--results", "{out}", "--out", "{tmp}/report.html"],
-    "compare": ["compare", "{run}", "--results", "{out}", "--by", "train.lr"],
+    "plot": ["plot", "{run}", "--out", "{out}", "--figures", "{tmp}/figures"],
+    "report": ["report", "{run}", "--out", "{out}", "--html", "{tmp}/report.html"],
+    "compare": ["compare", "{run}", "--out", "{out}", "--by", "train.lr"],
     "upgrade": ["upgrade", "{run}", "--out", "{out}"],
+    "export": ["export", "{run}", "--out", "{out}", "--table", "levels", "--file", "{tmp}/levels.csv"],
     **{argv[0]: argv for argv in REGISTERED(["{run}", "--out", "{out}"])},
 }
 DAMAGE = {
@@ -275,6 +284,7 @@ def test_bad_input_is_one_line_exit_code_2_and_keeps_the_results(finished, resul
     assert_one_error_line(capsys.readouterr().err, *(fill(words, results, run_id, tmp_path)))
     assert snapshot(results) == before
     assert not (tmp_path / "report.html").exists() and not (tmp_path / "figures").exists()
+    assert not [p for p in tmp_path.iterdir() if p.suffix in (".csv", ".parquet")]
 
 
 def test_a_diverging_run_stops_in_one_line_and_stores_no_network(results, tmp_path, capsys):
@@ -319,7 +329,7 @@ def test_the_matrix_covers_every_command_that_takes_run_ids():
     (commands,) = [a.choices for a in _parser()._actions if isinstance(a, argparse._SubParsersAction)]
     takes_runs = {name for name, parser in commands.items()
                   if any(action.dest in ("run", "runs") and not action.option_strings for action in parser._actions)}
-    assert takes_runs == {"show", "barrier", "perturb", "hessian", "plot", "report", "compare", "upgrade",
+    assert takes_runs == {"show", "barrier", "perturb", "hessian", "plot", "report", "compare", "upgrade", "export",
                           *(argv[0] for argv in REGISTERED([]))}
     ids = {case[0] for case in CASES}
     assert all(f"no-such-run-{command}" in ids and f"truncated-stage-{command}" in ids for command in takes_runs)

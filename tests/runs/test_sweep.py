@@ -39,6 +39,16 @@ def test_the_grid_expands_in_the_order_written(tmp_path):
     assert all(c.model.widths == (16,) and c.prune.levels == 1 for c in sweep.configs)
 
 
+def test_set_changes_the_base_config_of_every_point(tmp_path):
+    sweep = load_sweep(write(tmp_path), ["model.widths=[8]", "prune.levels=2"])
+    assert all(c.model.widths == (8,) and c.prune.levels == 2 for c in sweep.configs)
+    assert [c.train.lr for c in sweep.configs] == [0.1, 0.05, 0.1, 0.05]  # the axes as written
+    with pytest.raises(UserError, match="train.lr is an axis of the sweep; change its values in"):
+        load_sweep(write(tmp_path), ["train.lr=0.3"])
+    with pytest.raises(UserError, match="unknown key 'model.widht'"):
+        load_sweep(write(tmp_path), ["model.widht=[8]"])
+
+
 def test_a_linked_axis_sets_its_keys_together(tmp_path):
     text = SWEEP.replace('"train.lr" = [0.1, 0.05]',
                          '"diet.subset,diet.size,diet.pretrain" = [["all", 0, "0it"], ["easy", 50, "10it"]]')
