@@ -6,6 +6,7 @@ depends only on ``(order_seed, e)``, so training can start at any step (a rewind
 with exactly the data order an uninterrupted run would have seen.
 """
 
+import hashlib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -62,6 +63,7 @@ class Dataset:
     fill: torch.Tensor
     noisy: torch.Tensor
     clean_labels: torch.Tensor
+    fingerprint: str = ""  # of the files read (:func:`fingerprint`); "" for a data set built by hand
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -126,7 +128,24 @@ def load_dataset(config: DataConfig, root: Path, device: str | torch.device = "c
     fill = torch.as_tensor(-mean / std, dtype=torch.float32)
     return Dataset(config.dataset, _to_device(train, device), _to_device(test, device),
                    None if validation is None else _to_device(validation, device), raw.num_classes,
-                   augment, fill.to(device), noisy, clean_labels)
+                   augment, fill.to(device), noisy, clean_labels, fingerprint(raw))
+
+
+FINGERPRINT_SAMPLE = 64  # inputs hashed per split, at evenly spaced positions
+
+
+def fingerprint(raw: RawData) -> str:
+    """16 hex digits of sha256 over what identifies a data set as read: the shapes, every
+    training and test label, and :data:`FINGERPRINT_SAMPLE` inputs of each split at evenly
+    spaced positions, as stored (before normalisation, so every device agrees). Another
+    folder of the same files gives the same fingerprint; other images or labels do not."""
+    digest = hashlib.sha256()
+    for x, y in ((raw.x_train, raw.y_train), (raw.x_test, raw.y_test)):
+        digest.update(repr((x.shape, str(x.dtype), y.shape)).encode())
+        digest.update(np.ascontiguousarray(y, dtype=np.int64).tobytes())
+        positions = np.unique(np.linspace(0, len(x) - 1, FINGERPRINT_SAMPLE).round().astype(int))
+        digest.update(np.ascontiguousarray(x[positions]).tobytes())
+    return digest.hexdigest()[:16]
 
 
 def _to_device(split: Split, device: str | torch.device) -> Split:

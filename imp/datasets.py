@@ -20,7 +20,10 @@ Layouts under the data root (torchvision's own, so a torchvision download works)
 """
 
 import gzip
+import hashlib
+import os
 import pickle
+import zipfile
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -147,10 +150,16 @@ def read_cifar100(root: Path) -> RawData:
 
 
 def read_imagefolder(root: Path) -> RawData:
-    """Read ``root/train`` and ``root/test`` ImageFolder trees; cache the decoded bytes."""
+    """Read ``root/train`` and ``root/test`` ImageFolder trees; cache the decoded bytes.
+
+    The cache ``<root>/.lth-cache.npz`` records a signature of the files it was decoded
+    from (every path, size and modification time); a cache whose files changed, or that
+    cannot be read (a copy cut short), is decoded again and replaced, atomically."""
     cache = root / ".lth-cache.npz"
-    if cache.is_file():
-        arrays = np.load(cache)
+    present = all((root / split).is_dir() for split in ("train", "test"))
+    signature = _tree_signature(root) if present else ""
+    arrays = _read_cache(cache)
+    if arrays is not None and (not present or str(arrays.get("signature", "")) == signature):
         return RawData(arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"],
                        int(arrays["num_classes"]), 255.0, True)
     for split in ("train", "test"):
@@ -162,12 +171,39 @@ def read_imagefolder(root: Path) -> RawData:
         raise UserError(f"imagefolder: {root}/test has classes {test_classes}, train has {classes}")
     if x_test.shape[1:] != x_train.shape[1:]:
         raise UserError(f"imagefolder: test images are {x_test.shape[1:]}, train {x_train.shape[1:]}")
+    temporary = cache.with_name(f".lth-cache.{os.getpid()}.tmp")
     try:
-        np.savez(cache, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
-                 num_classes=len(classes))
+        with open(temporary, "wb") as handle:
+            np.savez(handle, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
+                     num_classes=len(classes), signature=signature)
+        os.replace(temporary, cache)
     except OSError:
         pass  # a read-only tree is fine; it is decoded again next time
+    finally:
+        temporary.unlink(missing_ok=True)
     return RawData(x_train, y_train, x_test, y_test, len(classes), 255.0, True)
+
+
+def _tree_signature(root: Path) -> str:
+    """sha256 over the relative path, size and modification time of every file of the trees."""
+    digest = hashlib.sha256()
+    for split in ("train", "test"):
+        for path in sorted((root / split).rglob("*")):
+            if path.is_file():
+                stat = path.stat()
+                digest.update(f"{path.relative_to(root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def _read_cache(cache: Path) -> dict | None:
+    """The cached arrays, or None when there is no cache or it cannot be read whole."""
+    if not cache.is_file():
+        return None
+    try:
+        with np.load(cache) as file:
+            return {key: file[key] for key in file.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError):
+        return None
 
 
 def _decode_tree(folder: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:

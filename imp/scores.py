@@ -139,6 +139,7 @@ def compute_scores(config: Config, data: Dataset, spec: ScoreSpec, progress: boo
         "labels": data.train.y.cpu().numpy(),
         "noisy": data.noisy.cpu().numpy(),
         "input_norm": data.train.x.flatten(1).norm(dim=1).double().cpu().numpy(),
+        "data_fingerprint": data.fingerprint,
     }
 
 
@@ -168,6 +169,11 @@ def read_scores(path: str | Path, data: Dataset | None = None) -> dict:
     if data is not None and not np.array_equal(tree["index"], data.train.index.cpu().numpy()):
         raise UserError(f"{path} scores a different training set (other data set, validation split "
                         "or size) than this run; compute scores with this run's [data] section")
+    stored = str(tree.get("data_fingerprint", ""))
+    if data is not None and stored and data.fingerprint and stored != data.fingerprint:
+        raise UserError(f"{path} scores other data than this {data.name} (fingerprint {stored}, now "
+                        f"{data.fingerprint}); compute scores on this data (move that file away, or use "
+                        "another --out folder)")
     return tree
 
 

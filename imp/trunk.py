@@ -424,6 +424,7 @@ def run_imp(config: Config, out: str | Path, data_root: Path, device: torch.devi
         data = load_dataset(config.data, data_root, device) if pending or hooks else None
         if data is not None:
             check(config, data)
+            check_data(run, data)
         all_replicates = [Replicate(config, data, run, r, pretrain=pretrain, progress=progress, report=report)
                           for r in range(replicates)] if data is not None else []
         for replicate in all_replicates:  # what the pending work starts from is sound, before run.h5 changes
@@ -431,7 +432,7 @@ def run_imp(config: Config, out: str | Path, data_root: Path, device: torch.devi
                 done = levels_done(run, replicate.replicate)
                 for level in sorted({0, done - 1}) if done else ():
                     replicate.read(level_stage(level))
-        store.create_run(run, canonical_json(config), device, extra=_plan(run, config, replicates, data_root),
+        store.create_run(run, canonical_json(config), device, extra=_plan(run, config, replicates, data_root, data),
                          platform=platform_json(config))
         together = pending if config.train.batch_replicates and len(pending) > 1 else []
         if together:
@@ -442,12 +443,28 @@ def run_imp(config: Config, out: str | Path, data_root: Path, device: torch.devi
     return run
 
 
-def _plan(run: store.RunDir, config: Config, replicates: int, data_root: Path) -> dict:
+def check_data(run: store.RunDir, data: Dataset) -> None:
+    """Refuse data other than the data ``run`` was trained on (its fingerprint in ``run.h5``
+    differs): ``data.root`` is not part of the run id, so a changed folder must not pass."""
+    stored = str(store.read_run(run).get(DATA_FINGERPRINT, "")) if store.is_run(run.path) else ""
+    if stored and data.fingerprint and stored != data.fingerprint:
+        root = store.read_run(run).get("data_root", "")
+        raise UserError(f"run {run.run_id} was trained on other data than this {data.name} (fingerprint "
+                        f"{stored}, now {data.fingerprint}; it last read {root or 'the bundled data'}): "
+                        "point data.root at the data it was trained on, or use another --out folder")
+
+
+DATA_FINGERPRINT = "data_fingerprint"  # run.h5 attribute: imp.data.fingerprint of the data trained on
+
+
+def _plan(run: store.RunDir, config: Config, replicates: int, data_root: Path, data: Dataset | None) -> dict:
     """The run's plan in ``run.h5``: the most levels and replicates ever asked for, every
-    baseline ever asked for, and the latest data root."""
+    baseline ever asked for, the latest data root and the fingerprint of its data."""
     old = store.read_run(run) if store.is_run(run.path) else {}
     baselines = set(filter(None, str(old.get("baselines", "")).split(","))) | set(config.prune.baselines)
+    fingerprint = data.fingerprint if data is not None and data.fingerprint else old.get(DATA_FINGERPRINT, "")
     return {
+        DATA_FINGERPRINT: str(fingerprint),
         "data_root": str(data_root),
         "planned_levels": max(int(old.get("planned_levels", 0)), config.prune.levels),
         "planned_replicates": max(int(old.get("planned_replicates", 0)), replicates),

@@ -49,6 +49,10 @@ def correlate(args) -> int:
     trees = [read_scores(path) for path in args.files]
     if any(not np.array_equal(t["index"], trees[0]["index"]) for t in trees):
         raise UserError("these scores are over different training sets; compare scores of one [data] section")
+    prints = {str(t["data_fingerprint"]) for t in trees if t.get("data_fingerprint")}
+    if len(prints) > 1:
+        raise UserError(f"these scores were computed on different data (fingerprints {', '.join(sorted(prints))}); "
+                        "compare scores of one data set")
     names = [f"{t['score']}@{t['step']}" for t in trees] + ["input_norm"]
     columns = [t["mean"] for t in trees] + [trees[0]["input_norm"]]
     rows = [[name] + [f"{spearman(a, b):.3f}" for b in columns] for name, a in zip(names, columns)]
@@ -100,6 +104,7 @@ def _on_run(args, extra: list[str], kinds: Sequence[str] = (), between: Sequence
     from imp.legacy import check_run
     from imp.base.results import find_run, levels_done, run_info
     from imp.base.runtime import choose_device, set_threads
+    from imp.trunk import check_data
     from landscape.hooks import measure_run
 
     run = find_run(args.run, args.out)
@@ -121,6 +126,7 @@ def _on_run(args, extra: list[str], kinds: Sequence[str] = (), between: Sequence
                             "trains them)" if done else f"run {run.run_id} has no finished level yet")
     with store.RunLock(run, wait=args.wait):
         data = load_dataset(config.data, root, device)
+        check_data(run, data)  # the data the run was trained on, or one line
         if between:
             return _pair(config, data, run, args.replicate, between)
         measured = [m for m in measure_run(config, data, run, device, args.levels) if m.measurement in kinds]

@@ -306,23 +306,38 @@ def test_imagefolder_with_distinct_numbered_files_keeps_their_order(tmp_path):
         np.testing.assert_array_equal(got, pixels[i].transpose(2, 0, 1))
 
 
-def test_imagefolder_writes_and_then_uses_its_cache(tmp_path):
+def test_imagefolder_uses_its_cache_only_while_the_files_are_unchanged(tmp_path, monkeypatch):
+    import os
+
+    import imp.datasets
+
+    decoded = []
+    real = imp.datasets._decode_tree
+    monkeypatch.setattr(imp.datasets, "_decode_tree", lambda folder: decoded.append(folder) or real(folder))
     written = image_tree(tmp_path, np.random.default_rng(1))
     first = read_imagefolder(tmp_path)
     cache = tmp_path / ".lth-cache.npz"
-    assert cache.is_file()
-    # Overwrite one image and delete another: the second call must come from the cache.
-    write_png(tmp_path / "train" / "cat" / "000.png", np.zeros((5, 7, 3), np.uint8))
-    (tmp_path / "test" / "dog" / "001.png").unlink()
-    second = read_imagefolder(tmp_path)
+    assert cache.is_file() and len(decoded) == 2
+    second = read_imagefolder(tmp_path)  # unchanged files: from the cache
+    assert len(decoded) == 2
     for name in ("x_train", "y_train", "x_test", "y_test"):
         np.testing.assert_array_equal(getattr(second, name), getattr(first, name))
     assert second.num_classes == 2 and second.scale == 255.0 and second.natural_images is True
     np.testing.assert_array_equal(second.x_train[0], written["train"][0][0].transpose(2, 0, 1))
-    # Without the cache the tree is decoded afresh.
-    cache.unlink()
+    # Overwrite one image and delete another: the stale cache is not used, the tree is decoded again.
+    write_png(tmp_path / "train" / "cat" / "000.png", np.zeros((5, 7, 3), np.uint8))
+    (tmp_path / "test" / "dog" / "001.png").unlink()
     third = read_imagefolder(tmp_path)
-    assert third.x_train[0].sum() == 0 and len(third.y_test) == 2
+    assert len(decoded) == 4 and third.x_train[0].sum() == 0 and len(third.y_test) == 2
+    # A cache cut short is decoded again and replaced whole; no temporary file is left.
+    cache.write_bytes(cache.read_bytes()[: cache.stat().st_size // 2])
+    fourth = read_imagefolder(tmp_path)
+    assert len(decoded) == 6 and np.array_equal(fourth.x_train, third.x_train)
+    assert read_imagefolder(tmp_path).x_train.shape == third.x_train.shape and len(decoded) == 6
+    assert [p.name for p in tmp_path.iterdir() if p.is_file()] == [".lth-cache.npz"]
+    # Only the cache, without the trees: it is all there is, and it is used.
+    os.rename(tmp_path / "train", tmp_path / "gone")
+    assert np.array_equal(read_imagefolder(tmp_path).x_train, third.x_train) and len(decoded) == 6
 
 
 def test_imagefolder_images_of_different_sizes_raise(tmp_path):
