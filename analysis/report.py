@@ -18,7 +18,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from analysis.figures import FIGURES, category_order  # noqa: E402
-from imp.base.errors import did_you_mean  # noqa: E402
+from imp.base.errors import UserError, did_you_mean  # noqa: E402
+from imp.base.store import cannot_write, check_writable  # noqa: E402
 
 
 def draw_all(frames: dict[str, pd.DataFrame]) -> tuple[dict[str, plt.Figure], dict[str, str]]:
@@ -35,6 +36,9 @@ def draw_all(frames: dict[str, pd.DataFrame]) -> tuple[dict[str, plt.Figure], di
 
 def save_figures(frames: dict[str, pd.DataFrame], out: str | Path, fmt: str = "png") -> tuple[list[Path], dict]:
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} is a file, not a folder; give --figures a folder")
+    check_writable(out, "another --figures folder")
     out.mkdir(parents=True, exist_ok=True)
     drawn, skipped = draw_all(frames)
     paths = []
@@ -101,6 +105,9 @@ def _measurements(measurements: pd.DataFrame) -> str:
 def write_report(frames: dict[str, pd.DataFrame], infos: list[dict], path: str | Path) -> Path:
     """One HTML page with every figure embedded, summary tables, provenance and notes."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a folder; give --html a file name")
+    check_writable(path.parent, "another --html file")
     drawn, skipped = draw_all(frames)
     levels = frames.get("levels", pd.DataFrame())
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>lth report</title>",
@@ -128,6 +135,9 @@ def write_report(frames: dict[str, pd.DataFrame], infos: list[dict], path: str |
                                                "baselines": info["baselines"], "diet": info["diet"]},
                                               indent=2, default=str)) + "</pre>")
     parts.append("</body></html>")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(parts))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n".join(parts))
+    except OSError as error:
+        raise cannot_write(path, error, "another --html file") from None
     return path

@@ -15,6 +15,7 @@
 import numpy as np
 
 from imp.base.config import LandscapeConfig
+from imp.base.errors import UserError
 from imp.data import fixed_subset
 from imp.models import build_initial_model
 from imp.base.names import pruned_stage
@@ -44,7 +45,11 @@ def measure_hessian(m: Context, level: int, settings: dict) -> dict:
     examples = fixed_subset(m.data.train, settings["examples"], derive_seed(seed, "hessian"))
     operator = HessianOperator(model, examples.x, examples.y, {k: v.to(device) for k, v in mask.items()},
                                bn=settings["bn"])
-    top = lanczos(operator, settings["k"], tol=settings["tol"], seed=derive_seed(seed, "lanczos", level))
+    if settings["k"] > operator.active:
+        raise UserError(f"landscape.hessian_k = {settings['k']} is more than the {operator.active} unpruned "
+                        f"coordinates at level {level}; ask for fewer eigenvalues")
+    top = lanczos(operator, settings["k"], tol=settings["tol"], max_iter=max(100, 3 * settings["k"]),
+                  seed=derive_seed(seed, "lanczos", level))
     slq = slq_density(operator, runs=settings["slq_runs"], steps=settings["slq_steps"],
                       seed=derive_seed(seed, "slq", level))
     squares = sorted_squares(weights, mask)

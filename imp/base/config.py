@@ -235,7 +235,6 @@ class LandscapeConfig:
 
     def __post_init__(self):
         _check(self.siblings == 0 or self.siblings >= 2, "landscape.siblings", "must be 0 or at least 2")
-        _check(self.points >= 2, "landscape.points", "must be at least 2")
         _check(self.examples >= 0, "landscape.examples", "must be >= 0")
         _check(self.bn_examples > 0, "landscape.bn_examples", "must be positive")
         _check(all(level >= 0 for level in self.sibling_levels + self.perturb_levels),
@@ -243,7 +242,9 @@ class LandscapeConfig:
         _check(len(self.perturb_directions) > 0, "landscape.perturb_directions", "must not be empty")
         _check(all(math.isfinite(size) and abs(size) <= 1e3 for size in self.perturb_sizes),
                "landscape.perturb_sizes", "must be finite numbers of at most 1000 natural scales in size")
-        _check(self.hessian_k >= 1, "landscape.hessian_k", "must be at least 1")
+        _check(1 <= self.hessian_k <= 200, "landscape.hessian_k",
+               "must be from 1 to 200 (Lanczos keeps a float64 basis of about 3k vectors)")
+        _check(2 <= self.points <= 1001, "landscape.points", "must be from 2 to 1001")
         _check(self.hessian_tol > 0, "landscape.hessian_tol", "must be positive")
         _check(self.slq_runs >= 1 and self.slq_steps >= 2, "landscape.slq_runs/slq_steps", "must be >= 1 and >= 2")
         _check(self.prune_eps > 0, "landscape.prune_eps", "must be positive")

@@ -20,6 +20,7 @@ package version, git revision and dirty flag, torch version, device and date.
 """
 
 import datetime
+import errno
 import fcntl
 import functools
 import json
@@ -181,25 +182,28 @@ def _injected_fault() -> None:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-def cannot_write(path: Path, error: OSError) -> UserError:
+def cannot_write(path: Path, error: OSError, instead: str = "another --out folder") -> UserError:
     """The one-line error for a file or folder that cannot be written."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return UserError(f"no space left on the device while writing {path}; free some space and rerun "
+                         "the command to resume (finished files are intact)")
     reason = error.strerror or str(error)
     folder = next(p for p in path.absolute().parents if p.exists())
     return UserError(f"cannot write {path} ({reason}); make {folder} writable, "
-                     "or choose another --out folder")
+                     f"or choose {instead}")
 
 
-def check_writable(folder: str | Path) -> None:
+def check_writable(folder: str | Path, instead: str = "another --out folder") -> None:
     """Fail now, not after hours of computing, when files cannot be made in ``folder``
     (or in the nearest existing folder above it, where it will be created)."""
     folder = Path(folder).absolute()
     existing = next(p for p in (folder, *folder.parents) if p.exists())
     if not existing.is_dir():
         raise UserError(f"cannot write under {folder}: {existing} is a file, not a folder; "
-                        "choose another --out folder")
+                        f"choose {instead}")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"cannot write under {folder}: {existing} is not writable; "
-                        "make it writable, or choose another --out folder")
+                        f"make it writable, or choose {instead}")
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -349,6 +353,7 @@ class RunLock:
         self._handle = None
 
     def __enter__(self) -> "RunLock":
+        self.created = not self.run.path.exists()
         try:
             self.run.path.mkdir(parents=True, exist_ok=True)
             handle = open(self.run.lock_file, "a+")
@@ -371,12 +376,28 @@ class RunLock:
         self._handle = handle
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, kind, value, traceback) -> None:
         handle, self._handle = self._handle, None
         if handle is not None:
             handle.truncate(0)
             fcntl.flock(handle, fcntl.LOCK_UN)
             handle.close()
+        if kind is not None and self.created:
+            self._remove_if_empty()
+
+    def _remove_if_empty(self) -> None:
+        """A run folder this lock made, left by a command that failed before storing any
+        stage in it (only the lock, the run.h5 it wrote itself and empty folders): removed,
+        so that rejected input leaves no phantom run behind."""
+        files = [p for p in self.run.path.rglob("*")
+                 if p.is_file() and p not in (self.run.lock_file, self.run.run_file)]
+        if files:
+            return
+        self.run.run_file.unlink(missing_ok=True)
+        for folder in sorted((p for p in self.run.path.rglob("*") if p.is_dir()), reverse=True):
+            folder.rmdir()
+        self.run.lock_file.unlink(missing_ok=True)
+        self.run.path.rmdir()
 
 
 def _flock(handle, kind: int, wait: bool, tries: int = 5) -> None:

@@ -56,7 +56,7 @@ def export(args) -> int:
             import pyarrow  # noqa: F401
         except ImportError:
             raise UserError("--format parquet needs pyarrow (pip install pyarrow); or use --format csv") from None
-    check_writable(path.parent)
+    check_writable(path.parent, "another --file")
     if path.is_dir():
         raise UserError(f"{path} is a folder; give --file a file name")
     frame = load_frames(args.runs, args.out)[args.table]
@@ -67,7 +67,7 @@ def export(args) -> int:
         frame.to_csv(temporary, index=False) if args.format == "csv" else frame.to_parquet(temporary, index=False)
         os.replace(temporary, path)
     except OSError as error:
-        raise cannot_write(path, error) from None
+        raise cannot_write(path, error, "another --file") from None
     finally:
         temporary.unlink(missing_ok=True)
     print(f"{len(frame)} rows x {len(frame.columns)} columns of {args.table} in {path}")

@@ -71,3 +71,14 @@ def test_hessian_settings_make_their_own_result(tmp_path):
     # BatchNorm in train mode changes the answer (DESIGN §4): a stale eval-mode result would not
     assert abs(second["eigenvalues"][0] - first["eigenvalues"][0]) > 1e-3 * abs(first["eigenvalues"][0])
     assert five[0].columns["hessian_top_eigenvalue"] == second["eigenvalues"][0]
+
+
+def test_more_eigenvalues_than_coordinates_is_one_line(tmp_path, capsys):
+    from runs.lth.cli import main
+
+    config = load_config(None, ["model.widths=[2]", "train.epochs='10it'", "train.eval_every='10it'"])
+    run = run_imp(config, tmp_path, tmp_path, CPU)  # 64*2 + 2 + 2*10 + 10 = 160 coordinates
+    assert main(["hessian", run.run_id, "--out", str(tmp_path), "--k", "170"]) == 2
+    err = capsys.readouterr().err
+    assert "landscape.hessian_k = 170 is more than the 160 unpruned coordinates at level 0" in err
+    assert [s for s in run.stages(0) if s.startswith("hessian")] == []

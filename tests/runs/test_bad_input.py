@@ -219,6 +219,12 @@ CASES = [
      ["prune.baselines are trained at pruning levels 1 and up", "set prune.levels >= 1"], None),
     ("levels-not-finished", ["barrier", "{run}", "--out", "{out}", "--levels", "1", "7", "9"],
      ["has levels 0-1 finished; --levels 7 9 are not"], None),
+    ("hessian-k-too-large", ["hessian", "{run}", "--out", "{out}", "--k", "100000"],
+     ["landscape.hessian_k must be from 1 to 200"], None),
+    ("plot-into-a-file", ["plot", "{run}", "--out", "{out}", "--figures", "{tmp}/c.toml"],
+     ["c.toml is a file, not a folder; give --figures a folder"], write("c.toml", "x = 1\n")),
+    ("report-into-a-folder", ["report", "{run}", "--out", "{out}", "--html", "{tmp}"],
+     ["is a folder; give --html a file name"], None),
     ("export-of-nothing-measured", ["export", "{run}", "--out", "{out}", "--table", "barriers", "--file",
                                     "{tmp}/b.csv"], ["the runs have no barriers rows"], None),
     ("export-parquet-without-pyarrow", ["export", "{run}", "--out", "{out}", "--table", "levels", "--format",
@@ -313,6 +319,34 @@ def test_a_level_that_empties_a_layer_is_refused(results, tmp_path, capsys):
     assert main(fill(bad_run("prune.fraction=0.95", "prune.levels=4", "model.widths=[32, 16]",
                              "prune.allow_empty_layers=true"), results, "", tmp_path)) == 0
     assert any(path.name == "level_4.h5" for path in snapshot(results))
+
+
+def test_a_late_rejection_leaves_no_phantom_run(results, tmp_path, capsys):
+    """Rejected after the run's folder was made (the rewind point past the end, or a
+    diverged dense network): the folder goes, with its lock and run.h5."""
+    folders = sorted(p.name for p in results.iterdir())
+    for overrides in (["prune.rewind=1000ep"], ["train.lr=1e6", "model.widths=[32, 16]", "train.momentum=0.9"]):
+        assert main(fill(bad_run(*overrides), results, "", tmp_path)) == 2
+        assert_one_error_line(capsys.readouterr().err)
+        assert sorted(p.name for p in results.iterdir()) == folders
+
+
+def test_a_full_disk_is_one_line_and_keeps_every_finished_file(results, tmp_path, capsys, monkeypatch):
+    import errno
+
+    from imp.base import store
+
+    before = snapshot(results)
+
+    def full(descriptor):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(store.os, "fsync", full)
+    assert main(fill([*RUN, "--set", "prune.levels=2"], results, "", tmp_path)) == 2
+    assert_one_error_line(capsys.readouterr().err, "no space left on the device while writing",
+                          "free some space and rerun the command to resume")
+    assert snapshot(results) == before
+    assert not [p for p in results.rglob("*") if p.name.endswith(store.TEMPORARY_SUFFIX)]
 
 
 def test_a_garbage_data_file_found_through_lth_data(results, tmp_path, capsys, monkeypatch):
