@@ -24,6 +24,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -163,6 +164,8 @@ def read_scores(path: str | Path, data: Dataset | None = None) -> dict:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"scores file {str(path)!r} not found; `lth scores` writes one")
+    if not h5py.is_hdf5(path):
+        raise UserError(f"{path} is not a scores file (not HDF5 at all); give files written by `lth scores`")
     tree = store.read_h5(path)
     if "mean" not in tree or "index" not in tree:
         raise UserError(f"{path} is not a scores file written by `lth scores`")

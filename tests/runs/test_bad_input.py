@@ -219,6 +219,8 @@ CASES = [
      ["prune.baselines are trained at pruning levels 1 and up", "set prune.levels >= 1"], None),
     ("levels-not-finished", ["barrier", "{run}", "--out", "{out}", "--levels", "1", "7", "9"],
      ["has levels 0-1 finished; --levels 7 9 are not"], None),
+    ("correlate-a-config", ["correlate", "{tmp}/c.toml"], ["c.toml is not a scores file (not HDF5 at all)"],
+     write("c.toml", "[train]\nlr = 0.1\n")),
     ("hessian-k-too-large", ["hessian", "{run}", "--out", "{out}", "--k", "100000"],
      ["landscape.hessian_k must be from 1 to 200"], None),
     ("plot-into-a-file", ["plot", "{run}", "--out", "{out}", "--figures", "{tmp}/c.toml"],
