@@ -209,7 +209,11 @@ def _read_cache(cache: Path) -> dict | None:
 def _decode_tree(folder: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
     from torchvision.datasets import ImageFolder
 
-    tree = ImageFolder(str(folder))
+    try:
+        tree = ImageFolder(str(folder))
+    except FileNotFoundError as error:  # a class folder without images, or no class folder
+        raise UserError(f"imagefolder: {folder} has a class folder without images, or no class folder "
+                        f"({str(error).splitlines()[0]}); remove empty class folders, put images in each") from None
     if len(tree) == 0:
         raise UserError(f"imagefolder: no images under {folder}")
     samples = tree.samples
@@ -220,7 +224,10 @@ def _decode_tree(folder: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
     images, labels = [], []
     # Decoding tens of thousands of JPEGs takes minutes: show it (only on a terminal).
     for path, label in tqdm(samples, desc=f"decoding {folder}", unit="img", disable=None):
-        image = np.asarray(tree.loader(path))  # RGB, (H, W, 3) uint8
+        try:
+            image = np.asarray(tree.loader(path))  # RGB, (H, W, 3) uint8
+        except (OSError, ValueError) as error:  # PIL: cannot identify, truncated, damaged
+            raise UserError(f"imagefolder: cannot decode {path} ({error}); replace or delete it") from None
         if images and image.shape != images[0].shape:
             raise UserError(
                 f"imagefolder: {path} is {image.shape[1]}x{image.shape[0]}, others are "

@@ -6,7 +6,7 @@ finished levels of an existing run (``lth barrier``, ``lth perturb``, ``lth hess
 and the registry's own subcommands). Both go through :data:`landscape.registry.REGISTRY`.
 """
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 
@@ -20,9 +20,11 @@ from imp.trunk import LevelDone, LevelHook
 from landscape.measure import Context
 from landscape.registry import REGISTRY, ready, run_measurement, wanted
 
+Report = Callable[[str], None]
+
 
 def measure_level(config: Config, data: Dataset, run: store.RunDir, replicate: int, level: int,
-                  trained: TrainedLevel | None = None) -> list[Measured]:
+                  trained: TrainedLevel | None = None, report: Report | None = None) -> list[Measured]:
     """Everything ``config.landscape`` asks for that becomes possible once ``level`` is done:
     each measurement of level ``level - span`` (its last needed level is ``level``).
     ``trained`` is that level's record, when the caller has it at hand."""
@@ -30,30 +32,32 @@ def measure_level(config: Config, data: Dataset, run: store.RunDir, replicate: i
     for measurement in REGISTRY:
         target = level - measurement.span
         if target >= 0 and measurement.variants(config.landscape, target):
-            context = context or Context(config, data, run, replicate, {level: trained} if trained else None)
+            context = context or Context(config, data, run, replicate, {level: trained} if trained else None,
+                                         report)
             done += run_measurement(context, measurement, target)
     return done
 
 
-def level_hooks(config: Config, device: torch.device) -> list[LevelHook]:
-    """Hooks for :func:`imp.trunk.run_imp` (none when the section asks for nothing)."""
+def level_hooks(config: Config, device: torch.device, report: Report | None = None) -> list[LevelHook]:
+    """Hooks for :func:`imp.trunk.run_imp` (none when the section asks for nothing);
+    ``report`` takes a line per network trained and measurement made."""
     if not wanted(config.landscape, range(config.prune.levels + 1)):
         return []
 
     def hook(done: LevelDone) -> None:
-        measure_level(done.config, done.data, done.run, done.replicate, done.level, done.trained)
+        measure_level(done.config, done.data, done.run, done.replicate, done.level, done.trained, report)
 
     return [hook]
 
 
 def measure_run(config: Config, data: Dataset, run: store.RunDir, device: torch.device,
-                levels: Iterable[int] | None = None) -> list[Measured]:
+                levels: Iterable[int] | None = None, report: Report | None = None) -> list[Measured]:
     """Measure the finished levels (all, or ``levels``) of every replicate of ``run``; returns
     every measurement asked for (made now or found stored), so callers report exactly those."""
     chosen = None if levels is None else set(levels)
     plan = []
     for replicate in run.replicates():
-        context = Context(config, data, run, replicate)
+        context = Context(config, data, run, replicate, report=report)
         for level in range(levels_done(run, replicate)):
             if chosen is None or level in chosen:
                 plan += [(context, measurement, level) for measurement in REGISTRY

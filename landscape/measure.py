@@ -28,6 +28,7 @@ Every curve is evaluated with the measurement's own settings (points, examples, 
 handling), which are part of its identity. Callers hold the run's lock.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -95,10 +96,11 @@ class Context:
     trained), so they are not read back from their files."""
 
     def __init__(self, config: Config, data: Dataset, run: store.RunDir, replicate: int,
-                 known: dict[int, TrainedLevel] | None = None):
+                 known: dict[int, TrainedLevel] | None = None, report: Callable[[str], None] | None = None):
         self.config, self.data, self.run, self.replicate = config, data, run, replicate
         self.trunk = Replicate(config, data, run, replicate)
         self.levels = dict(known or {})
+        self.report = report  # takes a progress line per network trained and measurement made
 
     def has(self, stage: str) -> bool:
         return self.run.has_stage(self.replicate, stage)
@@ -130,6 +132,9 @@ class Context:
                                  label=f"replicate {self.replicate} {stage}")
         trained = trained.with_extra(**extra)
         self.write(stage, trained.tree())
+        if self.report is not None:
+            self.report(f"replicate {self.replicate} {stage}: test accuracy "
+                        f"{trained.final['test_accuracy']:.2%}, {trained.train_seconds:.0f} s")
         return trained
 
     def sibling(self, level: int, copy: int) -> State:

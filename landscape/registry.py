@@ -17,6 +17,7 @@ settings) -> tree`` (see :mod:`landscape.distance`), and add one :class:`Measure
 line to :data:`REGISTRY` below.
 """
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -111,11 +112,16 @@ def store_measurement(context: measure.Context, kind: str, level: int | None, se
     computed and written under its settings id with its self-description."""
     stage = names.measurement_stage(kind, level, settings)
     if not context.has(stage):
+        started = time.perf_counter()
         tree = compute()
         tree.update({"measurement": kind, "level": -1 if level is None else level,
                      "settings": names.settings_json(settings), "settings_id": names.settings_id(settings),
                      names.COLUMNS_GROUP: columns(tree)})
         context.write(stage, tree)
+        if context.report is not None:
+            where = "" if level is None else f" level {level}"
+            context.report(f"replicate {context.replicate}{where} {kind} [{names.settings_id(settings)}]: "
+                           f"measured in {time.perf_counter() - started:.0f} s")
     return read_measured(context.run, context.replicate, stage)
 
 

@@ -235,7 +235,7 @@ def _run(args) -> int:
     report = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     run = run_imp(config, args.out, root, device, replicates=args.replicates, threads=args.threads,
                   progress=not args.quiet and sys.stderr.isatty(), wait=args.wait,
-                  report=report, hooks=level_hooks(config, device))
+                  report=report, hooks=level_hooks(config, device, report))
     print(level_table(level_rows(run)))
     print(f"run id {run.run_id}; results in {run.path}")
     return 0

@@ -129,7 +129,9 @@ def _on_run(args, extra: list[str], kinds: Sequence[str] = (), between: Sequence
         check_data(run, data)  # the data the run was trained on, or one line
         if between:
             return _pair(config, data, run, args.replicate, between)
-        measured = [m for m in measure_run(config, data, run, device, args.levels) if m.measurement in kinds]
+        progress = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+        measured = [m for m in measure_run(config, data, run, device, args.levels, report=progress)
+                    if m.measurement in kinds]
     if not measured:
         raise UserError(f"nothing to measure: run {run.run_id} has no finished level that fits "
                         + (f"--levels {' '.join(map(str, args.levels))}" if args.levels else "these measurements")

@@ -122,8 +122,10 @@ def run_point(config_data: dict[str, Any], out: str, replicates: int, device: st
     set_threads(threads)
     chosen = choose_device(device)
     try:
-        run = run_imp(config, out, resolve_root(config.data.root, os.environ), chosen,
-                      replicates=replicates, hooks=level_hooks(config, chosen), threads=threads)
+        name = run_id(config)
+        report = lambda line: print(f"{name} {line}", file=sys.stderr, flush=True)  # noqa: E731
+        run = run_imp(config, out, resolve_root(config.data.root, os.environ), chosen, replicates=replicates,
+                      hooks=level_hooks(config, chosen, report), threads=threads, report=report)
     except RunLocked:
         return f"{run_id(config)}: skipped, another process is writing it"
     return f"{run.run_id}: done"

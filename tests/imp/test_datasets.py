@@ -446,3 +446,16 @@ def test_input_spec_of_imagefolder_comes_from_the_files_and_typos_are_errors():
     with pytest.raises(UserError, match="did you mean 'cifar10'"):
         input_spec("cifar_10")
 
+
+
+def test_imagefolder_empty_class_folders_and_damaged_images_are_one_line(tmp_path):
+    image_tree(tmp_path / "a", np.random.default_rng(3))
+    (tmp_path / "a" / "train" / "bird").mkdir()
+    with pytest.raises(UserError, match="class folder without images"):
+        read_imagefolder(tmp_path / "a")
+    image_tree(tmp_path / "b", np.random.default_rng(3))
+    damaged = tmp_path / "b" / "test" / "dog" / "001.png"
+    damaged.write_bytes(damaged.read_bytes()[:20])
+    with pytest.raises(UserError, match=r"cannot decode .*001.png"):
+        read_imagefolder(tmp_path / "b")
+    assert not (tmp_path / "b" / ".lth-cache.npz").exists()

@@ -127,3 +127,14 @@ def test_the_slurm_path_through_submitits_local_executor(tmp_path):
     assert [job.result() for job in jobs] == [f"{run_id(c)}: done" for c in sweep.configs]
     assert all("submitted as job" in line for line in lines)
     assert len(list((tmp_path / "out").rglob("level_1.h5"))) == 2 * 2
+
+
+def test_a_sweep_passes_each_runs_progress_lines_through(tmp_path, capfd):
+    from runs.lth.cli import main
+
+    text = SWEEP.replace('"train.lr" = [0.1, 0.05]\n', "").replace("replicates = 2", "replicates = 1")
+    assert main(["sweep", str(write(tmp_path, text)), "--out", str(tmp_path / "out"), "--threads", "1"]) == 0
+    err = capfd.readouterr().err
+    ids = {run_id(c) for c in load_sweep(write(tmp_path, text)).configs}
+    for name in ids:
+        assert f"{name} replicate 0 level_0: density 100.00%" in err and f"{name} replicate 0 level_1:" in err
