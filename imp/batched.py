@@ -58,11 +58,12 @@ from tqdm.auto import tqdm
 
 from imp.base.config import Config, TrainConfig
 from imp.data import Batches, Dataset, flip_crop
-from imp.level import LevelRecord, Start, State, start_model
+from imp.level import LevelRecord, Start, State, finite, start_model
 from imp.base.record import TrainedLevel
 from imp.pruning import Mask, Weights, groups, round_half_up
 from imp.base.seeds import Seeds, generator
-from imp.train import Hook, autocast, learning_rate, make_optimizer, total_iterations, training_forward
+from imp.train import (FINITE_CHECK_EVERY, Hook, autocast, check_finite, check_weights, learning_rate,
+                       make_optimizer, total_iterations, training_forward)
 
 
 def train_batched(
@@ -136,7 +137,11 @@ def train_batched(
         bar.update()
         if progress and (step + 1) % 50 == 0:
             bar.set_postfix(loss=f"{loss.mean().item():.3f}", refresh=False)
+        if (step + 1 - start_step) % FINITE_CHECK_EVERY == 0:
+            _check_replicates(losses, start_step, step + 1, config, label)
     bar.close()
+    _check_replicates(losses, start_step, end_step, config, label)
+    check_weights(params.values(), end_step, config, label)  # the last update is in no loss
     _run_hooks(models, hooks_list, end_step, params, buffers)
     for replicate, model in enumerate(models):
         _load(model, params, buffers, replicate)
@@ -234,6 +239,12 @@ def prune_batched(weights: Sequence[Weights] | Mapping[str, torch.Tensor], masks
 # ------------------------------------------------------------------ levels
 
 
+def _check_replicates(losses: torch.Tensor, start_step: int, upto: int, config: TrainConfig, label: str) -> None:
+    """:func:`imp.train.check_finite` for each replicate's row of ``losses``."""
+    for replicate, row in enumerate(losses):
+        check_finite(row, start_step, upto, config, f"{label} (replicate {replicate} of the batch)")
+
+
 def train_levels_batched(
     config: Config,
     data: Dataset,
@@ -267,6 +278,7 @@ def train_levels_batched(
                            start_step=step, end_step=records[0].iterations, masks=masks,
                            hooks_list=[record.hooks for record in records], progress=progress, label=label)
     share = (time.perf_counter() - started) / len(models)
-    return [(record.trained(seeds, start, mask, model, loss.clone(), share), record.snapshot())
-            for record, seeds, start, mask, model, loss
-            in zip(records, seeds_list, starts, masks, models, losses)]
+    return [(finite(record.trained(seeds, start, mask, model, loss.clone(), share), train_config,
+                    f"{label} (replicate {i} of the batch)"), record.snapshot())
+            for i, (record, seeds, start, mask, model, loss)
+            in enumerate(zip(records, seeds_list, starts, masks, models, losses))]

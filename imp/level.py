@@ -7,6 +7,7 @@ evaluate on fixed splits. It returns a :class:`imp.base.record.TrainedLevel`, th
 that the store writes and reads (docs/storage.md).
 """
 
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 
 from imp.base.config import Config, TrainConfig
+from imp.base.errors import Diverged
 from imp.data import Dataset, fixed_subset
 from imp.models import build_initial_model
 from imp.pruning import Mask, MaskEnforcer, apply_mask, density, kept, size
@@ -82,7 +84,17 @@ def train_level(
                    end_step=record.iterations, hooks=record.hooks, after_step=MaskEnforcer(model, mask),
                    progress=progress, label=label)
     seconds = time.perf_counter() - started
-    return record.trained(seeds, start, mask, model, losses, seconds), record.snapshot()
+    return finite(record.trained(seeds, start, mask, model, losses, seconds), train_config, label), record.snapshot()
+
+
+def finite(trained: TrainedLevel, config: TrainConfig, label: str) -> TrainedLevel:
+    """``trained``, unless its final evaluation is NaN or infinite (weights so large that the
+    outputs overflow): then it diverged, and :class:`~imp.base.errors.Diverged` says so."""
+    bad = [key for key, value in trained.final.items() if not math.isfinite(value)]
+    if bad:
+        raise Diverged(f"{label or 'training'}: the final {bad[0]} is {trained.final[bad[0]]}; the network "
+                       f"diverged: lower train.lr (now {config.lr:g}) or check the data")
+    return trained
 
 
 def start_model(config: Config, data: Dataset, seeds: Seeds, start: Start, mask: Mask) -> torch.nn.Module:

@@ -35,7 +35,7 @@ from imp.base.runtime import DEFAULT_THREADS, set_threads
 from imp.base.config import Config, ScoreName, to_dict
 from imp.data import Dataset, Split
 from imp.base.duration import Duration
-from imp.base.errors import UserError
+from imp.base.errors import Diverged, UserError
 from imp.models import build_initial_model
 from imp.pergrad import grad_norms
 from imp.base.seeds import Seeds, derive_seed
@@ -132,6 +132,9 @@ def compute_scores(config: Config, data: Dataset, spec: ScoreSpec, progress: boo
             values = tracker.scores()
         per_run.append(values.numpy())
     per_run = np.stack(per_run)
+    if np.isnan(per_run).any():  # the score runs' training diverged (inf is a forgetting count)
+        raise Diverged(f"{spec.score} scores after {spec.step} are NaN for {int(np.isnan(per_run).sum())} "
+                       f"example(s): the training diverged; lower train.lr (now {config.train.lr:g})")
     return {
         "score": spec.score, "step": str(spec.step), "iterations": step, "runs": spec.runs,
         "per_run": per_run,

@@ -215,11 +215,20 @@ def train(
             check_finite(losses, start_step, step + 1, config, label)
     bar.close()
     check_finite(losses, start_step, end_step, config, label)
+    check_weights(model.parameters(), end_step, config, label)  # the last update is in no loss
     _run_hooks(hooks, end_step, model)
     return losses
 
 
 FINITE_CHECK_EVERY = 100  # updates between checks for a diverged loss (each check syncs a GPU once)
+
+
+def check_weights(parameters: Iterable[torch.Tensor], step: int, config: TrainConfig, label: str) -> None:
+    """Stop with :class:`~imp.base.errors.Diverged` if a weight is NaN or infinite after
+    training (the update after the last loss can still diverge)."""
+    if not all(bool(torch.isfinite(p).all()) for p in parameters):
+        raise Diverged(f"{label or 'training'}: the weights became non-finite by step {step}; "
+                       f"lower train.lr (now {config.lr:g}) or check the data")
 
 
 def check_finite(losses: torch.Tensor, start_step: int, upto: int, config: TrainConfig, label: str) -> None:

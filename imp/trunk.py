@@ -459,13 +459,15 @@ DATA_FINGERPRINT = "data_fingerprint"  # run.h5 attribute: imp.data.fingerprint 
 
 def _plan(run: store.RunDir, config: Config, replicates: int, data_root: Path, data: Dataset | None) -> dict:
     """The run's plan in ``run.h5``: the most levels and replicates ever asked for, every
-    baseline ever asked for, the latest data root and the fingerprint of its data."""
+    baseline ever asked for, the data root last read and the fingerprint of its data (an
+    older run without one takes that of the first data it reads)."""
     old = store.read_run(run) if store.is_run(run.path) else {}
     baselines = set(filter(None, str(old.get("baselines", "")).split(","))) | set(config.prune.baselines)
     fingerprint = data.fingerprint if data is not None and data.fingerprint else old.get(DATA_FINGERPRINT, "")
+    root = str(data_root) if data is not None or "data_root" not in old else str(old["data_root"])
     return {
         DATA_FINGERPRINT: str(fingerprint),
-        "data_root": str(data_root),
+        "data_root": root,  # the folder the data was last read from (not one never read)
         "planned_levels": max(int(old.get("planned_levels", 0)), config.prune.levels),
         "planned_replicates": max(int(old.get("planned_replicates", 0)), replicates),
         "baselines": ",".join(b for b in BASELINES if b in baselines),

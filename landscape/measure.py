@@ -125,9 +125,17 @@ class Context:
         return compare(self.config, self.data, make_probe(self.config, self.data, settings), a, b)
 
     def trained(self, stage: str, start, mask: Mask, train_config, seeds: Seeds, **extra) -> TrainedLevel:
-        """Network stage ``stage``: stored, or trained now and stored."""
+        """Network stage ``stage``: stored, or trained now and stored. A stored one must have
+        been trained with ``extra`` (names round numbers to 6 digits: 0.1234567 and
+        0.1234568 share a name, and must not share a network)."""
         if self.has(stage):
-            return self.network(stage)
+            stored = self.network(stage)
+            for key, value in extra.items():
+                if key in stored.extra and stored.extra[key] != value:
+                    raise UserError(f"{self.run.stage_file(self.replicate, stage)} holds a network trained with "
+                                    f"{key} = {stored.extra[key]}, not {value}; ask for values that differ "
+                                    "in their first 6 digits")
+            return stored
         trained, _ = train_level(self.config, self.data, seeds, start, mask, train_config=train_config,
                                  label=f"replicate {self.replicate} {stage}")
         trained = trained.with_extra(**extra)

@@ -353,22 +353,26 @@ class RunLock:
         self._handle = None
 
     def __enter__(self) -> "RunLock":
-        self.created = not self.run.path.exists()
-        try:
-            self.run.path.mkdir(parents=True, exist_ok=True)
-            handle = open(self.run.lock_file, "a+")
-        except OSError as error:
-            raise cannot_write(self.run.lock_file, error) from None
-        try:
-            _flock(handle, fcntl.LOCK_EX, self.wait)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            handle.close()
-            raise RunLocked(
-                f"run {self.run.run_id} is being written by {holder}; "
-                "wait for it to finish or use another --out folder"
-            ) from None
+        while True:
+            self.created = not self.run.path.exists()
+            try:
+                self.run.path.mkdir(parents=True, exist_ok=True)
+                handle = open(self.run.lock_file, "a+")
+            except OSError as error:
+                raise cannot_write(self.run.lock_file, error) from None
+            try:
+                _flock(handle, fcntl.LOCK_EX, self.wait)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                handle.close()
+                raise RunLocked(
+                    f"run {self.run.run_id} is being written by {holder}; "
+                    "wait for it to finish or use another --out folder"
+                ) from None
+            if _same_file(handle, self.run.lock_file):
+                break
+            handle.close()  # the holder removed the folder it had made (see __exit__): start again
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()}\n")
@@ -378,12 +382,16 @@ class RunLock:
 
     def __exit__(self, kind, value, traceback) -> None:
         handle, self._handle = self._handle, None
-        if handle is not None:
-            handle.truncate(0)
-            fcntl.flock(handle, fcntl.LOCK_UN)
-            handle.close()
+        if handle is None:
+            return
         if kind is not None and self.created:
-            self._remove_if_empty()
+            try:  # while still holding the lock, so no waiter works in a folder about to go
+                self._remove_if_empty()
+            except OSError:
+                pass  # something appeared in it meanwhile: it stays
+        handle.truncate(0)
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
 
     def _remove_if_empty(self) -> None:
         """A run folder this lock made, left by a command that failed before storing any
@@ -398,6 +406,14 @@ class RunLock:
             folder.rmdir()
         self.run.lock_file.unlink(missing_ok=True)
         self.run.path.rmdir()
+
+
+def _same_file(handle, path: Path) -> bool:
+    """Whether ``handle`` is still the file at ``path`` (not removed or replaced)."""
+    try:
+        return os.fstat(handle.fileno()).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+        return False
 
 
 def _flock(handle, kind: int, wait: bool, tries: int = 5) -> None:

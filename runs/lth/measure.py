@@ -102,7 +102,7 @@ def _on_run(args, extra: list[str], kinds: Sequence[str] = (), between: Sequence
     from imp.base.config import with_overrides
     from imp.data import load_dataset, resolve_root
     from imp.legacy import check_run
-    from imp.base.results import find_run, levels_done, run_info
+    from imp.base.results import find_run, run_info
     from imp.base.runtime import choose_device, set_threads
     from imp.trunk import check_data
     from landscape.hooks import measure_run
@@ -117,14 +117,9 @@ def _on_run(args, extra: list[str], kinds: Sequence[str] = (), between: Sequence
     set_threads(args.threads)
     device = choose_device(args.device)
     root = resolve_root(str(store.read_run(run).get("data_root", "")), os.environ)
-    if args.levels and not between:
-        done = max((levels_done(run, r) for r in run.replicates()), default=0)
-        missing = sorted(level for level in set(args.levels) if level >= done)
-        if missing:
-            raise UserError(f"run {run.run_id} has levels 0-{done - 1} finished; --levels "
-                            f"{' '.join(map(str, missing))} are not (`lth run` with a larger prune.levels "
-                            "trains them)" if done else f"run {run.run_id} has no finished level yet")
     with store.RunLock(run, wait=args.wait):
+        if args.levels and not between:  # under the lock: with --wait, what the writer finished counts
+            _check_levels(run, args.levels)
         data = load_dataset(config.data, root, device)
         check_data(run, data)  # the data the run was trained on, or one line
         if between:
@@ -135,7 +130,8 @@ def _on_run(args, extra: list[str], kinds: Sequence[str] = (), between: Sequence
     if not measured:
         raise UserError(f"nothing to measure: run {run.run_id} has no finished level that fits "
                         + (f"--levels {' '.join(map(str, args.levels))}" if args.levels else "these measurements")
-                        + " (`lth show` lists its levels)")
+                        + " (a measurement between levels L and L+1 needs level L+1 finished too; "
+                        "`lth show` lists the levels)")
     for m in measured:
         values = ", ".join(f"{key} {value:.4g}" for key, value in sorted(m.columns.items())) or "stored"
         print(f"replicate {m.replicate} level {m.level} {m.measurement} [{m.settings_id}]: {values}")
@@ -143,6 +139,18 @@ def _on_run(args, extra: list[str], kinds: Sequence[str] = (), between: Sequence
                                              for m in measured})))
     print(f"results in {run.path}")
     return 0
+
+
+def _check_levels(run, levels: Sequence[int]) -> None:
+    """Refuse ``--levels`` that no replicate of ``run`` has finished."""
+    from imp.base.results import levels_done
+
+    done = max((levels_done(run, r) for r in run.replicates()), default=0)
+    missing = sorted(level for level in set(levels) if level >= done)
+    if missing:
+        raise UserError(f"run {run.run_id} has levels 0-{done - 1} finished; --levels "
+                        f"{' '.join(map(str, missing))} are not (`lth run` with a larger prune.levels "
+                        "trains them)" if done else f"run {run.run_id} has no finished level yet")
 
 
 def _pair(config, data, run, replicate: int, between: Sequence[str]) -> int:

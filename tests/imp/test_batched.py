@@ -323,3 +323,15 @@ def test_run_imp_with_batched_replicates_matches_a_sequential_run(tmp_path, monk
                 assert np.abs(mine["weights"][key] - value).max() <= 1e-4 * scale, (replicate, stage, key)
     assert not np.array_equal(store.read_h5(batched.stage_file(0, level_stage(2)))["mask"]["fc1.weight"],
                               store.read_h5(batched.stage_file(1, level_stage(2)))["mask"]["fc1.weight"])
+
+
+def test_a_diverging_replicate_stops_batched_training():
+    from imp.base.errors import Diverged
+
+    data = tiny_data()
+    models = [build_model("mlp", data.input_shape, 4, widths=(16,),
+                          generator=torch.Generator().manual_seed(r)).double() for r in range(2)]
+    config = TrainConfig(epochs=Duration(iterations=30), lr=1e6, momentum=0.9)
+    with pytest.raises(Diverged, match=r"^level_1 \(replicate \d of the batch\): the training loss became "
+                                       r"(nan|inf) at step \d+; lower train.lr"):
+        train_batched(models, data, config, 16, [Seeds(r, r, r) for r in range(2)], label="level_1")

@@ -176,3 +176,30 @@ def test_lock_is_reentrant_after_release(tmp_path):
         pass
     with store.RunLock(run, wait=True):
         assert run.lock_file.read_text().strip() == f"pid {os.getpid()}"
+
+
+def test_a_waiter_never_works_in_a_folder_its_failed_creator_removed(tmp_path):
+    """A command that made a new run's folder and then fails removes it while still holding
+    the lock; a process that waited for the lock then locks the file that is really there."""
+    import threading
+    import time
+
+    run = store.RunDir(tmp_path, "new")
+    entered, held = threading.Event(), {}
+
+    def waiter():
+        entered.wait()
+        with store.RunLock(run, wait=True):
+            time.sleep(0.3)  # long enough for a creator that removes its folder after unlocking
+            held["lock file there"] = run.lock_file.is_file()
+            held["locked"] = store.is_locked(run)
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    with pytest.raises(RuntimeError):
+        with store.RunLock(run):
+            entered.set()
+            time.sleep(0.2)  # the waiter is blocked on the lock now
+            raise RuntimeError("validation failed late")
+    thread.join(timeout=10)
+    assert held == {"lock file there": True, "locked": True}

@@ -230,3 +230,14 @@ def test_run_imp_sets_the_thread_policy_when_entered(tmp_path):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_run_with_nothing_to_do_keeps_the_data_root_it_read(tmp_path):
+    from imp.base import store
+
+    config = load_config(None, ["model.widths=[8]", "train.epochs='4it'", "train.eval_every='4it'"])
+    run = run_imp(config, tmp_path / "out", tmp_path, CPU)
+    stored = store.read_run(run)
+    assert stored["data_root"] == str(tmp_path) and len(stored["data_fingerprint"]) == 16
+    run_imp(config, tmp_path / "out", tmp_path / "never-read", CPU)  # finished: no data is loaded
+    assert store.read_run(run)["data_root"] == str(tmp_path)

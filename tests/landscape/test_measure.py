@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from imp.base import store
+from imp.base.errors import UserError
 from imp.base.config import load_config
 from imp.data import load_dataset
 from imp.level import state_from_arrays
@@ -165,3 +166,12 @@ def test_nothing_to_do_where_a_level_is_missing(tmp_path):
     with store.RunLock(run):
         assert measure_run(config, data, run, CPU, levels=[2, 7]) == []  # no level 3, no level 7
     assert measured(run, "successive") == []
+
+
+def test_a_stored_network_for_a_nearly_equal_size_is_not_reused(tmp_path):
+    config = load_config(None, TINY + ["landscape.perturb_levels=[1]", "landscape.perturb_sizes=[0.1234567]"])
+    run = run_imp(config, tmp_path, tmp_path, CPU, hooks=level_hooks(config, CPU))
+    data = load_dataset(config.data, tmp_path)
+    close = load_config(None, TINY + ["landscape.perturb_levels=[1]", "landscape.perturb_sizes=[0.1234568]"])
+    with store.RunLock(run), pytest.raises(UserError, match="holds a network trained with size = 0.1234567"):
+        measure_run(close, data, run, CPU, levels=[1])

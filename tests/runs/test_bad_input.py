@@ -459,3 +459,13 @@ def test_no_traceback_from_the_real_command_in_an_unwritable_folder(results, tmp
     assert result.returncode == 2
     assert_one_error_line(result.stderr, "cannot write", "choose another --out folder")
     assert snapshot(results) == before
+
+
+def test_a_network_whose_outputs_overflow_is_refused(results, tmp_path, capsys):
+    """One enormous update leaves finite weights whose outputs overflow: no loss during
+    training shows it, the final evaluation does."""
+    before = snapshot(results)
+    assert main(fill(bad_run("train.lr=1e38", "train.epochs='1it'"), results, "", tmp_path)) == 2
+    assert_one_error_line(capsys.readouterr().err, "replicate 0 level_0: the final", "the network diverged",
+                          "lower train.lr")
+    assert snapshot(results) == before
