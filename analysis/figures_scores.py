@@ -15,7 +15,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 from scipy.stats import rankdata, spearmanr
 
-from analysis.style import new_axes, place_legend, replicates_note, require, set_title
+from analysis.style import new_axes, place_legend, replicates_note, require, set_title, variant_suffix
 
 SCORE_UNITS = {"el2n": "EL2N (error-vector norm)", "grand": "GraNd (gradient norm)",
                "forgetting": "forgetting events (count)"}
@@ -155,8 +155,7 @@ def per_example_histogram(per_example: pd.DataFrame, ax=None):
     rows = per_example[per_example["midpoint_barrier"].notna()]
     if rows.empty:
         raise ValueError(f"{figure}: no per-example barriers")
-    if "variant" in rows.columns and (rows.groupby("run_id")["variant"].nunique() > 1).any():
-        rows = rows.assign(run_id=rows["run_id"].astype(str) + " [" + rows["variant"].astype(str) + "]")
+    rows = rows.assign(run_id=rows["run_id"].astype(str) + variant_suffix(rows))  # variants apart
     several = rows["run_id"].nunique() > 1
     groups = ["run_id", "level"] if several else ["level"]
     below = (rows["midpoint_barrier"] <= rows["tau"]).groupby([rows[g] for g in groups]).mean()

@@ -174,6 +174,7 @@ class Replicate:
         self.train_config = (finetune_config(config, self.plan) if config.prune.retrain == "finetune"
                              else config.train)
         self._names: list[str] | None = None  # the model's state names in registration order
+        self._checked: dict[str, TrainedLevel] = {}  # stages read by check_start, each handed out once
 
     # ------------------------------------------------------------ stages
 
@@ -201,6 +202,8 @@ class Replicate:
         those of a level just trained do (HDF5 returns names sorted): the random baseline
         draws tensor by tensor and pruning breaks ties by position, so a resumed run must
         see the order an uninterrupted one does."""
+        if arrays is True and stage in self._checked:  # read whole by run_imp's check: not again
+            return self._checked.pop(stage)
         path = self.run.stage_file(self.replicate, stage)
         trained = TrainedLevel.read(path, arrays=arrays)
         broken = trained.nonfinite()
@@ -212,9 +215,17 @@ class Replicate:
                                    weights=_ordered(trained.weights, order))
 
     def _order(self) -> list[str]:
-        if self._names is None:
-            self._names = list(build_initial_model(self.config, self.data, 0).state_dict())
+        if self._names is None:  # from the model on the meta device: names without initialising it
+            self._names = list(legacy.names_model(self.config).state_dict())
         return self._names
+
+    def check_start(self) -> None:
+        """Read (and so check: finite, in order) what pending work starts from -- level 0 and
+        the last finished level -- keeping them for the first :meth:`read` of each."""
+        done = levels_done(self.run, self.replicate)
+        for level in sorted({0, done - 1}) if done else ():
+            stage = level_stage(level)
+            self._checked[stage] = self.read(stage)
 
     def level(self, level: int, previous: TrainedLevel | None = None) -> TrainedLevel:
         """Trunk level ``level``: trained now (its record is passed on, not read back), or stored."""
@@ -429,9 +440,7 @@ def run_imp(config: Config, out: str | Path, data_root: Path, device: torch.devi
                           for r in range(replicates)] if data is not None else []
         for replicate in all_replicates:  # what the pending work starts from is sound, before run.h5 changes
             if replicate.replicate in pending:
-                done = levels_done(run, replicate.replicate)
-                for level in sorted({0, done - 1}) if done else ():
-                    replicate.read(level_stage(level))
+                replicate.check_start()
         store.create_run(run, canonical_json(config), device, extra=_plan(run, config, replicates, data_root, data),
                          platform=platform_json(config))
         together = pending if config.train.batch_replicates and len(pending) > 1 else []
@@ -446,9 +455,10 @@ def run_imp(config: Config, out: str | Path, data_root: Path, device: torch.devi
 def check_data(run: store.RunDir, data: Dataset) -> None:
     """Refuse data other than the data ``run`` was trained on (its fingerprint in ``run.h5``
     differs): ``data.root`` is not part of the run id, so a changed folder must not pass."""
-    stored = str(store.read_run(run).get(DATA_FINGERPRINT, "")) if store.is_run(run.path) else ""
+    attributes = store.read_run(run) if store.is_run(run.path) else {}
+    stored = str(attributes.get(DATA_FINGERPRINT, ""))
     if stored and data.fingerprint and stored != data.fingerprint:
-        root = store.read_run(run).get("data_root", "")
+        root = attributes.get("data_root", "")
         raise UserError(f"run {run.run_id} was trained on other data than this {data.name} (fingerprint "
                         f"{stored}, now {data.fingerprint}; it last read {root or 'the bundled data'}): "
                         "point data.root at the data it was trained on, or use another --out folder")

@@ -14,7 +14,6 @@ from imp.base import store
 from imp.base.config import Config
 from imp.data import Dataset
 from imp.base.record import TrainedLevel
-from imp.base.names import level_stage
 from imp.base.results import Measured, levels_done
 from imp.trunk import LevelDone, LevelHook
 from landscape.measure import Context
@@ -65,7 +64,7 @@ def measure_run(config: Config, data: Dataset, run: store.RunDir, device: torch.
                          and measurement.variants(config.landscape, level)]
     for context, measurement, level in plan:  # every network is sound before anything is stored
         for needed in range(level, level + measurement.span + 1):
-            context.trunk.read(level_stage(needed))
+            context.level(needed)  # read (and checked) once: the measurements take it from here
     done = []
     for context, measurement, level in plan:
         done += run_measurement(context, measurement, level)
