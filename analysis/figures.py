@@ -6,7 +6,7 @@ Units on the axes: accuracies and errors in %, barriers in percentage points, de
 a 95% bootstrap confidence band (seaborn ``errorbar=("ci", 95)``); titles give n. A frame
 without the rows or columns a figure needs raises ValueError, which the report prints as
 "not computed". The data-diet figures (scores, per-example barriers) live in
-:mod:`analysis.figures_scores`; :data:`FIGURES` lists all of them.
+:mod:`analysis.figures_scores`, those of the prune limit in :mod:`analysis.figures_limits`; :data:`FIGURES` lists all of them.
 """
 
 import numpy as np
@@ -14,6 +14,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
+from analysis.figures_limits import directional_curvature, prune_limit, spectrum_masses
 from analysis.figures_scores import per_example_histogram, score_histogram, score_scatter
 from analysis.style import (FIGSIZE, new_axes, place_legend, replicates_note, require, set_title,
                             variant_suffix)
@@ -28,9 +29,6 @@ BASELINE_COLOURS = dict(zip(BASELINE_ORDER, sns.color_palette("colorblind", 4)))
 KIND_NAMES = {"successive": "L → L+1", "instability": "instability"}
 CONFIG_NAMES = {"prune.rewind": "rewind step k", "diet.subset": "data-diet subset",
                 "diet.size": "subset size (examples)", "diet.pretrain": "pre-training length"}
-PRUNE_LIMITS = {"predicted_max_prune_fraction": "predicted",
-                "conservative_max_prune_fraction": "conservative",
-                "measured_max_prune_fraction": "measured"}
 
 
 def _density_axis(ax, percent: pd.Series) -> None:
@@ -258,42 +256,14 @@ def hessian_vs_level(measurements: pd.DataFrame, ax=None):
     return ax.figure
 
 
-def prune_limit(measurements: pd.DataFrame, ax=None):
-    """The largest fraction of a level's remaining weights that can be pruned at once:
-    predicted from the Hessian, its conservative bound, and measured (one line style per
-    run and variant where there are several)."""
-    figure = "prune_limit"
-    present = [c for c in PRUNE_LIMITS if c in measurements.columns]
-    if not present:
-        raise ValueError(f"{figure}: needs columns {list(PRUNE_LIMITS)}; none present")
-    require(measurements, ["run_id", "replicate", "level", "kind", "variant"], figure)
-    rows = measurements.melt(id_vars=["run_id", "replicate", "level", "kind", "variant"], value_vars=present,
-                             var_name="estimate", value_name="fraction").dropna(subset=["fraction"])
-    if rows.empty:
-        raise ValueError(f"{figure}: no level has a predicted or measured prune limit")
-    rows = rows.assign(y=100 * rows["fraction"], estimate=rows["estimate"].map(PRUNE_LIMITS))
-    order = [PRUNE_LIMITS[c] for c in present if PRUNE_LIMITS[c] in set(rows["estimate"])]
-    rows, style = _runs(rows)
-    ax = new_axes(ax)
-    sns.lineplot(rows, x="level", y="y", hue="estimate", hue_order=order,
-                 style=style or "estimate", style_order=None if style else order,
-                 palette=sns.color_palette("colorblind", 3)[:len(order)],
-                 markers=True, markersize=7, **CI, ax=ax)
-    ax.set_xlabel("IMP level")
-    ax.set_ylabel("largest prunable fraction\n(% of remaining weights)")
-    ax.set_ylim(0, 100)
-    ax.xaxis.get_major_locator().set_params(integer=True)
-    set_title(ax, f"Largest one-shot prune ({replicates_note(rows)})")
-    place_legend(ax, None if style else "prune limit")
-    return ax.figure
-
-
 # name -> (function, the frame it takes). Each is called as function(frame, ax=None).
 FIGURES = {
     "accuracy_vs_density": (accuracy_vs_density, "levels"),
     "rewind_comparison": (rewind_comparison, "levels"),
     "hessian_vs_level": (hessian_vs_level, "measurements"),
     "prune_limit": (prune_limit, "measurements"),
+    "spectrum_masses": (spectrum_masses, "measurements"),
+    "directional_curvature": (directional_curvature, "directions"),
     "barrier_curves": (barrier_curves, "curves"),
     "barrier_vs_level": (barrier_vs_level, "barriers"),
     "instability_vs": (instability_vs, "barriers"),

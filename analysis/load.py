@@ -17,6 +17,10 @@ Every frame has ``run_id`` and the run's config as columns named ``section.key``
   ``direction``/``size`` for perturbations;
 * ``per_example``: one row per example of a sibling measurement: ``level``, ``variant``,
   ``midpoint_barrier``, ``tau``;
+* ``directions``: from prune checks, one row per level, rule (``magnitude``, ``random``)
+  and fraction of ``curvature_grid``: ``curvature`` (``d^T G d / |d|^2`` along the
+  rule's pruning direction) and ``loss_rise`` (training loss right after pruning minus
+  before, no retraining);
 * ``metrics``: the evaluations during training: one row per run, replicate, level,
   baseline and evaluated ``step``, with ``train_loss``, ``train_accuracy``, ``test_loss``,
   ``test_accuracy`` (and validation columns when there is a validation split);
@@ -153,6 +157,24 @@ def landscape_frames(runs: Iterable[store.RunDir]) -> dict[str, pd.DataFrame]:
             "per_example": pd.DataFrame(per_example)}
 
 
+def directions_frame(runs: Iterable[store.RunDir]) -> pd.DataFrame:
+    rows = []
+    for run in runs:
+        found = []
+        for measured in measurements(run):
+            if measured.measurement != "prune_check":
+                continue
+            tree = store.read_h5(run.stage_file(measured.replicate, measured.stage))
+            if "direction" not in tree:  # measured before directions were stored
+                continue
+            base = {"replicate": measured.replicate, "level": measured.level, "variant": measured.settings_id}
+            for rule, values in tree["direction"].items():
+                found += [{**base, "rule": rule, "fraction": float(f), "curvature": c, "loss_rise": r}
+                          for f, c, r in zip(tree["curvature_grid"], values["curvature"], values["loss_rise"])]
+        rows += _with_config(found, run)
+    return pd.DataFrame(rows)
+
+
 def score_files(runs: Iterable[store.RunDir]) -> list[Path]:
     """The score files in the results folders the runs live in."""
     folders = sorted({run.out / names.SCORES_DIR for run in runs})
@@ -175,5 +197,5 @@ def load_frames(run_names: Iterable[str], out: str | Path = "results") -> dict[s
     """Every frame of the given runs (and the score files beside them)."""
     runs = load_runs(run_names, out)
     return {"levels": levels_frame(runs), "metrics": metrics_frame(runs), "measurements": measurements_frame(runs),
-            **landscape_frames(runs),
+            "directions": directions_frame(runs), **landscape_frames(runs),
             "scores": scores_frame(score_files(runs))}

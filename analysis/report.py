@@ -80,8 +80,8 @@ def _summary(levels: pd.DataFrame) -> str:
     if levels.empty:
         return "<p>No finished levels.</p>"
     columns = [c for c in ["density", "test_accuracy", "train_accuracy", "test_loss", "barrier_to_next_test_error",
-                           "instability_test_error", "hessian_top_eigenvalue", "predicted_max_prune_fraction",
-                           "measured_max_prune_fraction"] if c in levels.columns]
+                           "instability_test_error", "hessian_top_eigenvalue", "predicted_limit_random",
+                           "quadratic_limit_random", "measured_limit_random_level", "measured_max_prune_fraction"] if c in levels.columns]
     table = levels.groupby(["run_id", "baseline", "level"])[columns].mean()
     table.insert(0, "n", levels.groupby(["run_id", "baseline", "level"]).size())
     return table.to_html(float_format=lambda v: f"{v:.4f}", na_rep="-")

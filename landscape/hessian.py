@@ -80,7 +80,7 @@ class HessianOperator:
         self.mask = _flat_mask(mask, named, self.device)
         self.active = self.dim if self.mask is None else int(self.mask.sum())
         self.products = 0
-        self._grads = self._gradient(x, y) if len(x) <= batch_size else None
+        self._graph = self._prepare(x, y) if len(x) <= batch_size else None
 
     @contextlib.contextmanager
     def _mode(self) -> Iterator[None]:
@@ -97,19 +97,22 @@ class HessianOperator:
             for module, training in modes:
                 module.training = training
 
-    def _gradient(self, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor | None]:
+    def _logits(self, x: torch.Tensor, parameters: dict | None = None) -> torch.Tensor:
+        """The model's logits on ``x`` (in the operator's BatchNorm mode; call inside
+        ``_mode()``), with ``parameters`` replacing the model's own when given."""
+        if self.bn == "train" or parameters is not None:  # batch statistics update cloned buffers only
+            buffers = {name: b.clone() for name, b in self.model.named_buffers()}
+            return torch.func.functional_call(self.model, {**buffers, **(parameters or {})}, (x,))
+        return self.model(x)
+
+    def _prepare(self, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor | None]:
         """First-order gradients of the mean cross-entropy on (x, y), with their graph."""
         with self._mode(), torch.enable_grad():
-            if self.bn == "train":  # batch statistics; the forward updates cloned buffers only
-                buffers = {name: b.clone() for name, b in self.model.named_buffers()}
-                logits = torch.func.functional_call(self.model, buffers, (x,))
-            else:
-                logits = self.model(x)
-            loss = F.cross_entropy(logits, y)
+            loss = F.cross_entropy(self._logits(x), y)
             return list(torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True))
 
-    def _product(self, grads: list[torch.Tensor | None], pieces: list[torch.Tensor],
-                 retain: bool) -> list[torch.Tensor]:
+    def _apply(self, x: torch.Tensor, y: torch.Tensor, grads: list[torch.Tensor | None],
+               pieces: list[torch.Tensor], retain: bool) -> list[torch.Tensor]:
         """``H v`` by double backward: the gradient of ``<grad L, v>``; unused parameters give 0."""
         dot = sum((g * v).sum() for g, v in zip(grads, pieces) if g is not None and g.requires_grad)
         if not torch.is_tensor(dot) or not dot.requires_grad:
@@ -126,12 +129,12 @@ class HessianOperator:
             v = v * self.mask
         pieces = [piece.view_as(p).to(p.dtype) for piece, p in zip(v.split([p.numel() for p in self.params]),
                                                                     self.params)]
-        if self._grads is not None:
-            out = _flat(self._product(self._grads, pieces, retain=True), torch.empty_like(v))
+        if self._graph is not None:
+            out = _flat(self._apply(self.x, self.y, self._graph, pieces, retain=True), torch.empty_like(v))
         else:
             out, part = torch.zeros_like(v), torch.empty_like(v)
             for x, y in zip(self.x.split(self.batch_size), self.y.split(self.batch_size)):
-                out.add_(_flat(self._product(self._gradient(x, y), pieces, retain=False), part),
+                out.add_(_flat(self._apply(x, y, self._prepare(x, y), pieces, retain=False), part),
                          alpha=len(x) / len(self.x))
         self.products += 1
         return out if self.mask is None else out.mul_(self.mask)

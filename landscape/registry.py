@@ -73,7 +73,7 @@ def _hessian(ls: LandscapeConfig, level: int) -> list[dict]:
 def _prune_check(ls: LandscapeConfig, level: int) -> list[dict]:
     if not ls.prune_check or not _at(ls.hessian_levels, level):
         return []
-    return [{"fractions": sorted(ls.prune_check), "matching_tolerance": ls.matching_tolerance}]
+    return [spectra.check_settings(ls)]
 
 
 REGISTRY: list[Measurement] = [

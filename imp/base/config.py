@@ -215,14 +215,18 @@ class LandscapeConfig:
     hessian_levels: tuple[int, ...] = _extent(())  # () = every level
     hessian_k: int = _extent(5)  # top eigenvalues by Lanczos
     hessian_tol: float = _extent(1e-3)  # relative Ritz residual at which Lanczos stops
-    hessian_examples: int = _extent(1000)  # fixed training examples of the loss
+    hessian_examples: int = _extent(0)  # fixed training examples of the loss and curvature (0 = all)
     hessian_bn: Literal["eval", "train"] = _extent("eval")  # BatchNorm statistics in the loss
-    slq_runs: int = _extent(10)  # stochastic Lanczos quadrature of the whole spectrum
-    slq_steps: int = _extent(30)
+    hessian_deflate: int = _extent(100)  # top eigenpairs taken out before the quadrature of the rest
+    hessian_exact_limit: int = _extent(8000)  # active coordinates up to which spectra are exact (eigh)
+    slq_runs: int = _extent(10)  # stochastic Lanczos quadrature of the (deflated) spectrum: probes
+    slq_steps: int = _extent(100)  # and Lanczos steps per probe
     trace_samples: int = _extent(20)  # Hutchinson samples for the trace (0 = skip)
     prune_eps: float = _extent(0.01)  # allowed increase of the training loss for the prediction
+    prune_eps_mode: Literal["fixed", "calibrated"] = _extent("fixed")  # calibrated: from level 0's prune check
     prune_check: tuple[float, ...] = _extent(())  # fractions pruned in one iteration to measure the limit
-    matching_tolerance: float = _extent(0.005)  # matching = test error within this of the dense network's
+    prune_random_masks: int = _extent(2)  # random masks per fraction in the prune check (0 = magnitude only)
+    matching_tolerance: float = _extent(0.005)  # matching = test error within this of the reference's
     # The keys that measurements registered from above add (see register_landscape_key):
     # (name, value) pairs of those set; read them with extra(name).
     more: tuple[tuple[str, Any], ...] = _extent(())
@@ -246,7 +250,13 @@ class LandscapeConfig:
                "must be from 1 to 200 (Lanczos keeps a float64 basis of about 3k vectors)")
         _check(2 <= self.points <= 1001, "landscape.points", "must be from 2 to 1001")
         _check(self.hessian_tol > 0, "landscape.hessian_tol", "must be positive")
-        _check(self.slq_runs >= 1 and self.slq_steps >= 2, "landscape.slq_runs/slq_steps", "must be >= 1 and >= 2")
+        _check(self.slq_runs >= 2 and self.slq_steps >= 2, "landscape.slq_runs/slq_steps", "must both be >= 2")
+        _check(self.hessian_examples >= 0, "landscape.hessian_examples", "must be >= 0 (0 = the whole training set)")
+        _check(0 <= self.hessian_deflate <= 1000, "landscape.hessian_deflate",
+               "must be from 0 to 1000 (Lanczos keeps a float64 basis of about 3k vectors)")
+        _check(0 <= self.hessian_exact_limit <= 20000, "landscape.hessian_exact_limit",
+               "must be from 0 to 20000 (the exact spectrum needs one product per coordinate and a dense matrix)")
+        _check(0 <= self.prune_random_masks <= 100, "landscape.prune_random_masks", "must be from 0 to 100")
         _check(self.prune_eps > 0, "landscape.prune_eps", "must be positive")
         _check(all(0 < f < 1 for f in self.prune_check), "landscape.prune_check", "fractions must be in (0, 1)")
         _check(self.matching_tolerance >= 0, "landscape.matching_tolerance", "must be >= 0")

@@ -14,7 +14,7 @@ Stages of a replicate are of three sorts:
 * **networks the trunk trains**: ``pretrain``, ``rewind``, ``level_<L>`` and
   ``level_<L>_<baseline>``;
 * **networks a measurement trains**, named by everything that decides their training:
-  ``sibling_<L>_<copy>``, ``perturbed_<L>_<direction>_<size>``, ``pruned_<L>_<fraction>``;
+  ``sibling_<L>_<copy>``, ``perturbed_<L>_<direction>_<size>``, ``pruned_<L>_<fraction>[_random<copy>]``;
 * **measurements** (derived numbers): ``<kind>_<L>_<id>`` or, for a measurement of no
   one level, ``<kind>_<id>``, where ``<id>`` is :func:`settings_id` of exactly the
   settings that change the numbers. The same question finds the same file; a different
@@ -96,9 +96,10 @@ def perturbed_stage(level: int, direction: str, size: float) -> str:
     return f"perturbed_{level}_{direction}_{size:g}"
 
 
-def pruned_stage(level: int, fraction: float) -> str:
-    """Level ``level``'s final weights pruned by ``fraction`` in one iteration, retrained."""
-    return f"pruned_{level}_{fraction:g}"
+def pruned_stage(level: int, fraction: float, copy: int | None = None) -> str:
+    """Level ``level``'s final weights pruned by ``fraction`` in one iteration, retrained:
+    by magnitude, or with random mask ``copy`` (0, 1, ...)."""
+    return f"pruned_{level}_{fraction:g}" + ("" if copy is None else f"_random{copy}")
 
 
 # ---------------------------------------------------------------- measurements

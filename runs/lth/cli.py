@@ -97,9 +97,11 @@ def _parser() -> argparse.ArgumentParser:
     _measure_arguments(perturb)
     perturb.set_defaults(command=measure.perturb)
 
-    hessian = commands.add_parser("hessian", help="Hessian spectra of a run's levels and predicted prune limits")
+    hessian = commands.add_parser("hessian", help="curvature spectra of a run's levels, predicted and measured prune limits")
     hessian.add_argument("run", help="a run folder, or a run id under --out")
     hessian.add_argument("--k", type=int, default=5, help="top eigenvalues (default: 5)")
+    hessian.add_argument("--examples", type=int,
+                         help="training examples of the curvature (default: landscape.hessian_examples, 0 = all)")
     hessian.add_argument("--check", type=float, nargs="*",
                          help="also prune these fractions in one iteration and retrain, e.g. 0.2 0.4 0.6 0.8")
     _measure_arguments(hessian)

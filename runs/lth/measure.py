@@ -80,6 +80,8 @@ def perturb(args) -> int:
 
 def hessian(args) -> int:
     extra = ["landscape.hessian=true", f"landscape.hessian_k={args.k}"]
+    if args.examples is not None:
+        extra.append(f"landscape.hessian_examples={args.examples}")
     if args.check:
         extra.append(f"landscape.prune_check={list(args.check)}")
     return _on_run(args, extra, kinds=("hessian", "prune_check"))

@@ -56,15 +56,32 @@ def make_measurements() -> pd.DataFrame:
     rows = []
     for _, row in trunk.iterrows():
         base = {key: row[key] for key in ("run_id", "replicate", "level", *config(row["run_id"]))}
+        level = row["level"]
         rows.append({**base, "kind": "hessian", "variant": "aaaa0000", "settings": "{}",
-                     **{key: row[key] for key in ("hessian_top_eigenvalue", "predicted_max_prune_fraction",
-                                                  "conservative_max_prune_fraction")}})
+                     **{key: row[key] for key in ("hessian_top_eigenvalue", "conservative_max_prune_fraction")},
+                     "predicted_limit_random": row["predicted_max_prune_fraction"],
+                     "predicted_limit_magnitude": row["predicted_max_prune_fraction"] + 0.05,
+                     "quadratic_limit_random": 0.7 - 0.06 * level, "quadratic_limit_magnitude": 0.75 - 0.06 * level,
+                     "hessian_negative_mass": 0.01 * level, "hessian_zero_mass": 0.3 + 0.02 * level,
+                     "ggn_zero_mass": 0.5})
         rows.append({**base, "kind": "prune_check", "variant": "bbbb0000", "settings": "{}",
-                     "measured_max_prune_fraction": row["measured_max_prune_fraction"]})
+                     "measured_max_prune_fraction": row["measured_max_prune_fraction"],
+                     **{f"measured_limit_{rule}_{reference}": row["measured_max_prune_fraction"] + shift
+                        for rule, reference, shift in (("magnitude", "dense", 0), ("magnitude", "level", 0.1),
+                                                       ("random", "dense", -0.1), ("random", "level", 0.0))}})
         if row["run_id"] == "run1" and row["level"] == 2:
             rows.append({**base, "kind": "hessian", "variant": "cccc0000", "settings": "{}",
                          "hessian_top_eigenvalue": 2 * row["hessian_top_eigenvalue"],
-                         "predicted_max_prune_fraction": 0.1, "conservative_max_prune_fraction": 0.05})
+                         "predicted_limit_random": 0.1, "conservative_max_prune_fraction": 0.05})
+    return pd.DataFrame(rows)
+
+
+def make_directions() -> pd.DataFrame:
+    rows = [{"run_id": "run1", "replicate": replicate, "level": level, "variant": "bbbb0000", "rule": rule,
+             "fraction": fraction, "curvature": (1 + level) * fraction * (2 if rule == "random" else 1),
+             "loss_rise": fraction ** 2}
+            for replicate in REPLICATES for level in (0, 2, 4) for rule in ("magnitude", "random")
+            for fraction in (0.1, 0.5, 0.9)]
     return pd.DataFrame(rows)
 
 
@@ -131,10 +148,11 @@ def make_scores(examples: int = 2000) -> pd.DataFrame:
 
 
 FRAMES = {"levels": make_levels, "measurements": make_measurements, "curves": make_curves, "barriers": make_barriers,
-          "per_example": make_per_example, "scores": make_scores}
+          "per_example": make_per_example, "scores": make_scores, "directions": make_directions}
 # figure -> (x label fragment, log x axis)
 EXPECTED = {"accuracy_vs_density": ("density", True), "rewind_comparison": ("density", True),
             "hessian_vs_level": ("level", False), "prune_limit": ("level", False),
+            "spectrum_masses": ("level", False), "directional_curvature": ("fraction", False),
             "barrier_curves": ("α", False), "barrier_vs_level": ("density", True),
             "instability_vs": ("rewind step", False), "per_example_histogram": ("B_i", False),
             "score_histogram": ("EL2N", False), "score_scatter": ("el2n@2ep", False)}
@@ -197,7 +215,8 @@ def test_missing_measurements_raise(frames):
     with pytest.raises(ValueError, match="Hessian"):
         figures.hessian_vs_level(measurements)
     with pytest.raises(ValueError, match="prune_limit"):
-        figures.prune_limit(frames["measurements"].drop(columns=list(figures.PRUNE_LIMITS)))
+        figures.prune_limit(frames["measurements"].drop(
+            columns=[c for c in frames["measurements"] if "_limit_" in c]))
     with pytest.raises(ValueError, match="one panel each"):
         figures.score_histogram(frames["scores"], ax=plt.subplots()[1])
     plt.close("all")

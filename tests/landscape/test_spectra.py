@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from imp.base import store
@@ -12,6 +13,7 @@ CPU = torch.device("cpu")
 TINY = ["model.widths=[32, 16]", "train.epochs='80it'", "train.eval_every='40it'", "data.batch_size=64",
         "train.momentum=0.9", "prune.levels=1", "landscape.hessian=true", "landscape.hessian_levels=[1]",
         "landscape.hessian_examples=200", "landscape.slq_runs=3", "landscape.slq_steps=10",
+        "landscape.hessian_deflate=8", "landscape.hessian_exact_limit=0",
         "landscape.trace_samples=5", "landscape.prune_check=[0.3, 0.95]", "landscape.matching_tolerance=0.02"]
 
 
@@ -25,25 +27,95 @@ def test_hessian_and_prune_check_after_a_level(tmp_path):
     level = store.read_h5(run.stage_file(0, "level_1"))
     assert tree["unpruned_weights"] == level["kept"]
     assert tree["active_coordinates"] == level["kept"] + 32 + 16 + 10  # plus the biases
-    assert 0 <= tree["conservative_fraction"] <= 1 and 0 <= tree["predicted_fraction"] <= 1
-    np.testing.assert_allclose(tree["slq"]["weights"].sum(axis=1), 1.0, rtol=1e-10)
-    assert tree["eps"] == 0.01 and tree["bn"] == "eval" and tree["examples"] == 200
+    assert tree["fixed_coordinates"] == 32 + 16 + 10
+    ggn = tree["spectra"]["ggn"]
+    assert ggn["method"] == "lanczos+slq" and ggn["top"].shape == (8,) and ggn["top"].min() > 0
+    assert ggn["negative_mass"] == 0.0  # the Gauss-Newton curvature is positive semi-definite
+    assert tree["rank_bound"] == 9 * 200 and tree["rank_bound_warning"]  # 1,800 < 10 x active
+    assert tree["outside_domain"] == (tree["negative_mass"] > 0.05)
+    assert tree["eps"] == 0.01 and tree["eps_mode"] == "fixed" and tree["bn"] == "eval" and tree["examples"] == 200
+    for curvature in ("ggn", "hessian_abs", "hessian_positive"):
+        for rule in ("magnitude", "random", "random_sampled"):
+            grid = tree["predicted"][curvature][rule]
+            assert grid.shape == (7,) and np.all((0 <= grid) & (grid <= 1)) and np.all(np.diff(grid) >= 0)
+            assert tree["predicted"][curvature][rule + "_at_eps"] == grid[2]  # eps 0.01 is on the grid
+            assert 0 <= tree["quadratic"][curvature][rule + "_at_eps"] <= 1
+    removal = tree["removal"]
+    assert removal["magnitude"]["count"][-1] == level["kept"] and removal["random"]["squares"][0] == 0
+    # magnitude pruning removes the smallest weights: never more squared norm than random
+    assert np.all(removal["magnitude"]["squares"] <= removal["random"]["squares"] * (1 + 1e-9) + 1e-12)
 
     dense_error = 1 - store.read_h5(run.stage_file(0, "level_0"))["final"]["test_accuracy"]
-    checks = {f: store.read_h5(run.stage_file(0, f"pruned_1_{f:g}")) for f in (0.3, 0.95)}
+    level_error = 1 - level["final"]["test_accuracy"]
     summary = store.read_h5(run.stage_file(0, only(run, "prune_check", 1)))
     np.testing.assert_array_equal(summary["fractions"], [0.3, 0.95])
-    assert summary["dense_test_error"] == dense_error and summary["matching_tolerance"] == 0.02
-    for i, (fraction, check) in enumerate(checks.items()):
-        assert check["kept"] == level["kept"] - int(np.floor(fraction * level["kept"] + 0.5))
-        assert check["start_step"] == 0 and check["fraction"] == fraction and check["from_level"] == 1
-        assert summary["test_error"][i] == 1 - check["final"]["test_accuracy"]
-        assert summary["matching"][i] == (1 - check["final"]["test_accuracy"] <= dense_error + 0.02)
-    checks = {f: {"matching": summary["matching"][i]} for i, f in enumerate(summary["fractions"])}
+    assert summary["dense_test_error"] == dense_error and summary["level_test_error"] == level_error
+    for i, fraction in enumerate((0.3, 0.95)):
+        magnitude = store.read_h5(run.stage_file(0, f"pruned_1_{fraction:g}"))
+        randoms = [store.read_h5(run.stage_file(0, f"pruned_1_{fraction:g}_random{s}")) for s in (0, 1)]
+        removed = level["kept"] - int(np.floor(fraction * level["kept"] + 0.5))
+        assert magnitude["kept"] == removed and all(r["kept"] == removed for r in randoms)
+        assert magnitude["start_step"] == 0 and magnitude["fraction"] == fraction and magnitude["from_level"] == 1
+        assert [r["random_mask"] for r in randoms] == [0, 1]
+        masks = [np.concatenate([v.reshape(-1) for v in r["mask"].values()]) for r in [magnitude] + randoms]
+        assert not np.array_equal(masks[0], masks[1]) and not np.array_equal(masks[1], masks[2])
+        errors = [1 - r["final"]["test_accuracy"] for r in randoms]
+        assert summary["magnitude"]["test_error"][i, 0] == 1 - magnitude["final"]["test_accuracy"]
+        assert summary["random"]["mean_test_error"][i] == pytest.approx(np.mean(errors))
+        for rule in ("magnitude", "random"):
+            mean = summary[rule]["mean_test_error"][i]
+            assert summary[rule]["matching_dense"][i] == (mean <= dense_error + 0.02)
+            assert summary[rule]["matching_level"][i] == (mean <= level_error + 0.02)
+    grid = summary["curvature_grid"]
+    assert 0.95 in grid and 0.5 in grid
+    for rule in ("magnitude", "random"):
+        assert summary["direction"][rule]["curvature"].shape == grid.shape
+        assert np.all(summary["direction"][rule]["curvature"] >= 0)  # d^T G d with G PSD
+    rise = summary["direction"]["magnitude"]["loss_rise"]
+    assert rise[-1] > rise[0]  # pruning 95% by magnitude costs more training loss than 10%
     row = next(r for r in level_rows(run) if r["level"] == 1 and r["baseline"] is None)
     assert row["hessian_top_eigenvalue"] == eigenvalues[0]
-    assert row["predicted_max_prune_fraction"] == tree["predicted_fraction"]
-    assert row["measured_max_prune_fraction"] == max([f for f, c in checks.items() if c["matching"]], default=0.0)
+    assert row["predicted_limit_random"] == tree["predicted"]["ggn"]["random_at_eps"]
+    assert row["quadratic_limit_magnitude"] == tree["quadratic"]["ggn"]["magnitude_at_eps"]
+    for rule in ("magnitude", "random"):
+        for reference in ("dense", "level"):
+            matching = summary["fractions"][summary[rule][f"matching_{reference}"]]
+            assert row[f"measured_limit_{rule}_{reference}"] == max(matching, default=0.0)
+    assert row["measured_max_prune_fraction"] == row["measured_limit_magnitude_dense"]
+
+
+def test_outside_domain_flags_a_negative_mass_over_five_percent():
+    from landscape.eigen import Spectrum
+    from landscape.spectra import outside_domain
+
+    assert outside_domain(Spectrum(100, np.concatenate([np.ones(90), -np.ones(10)])))
+    assert not outside_domain(Spectrum(100, np.concatenate([np.ones(96), -np.ones(4)])))
+
+
+def test_calibrated_eps_is_level_0s_loss_rise_where_it_stops_matching(tmp_path, capsys):
+    from imp.data import load_dataset
+    from landscape.hooks import measure_run
+    from runs.lth.cli import main
+
+    config = load_config(None, TINY)
+    run = run_imp(config, tmp_path, tmp_path, CPU)
+    data = load_dataset(config.data, tmp_path)
+    calibrated = load_config(None, TINY + ["landscape.prune_eps_mode='calibrated'", "landscape.prune_check=[]",
+                                           "landscape.prune_check=[0.3, 0.999]", "landscape.matching_tolerance=0.0"])
+    with store.RunLock(run):
+        (hessian,) = [m for m in measure_run(calibrated, data, run, CPU) if m.measurement == "hessian"]
+    tree = store.read_h5(run.stage_file(0, hessian.stage))
+    check = store.read_h5(run.stage_file(0, only(run, "prune_check", 1)))  # the level-1 check, same settings
+    assert tree["eps_mode"] == "calibrated" and "eps" not in hessian.settings
+    level0 = store.read_h5(run.stage_file(0, "pruned_0_0.999"))
+    dense_error = 1 - store.read_h5(run.stage_file(0, "level_0"))["final"]["test_accuracy"]
+    assert 1 - level0["final"]["test_accuracy"] > dense_error  # 99.9% pruned does not match
+    assert tree["eps"] > 0 and check["fractions"][-1] == 0.999
+    # nothing stops matching with a tolerance of 1: one line, exit 2
+    assert main(["hessian", run.run_id, "--out", str(tmp_path), "--levels", "1", "--set",
+                 "landscape.prune_eps_mode=calibrated", "--set", "landscape.prune_check=[0.3]",
+                 "--set", "landscape.matching_tolerance=1.0"]) == 2
+    assert "level 0 matches the dense network at every checked fraction (0.3)" in capsys.readouterr().err
 
 
 def test_hessian_settings_make_their_own_result(tmp_path):
@@ -56,8 +128,9 @@ def test_hessian_settings_make_their_own_result(tmp_path):
     config = load_config(None, base)
     run = run_imp(config, tmp_path, tmp_path, CPU)
     data = load_dataset(config.data, tmp_path)
-    asked = base + ["landscape.hessian=true", "landscape.hessian_examples=64", "landscape.slq_runs=1",
-                    "landscape.slq_steps=4", "landscape.trace_samples=0"]
+    asked = base + ["landscape.hessian=true", "landscape.hessian_examples=64", "landscape.slq_runs=2",
+                    "landscape.slq_steps=4", "landscape.trace_samples=0", "landscape.hessian_deflate=4",
+                    "landscape.hessian_exact_limit=0"]
     with store.RunLock(run):
         two = measure_run(load_config(None, asked + ["landscape.hessian_k=2"]), data, run, CPU)
         five = measure_run(load_config(None, asked + ["landscape.hessian_k=5", "landscape.hessian_bn=train"]),

@@ -29,7 +29,8 @@ TINY = ["model.widths=[16]", "train.epochs='40it'", "train.eval_every='20it'", "
         "prune.levels=1", "landscape.successive=true", "landscape.siblings=2", "landscape.per_example=true",
         "landscape.points=3", "landscape.examples=100", "landscape.perturb_sizes=[0.5]",
         "landscape.hessian=true", "landscape.hessian_examples=100", "landscape.slq_runs=2",
-        "landscape.slq_steps=5", "landscape.trace_samples=0", "landscape.prune_check=[0.3, 0.6]"]
+        "landscape.slq_steps=5", "landscape.trace_samples=0", "landscape.prune_check=[0.3, 0.6]",
+        "landscape.hessian_deflate=4", "landscape.hessian_exact_limit=0"]
 MEASUREMENT_KEYS = (*names.MEASUREMENT_ATTRS, names.COLUMNS_GROUP)
 
 
@@ -47,7 +48,9 @@ def make_legacy(run: store.RunDir) -> None:
         path = run.stage_file(m.replicate, m.stage)
         tree = strip(store.read_h5(path))
         old = {"successive": "barrier", "instability": "instability", "hessian": "hessian"}.get(m.measurement)
-        if old:
+        if old == "hessian":
+            store.write_h5(run.stage_file(m.replicate, f"hessian_{m.level}"), old_hessian(tree), provenance)
+        elif old:
             store.write_h5(run.stage_file(m.replicate, f"{old}_{m.level}"), tree, provenance)
         elif m.measurement == "perturb":
             network = run.stage_file(m.replicate, tree.pop("network"))
@@ -64,6 +67,24 @@ def make_legacy(run: store.RunDir) -> None:
                 store.write_h5(run.stage_file(m.replicate, f"prune_check_{m.level}_{fraction:g}"), level, provenance)
                 network.unlink()
         path.unlink()
+    for stage in run.stages(0):
+        if "_random" in stage:  # random-mask prune checks came later
+            run.stage_file(0, stage).unlink()
+
+
+def old_hessian(tree: dict) -> dict:
+    """A Hessian measurement as stored before Gauss-Newton curvature (its numbers made up
+    where the new one has no counterpart: they only have to survive the upgrade)."""
+    kept = ("eigenvalues", "residuals", "lanczos_iterations", "lanczos_products", "active_coordinates",
+            "unpruned_weights", "examples", "bn", "eps", "conservative_fraction")
+    return {**{key: tree[key] for key in kept}, "predicted_fraction": 0.5,
+            "slq": {"nodes": np.linspace(0, 1, 10).reshape(2, 5), "weights": np.full((2, 5), 0.2)}}
+
+
+def changed(stage: str) -> bool:
+    """Measurements whose layout and settings changed since: converted as they were, and
+    measured afresh when asked again (with the random-mask networks of new prune checks)."""
+    return stage.startswith(("hessian_", "prune_check_")) or "_random" in stage
 
 
 def make_old_names(run: store.RunDir, prune_before: dict | None = None) -> store.RunDir:
@@ -136,17 +157,23 @@ def test_upgrade_gives_back_the_current_layout(tmp_path, capsys, old_names):
     # The old Hessian files did not record every setting: marked legacy, never reused.
     assert len(hessians) == 2 and all(json.loads(store.read_h5(run.stage_file(0, s))["settings"])["legacy"]
                                       for s in hessians)
-    assert set(upgraded) - hessians == set(fresh) - {s for s in fresh if s.startswith("hessian_")}
+    assert {s for s in upgraded if not changed(s)} == {s for s in fresh if not changed(s)}
     for stage in set(fresh) & set(upgraded):
         assert_same(fresh[stage], upgraded[stage], stage)
     for stage in hessians:
         level = stage.split("_")[1]
-        assert_same(fresh[next(s for s in fresh if s.startswith(f"hessian_{level}_"))], upgraded[stage], stage)
+        assert_same(old_hessian(fresh[next(s for s in fresh if s.startswith(f"hessian_{level}_"))]),
+                    strip(upgraded[stage]), stage)
+    for stage in (s for s in upgraded if s.startswith("prune_check_")):
+        level = stage.split("_")[2]
+        new = fresh[next(s for s in fresh if s.startswith(f"prune_check_{level}_"))]
+        np.testing.assert_array_equal(upgraded[stage]["test_error"], new["magnitude"]["test_error"][:, 0])
+        np.testing.assert_array_equal(upgraded[stage]["matching"], new["matching"])
     assert main(["upgrade", run.run_id, "--out", str(tmp_path)]) == 0
     assert "nothing in the old layout" in capsys.readouterr().out
-    # asking again with the run's settings reuses every exact conversion and adds only the Hessians
+    # asking again with the run's settings reuses every exact conversion and measures the changed ones
     run_imp(config, tmp_path, tmp_path, CPU, hooks=level_hooks(config, CPU))
-    assert set(run.stages(0)) == set(upgraded) | {s for s in fresh if s.startswith("hessian_")}
+    assert set(run.stages(0)) == set(upgraded) | {s for s in fresh if changed(s)}
 
 
 NAMED = ["model.widths=[16]", "train.epochs='40it'", "train.eval_every='20it'", "data.batch_size=64",

@@ -153,7 +153,7 @@ def test_hessian_on_a_finished_run(tmp_path, capsys):
     assert main(["run", "--out", str(tmp_path), *TINY, "--set", "prune.levels=1"]) == 0
     run_id = capsys.readouterr().out.split("run id ")[1].split(";")[0]
     assert main(["hessian", run_id, "--out", str(tmp_path), "--k", "3", "--check", "0.5", "--levels", "1",
-                 "--set", "landscape.hessian_examples=100", "--set", "landscape.slq_runs=2",
+                 "--examples", "100", "--set", "landscape.slq_runs=2", "--set", "landscape.hessian_deflate=3",
                  "--set", "landscape.slq_steps=5", "--set", "landscape.trace_samples=0"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("replicate 0 level 1 hessian [") and "hessian_top_eigenvalue" in out[0]
@@ -163,7 +163,7 @@ def test_hessian_on_a_finished_run(tmp_path, capsys):
     assert main(["show", run_id, "--out", str(tmp_path), "--json"]) == 0
     row = json.loads(capsys.readouterr().out)["levels"][1]
     assert row["level"] == 1 and row["hessian_top_eigenvalue"] > 0
-    assert 0 <= row["predicted_max_prune_fraction"] <= 1
+    assert 0 <= row["predicted_limit_random"] <= 1 and 0 <= row["measured_limit_random_level"] <= 1
     # After a Hessian, a barrier with its own curve settings is measured, not refused.
     assert main(["barrier", run_id, "--out", str(tmp_path), "--set", "landscape.points=3",
                  "--set", "landscape.examples=100"]) == 0

@@ -1,0 +1,109 @@
+"""Figures of the prune limit (:mod:`landscape.spectra`): predicted against measured
+limits per pruning rule, the curvature spectrum's masses by level, and the curvature
+along each rule's pruning direction. Conventions as in :mod:`analysis.figures`."""
+
+import pandas as pd
+import seaborn as sns
+
+from analysis.style import new_axes, place_legend, replicates_note, require, set_title, variant_suffix
+
+CI = {"errorbar": ("ci", 95), "seed": 0}
+RULES = ("magnitude", "random")
+# column prefix -> label; the rule follows the prefix ("predicted_limit_random", ...)
+ESTIMATES = {"predicted_limit": "predicted (N_eff count)", "quadratic_limit": "predicted (exact quadratic)",
+             "measured_limit_{rule}_level": "measured, vs level L", "measured_limit_{rule}_dense": "measured, vs dense"}
+MASSES = {"hessian_negative_mass": "Hessian: negative", "hessian_zero_mass": "Hessian: near zero",
+          "ggn_zero_mass": "Gauss-Newton: near zero"}
+ID = ["run_id", "replicate", "level"]
+
+
+def _column(prefix: str, rule: str) -> str:
+    return prefix.format(rule=rule) if "{rule}" in prefix else f"{prefix}_{rule}"
+
+
+def _runs(rows: pd.DataFrame) -> pd.DataFrame:
+    return rows.assign(run=rows["run_id"].astype(str) + variant_suffix(rows))
+
+
+def prune_limit(measurements: pd.DataFrame, ax=None):
+    """The largest fraction of a level's remaining weights prunable at once, by rule
+    (line style): the two predictions from the Gauss-Newton spectrum, and the measured
+    limits relative to level L itself (the theory's notion) and to the dense network
+    (IMP's notion), kept apart by colour."""
+    figure = "prune_limit"
+    require(measurements, [*ID, "kind", "variant"], figure)
+    pieces = []
+    for prefix, label in ESTIMATES.items():
+        for rule in RULES:
+            column = _column(prefix, rule)
+            if column in measurements.columns:
+                part = measurements[[*ID, "kind", "variant", column]].dropna(subset=[column])
+                pieces.append(part.rename(columns={column: "fraction"}).assign(estimate=label, rule=rule))
+    rows = pd.concat(pieces, ignore_index=True) if pieces else pd.DataFrame()
+    if rows.empty:
+        raise ValueError(f"{figure}: no level has a predicted or measured prune limit for a rule "
+                         "(measure with lth hessian RUN --check ...)")
+    rows = _runs(rows.assign(y=100 * rows["fraction"]))
+    order = [label for label in ESTIMATES.values() if label in set(rows["estimate"])]
+    several = rows["run"].nunique() > 1
+    ax = new_axes(ax)
+    sns.lineplot(rows, x="level", y="y", hue="estimate", hue_order=order, style="rule",
+                 style_order=[r for r in RULES if r in set(rows["rule"])], units="run" if several else None,
+                 estimator=None if several else "mean", palette=sns.color_palette("colorblind", 4)[:len(order)],
+                 markers=True, markersize=7, **({} if several else CI), ax=ax)
+    ax.set_xlabel("IMP level")
+    ax.set_ylabel("largest one-shot prune\n(% of remaining weights)")
+    ax.set_ylim(-2, 102)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    set_title(ax, f"Prune limit: predicted vs measured ({replicates_note(rows)})")
+    place_legend(ax)
+    return ax.figure
+
+
+def spectrum_masses(measurements: pd.DataFrame, ax=None):
+    """The fraction of the curvature's eigenvalues (on the unpruned coordinates) that
+    are negative (Hessian; above 5% the prediction is outside the theory's domain) or
+    near zero (|lambda| <= 1e-4 max |lambda|), by level."""
+    figure = "spectrum_masses"
+    present = [c for c in MASSES if c in measurements.columns]
+    if not present:
+        raise ValueError(f"{figure}: needs columns {list(MASSES)}; none present")
+    require(measurements, ID, figure)
+    rows = measurements.melt(id_vars=ID + ["variant", "kind"], value_vars=present, var_name="mass",
+                             value_name="fraction").dropna(subset=["fraction"])
+    if rows.empty:
+        raise ValueError(f"{figure}: no level has a measured spectrum")
+    rows = _runs(rows.assign(y=100 * rows["fraction"], mass=rows["mass"].map(MASSES)))
+    several = rows["run"].nunique() > 1
+    ax = new_axes(ax)
+    sns.lineplot(rows, x="level", y="y", hue="mass", style="run" if several else "mass", markers=True,
+                 markersize=7, palette=sns.color_palette("colorblind", 3)[:len(present)], **CI, ax=ax)
+    ax.axhline(5, color="0.5", linestyle=":", linewidth=1, label="5%: outside the domain")
+    ax.set_xlabel("IMP level")
+    ax.set_ylabel("share of eigenvalues (%)")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    set_title(ax, f"Curvature spectrum by level ({replicates_note(rows)})")
+    place_legend(ax)
+    return ax.figure
+
+
+def directional_curvature(directions: pd.DataFrame, ax=None):
+    """The Gauss-Newton curvature ``d^T G d / |d|^2`` along the direction each rule prunes
+    (d = the removed weights), against the fraction pruned, one colour per level: lower
+    means the rule removes weights along flatter directions (log scale)."""
+    figure = "directional_curvature"
+    require(directions, [*ID, "variant", "rule", "fraction", "curvature"], figure)
+    rows = directions[directions["curvature"] > 0]
+    if rows.empty:
+        raise ValueError(f"{figure}: no positive curvature to plot")
+    rows = rows.assign(percent=100 * rows["fraction"], level=rows["level"].astype(int))
+    ax = new_axes(ax)
+    sns.lineplot(rows, x="percent", y="curvature", hue="level", style="rule",
+                 style_order=[r for r in RULES if r in set(rows["rule"])],
+                 palette="viridis", markers=True, markersize=6, **CI, ax=ax)
+    ax.set_yscale("log")
+    ax.set_xlabel("fraction of remaining weights pruned (%)")
+    ax.set_ylabel("curvature along the pruning direction\n$d^T G d / |d|^2$ (log scale)")
+    set_title(ax, f"Where each rule prunes ({replicates_note(rows)})")
+    place_legend(ax)
+    return ax.figure
