@@ -338,7 +338,11 @@ def calibrated_eps(m: Context, settings: dict) -> float:
     if not settings["fractions"]:
         raise UserError("landscape.prune_eps_mode = \"calibrated\" needs landscape.prune_check fractions "
                         "(e.g. [0.2, 0.4, 0.6, 0.8, 0.9]); or use prune_eps_mode = \"fixed\"")
-    check = prune_check(m, 0, settings)
+    from landscape.registry import store_measurement  # the registry imports this module
+
+    measured = store_measurement(m, "prune_check", 0, settings, lambda: prune_check(m, 0, settings),
+                                 prune_check_columns)
+    check = m.read(measured.stage)
     failing = np.flatnonzero(~check["magnitude"]["matching_dense"])
     if len(failing) == 0:
         raise UserError(f"level 0 matches the dense network at every checked fraction "

@@ -24,6 +24,7 @@ barrier_speed       ``ratio naive / toolkit auto: <4.26> (plain 1.02)``
 hessian_speed       after the ``**dense**`` heading, and again after ``**pruned ...**``:
                     ``at tol 1e-3 (both defaults): PyHessian / toolkit HVPs <5.4>x, ...``
 imp_end_to_end      ``ratio (plain / toolkit seconds): <1.28>``
+prune_limit_cost    ``ratio (old / new error against exact): <269.5>``
 batched_replicates  ``ratio sequential / batched: LeNet-300-100 <0.68>x, ResNet-20 <0.73>x``
                     (one line, both numbers; "toolkit" here is the batched trainer)
 ==================  ==========================================================================
@@ -96,6 +97,10 @@ BENCHMARKS = (
     Benchmark("imp_end_to_end", ("--levels", "2", "--epochs", "1"), (
         Ratio("seconds of a whole IMP run, LeNet-300-100 on MNIST: plain PyTorch / run_imp",
               r"^ratio \(plain / toolkit seconds\): " + NUMBER),
+    )),
+    Benchmark("prune_limit_cost", ("--examples", "1000", "--deflate", "20"), (
+        Ratio("prune-limit error against eigh, MLP: Hessian 10 x 30 (old) / deflated Gauss-Newton (new)",
+              r"^ratio \(old / new error against exact\): " + NUMBER, target=10),
     )),
     Benchmark("batched_replicates", ("--repeats", "1", "--lenet-steps", "50", "--resnet-steps", "1"), (
         Ratio("seconds to train 4 replicates, LeNet-300-100: one after another / train_batched",

@@ -105,12 +105,14 @@ def test_calibrated_eps_is_level_0s_loss_rise_where_it_stops_matching(tmp_path, 
     with store.RunLock(run):
         (hessian,) = [m for m in measure_run(calibrated, data, run, CPU) if m.measurement == "hessian"]
     tree = store.read_h5(run.stage_file(0, hessian.stage))
-    check = store.read_h5(run.stage_file(0, only(run, "prune_check", 1)))  # the level-1 check, same settings
     assert tree["eps_mode"] == "calibrated" and "eps" not in hessian.settings
     level0 = store.read_h5(run.stage_file(0, "pruned_0_0.999"))
     dense_error = 1 - store.read_h5(run.stage_file(0, "level_0"))["final"]["test_accuracy"]
     assert 1 - level0["final"]["test_accuracy"] > dense_error  # 99.9% pruned does not match
-    assert tree["eps"] > 0 and check["fractions"][-1] == 0.999
+    check = store.read_h5(run.stage_file(0, only(run, "prune_check", 0)))  # stored by the calibration
+    first = next(f for f, ok in zip(check["fractions"], check["magnitude"]["matching_dense"]) if not ok)
+    rise = check["direction"]["magnitude"]["loss_rise"][list(check["curvature_grid"]).index(first)]
+    assert tree["eps"] == rise > 0
     # nothing stops matching with a tolerance of 1: one line, exit 2
     assert main(["hessian", run.run_id, "--out", str(tmp_path), "--levels", "1", "--set",
                  "landscape.prune_eps_mode=calibrated", "--set", "landscape.prune_check=[0.3]",

@@ -1,7 +1,7 @@
 """The benchmark runner's ratio parser, on the lines the scripts printed in real runs.
 
 Nothing is timed here: the canned outputs below are excerpts of real runs on the 2-core
-CPU (2026-11-21). One smoke test runs batched_replicates at tiny sizes (a few seconds),
+CPU (2026-11-21; prune_limit_cost 2026-11-28). One smoke test runs batched_replicates at tiny sizes (a few seconds),
 only to check that it runs and prints the line the runner reads.
 """
 
@@ -70,6 +70,17 @@ ratio sequential / batched: LeNet-300-100 0.68x, ResNet-20 0.73x
 
 cpu: AMD EPYC
 """,
+    "prune_limit_cost": """largest error against exact: new 0.001 (1150 products), old 0.269
+
+| new: GGN, deflated Lanczos + 10 x 100 | 1150 | 128.2 | 0.111 | 1.0 |
+| old: Hessian 10 x 30 on 1,000 examples | 300 | 7.9 | 0.026 | 1.0 |
+
+seconds new / old: 16.3
+
+ratio (old / new error against exact): 269.5
+
+cpu: Intel(R) Xeon(R) Processor
+""",
 }
 EXPECTED = {
     "train_throughput": [6.55],
@@ -78,6 +89,7 @@ EXPECTED = {
     "hessian_speed": [5.4, 6.4],
     "imp_end_to_end": [1.28],
     "batched_replicates": [0.68, 0.73],
+    "prune_limit_cost": [269.5],
 }
 BY_NAME = {benchmark.name: benchmark for benchmark in BENCHMARKS}
 
