@@ -13,9 +13,13 @@ coordinates that are never pruned (biases, excluded tensors). Pruning rule R
 - magnitude: the ``round(p D_L)`` smallest-magnitude kept weights, in the run's strategy
   (:func:`imp.pruning.magnitude_prune`): ``l^2`` is their sum of squares;
 - random (expected): a uniformly random subset of ``round(p D_L)`` kept weights, for
-  which ``E l^2 = p sum_i w_i^2`` exactly (:func:`random_expected`);
+  which ``E l^2 = (round(p D_L) / D_L) sum_i w_i^2`` exactly (:func:`random_removal`);
 - random (sampled): one such subset, drawn as a seeded random order of the kept weights
   (:func:`random_order`; the prune check's random masks are drawn the same way).
+
+:class:`Removal` holds, on the grid :data:`GRID` of 1,001 fractions, what a rule removes:
+its count r(p) (``round(p D_L)``; per group with the run's strategy and layer overrides)
+and ``l_R(p)^2``.
 
 Prediction. Near w the training loss is the quadratic ``(1/2) d^T G d`` with curvature
 G (the Gauss-Newton matrix by default) restricted to the ``D_L + B`` kept coordinates,
@@ -31,10 +35,11 @@ effective dimension
 over the curvature's eigenvalues on the kept coordinates. The predicted limit is the
 largest p with
 
-    p D_L  <=  (D_L + B) - N_eff(z(p))                          (:func:`predicted_limit`)
+    r(p) = round(p D_L)  <=  (D_L + B) - N_eff(z(p))            (:func:`predicted_limits`)
 
-solved by bisection: the left side rises with p and the right side falls (l grows, so z
-falls and N_eff grows), so the set of such p is an interval [0, p*].
+resolved on :data:`GRID`: the left side rises with p and the right side falls (l grows,
+so z falls and N_eff grows), so the set of such p is an interval [0, p*], and p* is the
+last grid fraction before the first one that fails.
 
 The earlier form of this module solved the fixed point
 ``p = (1/D') sum_i 1 / (1 + lambda_i l(p)^2 / (2 eps))`` with D' the kept prunable
@@ -51,9 +56,13 @@ subspace can be computed in the limit of many dimensions, assuming the pruned co
 are a random subspace with respect to the curvature's eigenvectors (which random pruning
 of a rotated well satisfies). With ``r = round(p D_L)`` removed and ``d = (D_L + B) - r``
 kept coordinates, the minimum is the Schur complement ``(1/2) delta^T ((G^-1)_RR)^-1
-delta`` (delta the removed weights, ``|delta| = l``); the deterministic equivalent of a
-random compression (as for sketched inverses, e.g. LeJeune, Patil, Javadi, Baraniuk &
-Tibshirani 2024, "Asymptotics of the sketched pseudoinverse") gives
+delta`` (delta the removed weights, ``|delta| = l``). ``(G^-1)_RR`` is a random
+r-dimensional compression of ``A = G^-1``, and the deterministic equivalent of such a
+compression (as for sketched inverses: LeJeune, Patil, Javadi, Baraniuk & Tibshirani,
+"Asymptotics of the sketched pseudoinverse", 2024) is ``R (R^T A R)^-1 R^T ~ (A + nu)^-1``
+with nu solving ``r = sum_i 1 / (1 + nu lambda_i)``, i.e. ``N_eff(1/nu) = d``. For delta
+spread evenly over R this gives ``delta^T ((G^-1)_RR)^-1 delta ~ (l^2 / r) sum_i lambda_i
+/ (1 + nu lambda_i) = l^2 z' N_eff(z') / r`` with ``z' = 1/nu``, so
 
     min loss rise  ~  (1/2) l_R(p)^2 z' d / r,    z' solving N_eff(z') = d
 
