@@ -29,7 +29,9 @@ def prune_limit(measurements: pd.DataFrame, ax=None):
     """The largest fraction of a level's remaining weights prunable at once, by rule
     (line style): the two predictions from the Gauss-Newton spectrum, and the measured
     limits relative to level L itself (the theory's notion) and to the dense network
-    (IMP's notion), kept apart by colour."""
+    (IMP's notion), kept apart by colour. A measured limit the checked fractions do not
+    bracket is censored: an open triangle down where no fraction matched (the limit is
+    below the smallest checked), up where every one did (it is at least the largest)."""
     figure = "prune_limit"
     require(measurements, [*ID, "kind", "variant"], figure)
     pieces = []
@@ -37,8 +39,11 @@ def prune_limit(measurements: pd.DataFrame, ax=None):
         for rule in RULES:
             column = _column(prefix, rule)
             if column in measurements.columns:
-                part = measurements[[*ID, "kind", "variant", column]].dropna(subset=[column])
-                pieces.append(part.rename(columns={column: "fraction"}).assign(estimate=label, rule=rule))
+                flag = column + "_censored"
+                part = measurements[[*ID, "kind", "variant", column]].assign(
+                    censored=measurements[flag] if flag in measurements.columns else 0.0)
+                part = part.dropna(subset=[column]).rename(columns={column: "fraction"})
+                pieces.append(part.assign(estimate=label, rule=rule))
     rows = pd.concat(pieces, ignore_index=True) if pieces else pd.DataFrame()
     if rows.empty:
         raise ValueError(f"{figure}: no level has a predicted or measured prune limit for a rule "
@@ -51,6 +56,13 @@ def prune_limit(measurements: pd.DataFrame, ax=None):
                  style_order=[r for r in RULES if r in set(rows["rule"])], units="run" if several else None,
                  estimator=None if several else "mean", palette=sns.color_palette("colorblind", 4)[:len(order)],
                  markers=True, markersize=7, **({} if several else CI), ax=ax)
+    colours = dict(zip(order, sns.color_palette("colorblind", 4)))
+    for (direction, label), marker in ((( -1, "limit below this (none matched)"), "v"),
+                                       ((1, "limit at least this (all matched)"), "^")):
+        points = rows[rows["censored"].fillna(0) == direction]
+        if not points.empty:
+            ax.scatter(points["level"], points["y"], marker=marker, s=90, facecolors="none", linewidths=1.5,
+                       edgecolors=[colours[e] for e in points["estimate"]], label=label, zorder=5)
     ax.set_xlabel("IMP level")
     ax.set_ylabel("largest one-shot prune\n(% of remaining weights)")
     ax.set_ylim(-2, 102)

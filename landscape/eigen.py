@@ -21,6 +21,8 @@ from ``steps // 2`` to ``steps`` Lanczos steps on the same probes.
 """
 
 from collections.abc import Callable
+
+Report = Callable[[str], None] | None  # takes one progress line
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -109,9 +111,9 @@ class Spectrum:
                         self.half_weights, self.products)
 
 
-def restricted_matrix(operator) -> np.ndarray:
+def restricted_matrix(operator, report: Report = None) -> np.ndarray:
     """The operator on its active coordinates as a dense float64 (active, active) matrix:
-    one product per active coordinate."""
+    one product per active coordinate (a progress line at every tenth of them)."""
     mask = getattr(operator, "mask", None)
     index = torch.arange(operator.dim) if mask is None else torch.nonzero(mask.cpu()).flatten()
     columns = np.empty((len(index), len(index)))
@@ -119,12 +121,14 @@ def restricted_matrix(operator) -> np.ndarray:
         e = torch.zeros(operator.dim, dtype=torch.float64)
         e[i] = 1.0
         columns[:, column] = operator.matvec(e).cpu()[index].numpy()
+        if report is not None and (column + 1) % max(len(index) // 10, 1) == 0:
+            report(f"exact: {column + 1} of {len(index)} columns")
     return (columns + columns.T) / 2
 
 
-def exact_spectrum(operator) -> Spectrum:
+def exact_spectrum(operator, report: Report = None) -> Spectrum:
     before = operator.products
-    eigenvalues = np.linalg.eigvalsh(restricted_matrix(operator))[::-1].copy()
+    eigenvalues = np.linalg.eigvalsh(restricted_matrix(operator, report))[::-1].copy()
     return Spectrum(len(eigenvalues), eigenvalues, products=operator.products - before)
 
 
@@ -145,7 +149,8 @@ class Deflated:
         return random_start(self.operator, generator, kind).to(self.rows)
 
 
-def deflated_spectrum(operator, k: int, runs: int, steps: int, *, tol: float = 1e-3, seed: int = 0) -> Spectrum:
+def deflated_spectrum(operator, k: int, runs: int, steps: int, *, tol: float = 1e-3, seed: int = 0,
+                      report: Report = None) -> Spectrum:
     """Top ``k`` by Lanczos (relative residual ``tol``), then ``runs`` x ``steps`` quadrature
     of the deflated operator (Rademacher probes on the active coordinates)."""
     before = operator.products
@@ -153,6 +158,8 @@ def deflated_spectrum(operator, k: int, runs: int, steps: int, *, tol: float = 1
     k = min(k, active - 1)
     top = lanczos(operator, k, tol=tol, max_iter=max(100, 3 * k), seed=seed, vectors=True) if k > 0 else None
     rows = (torch.from_numpy(top["eigenvectors"]) if top else torch.zeros(0, operator.dim, dtype=torch.float64))
+    if report is not None and top:
+        report(f"Lanczos: top {k} in {top['products']} products (smallest {top['eigenvalues'][-1]:.3g})")
     deflated = Deflated(operator, rows.to(getattr(operator, "device", "cpu")))
     generator = torch.Generator().manual_seed(seed + 1)
     steps = min(steps, active)
@@ -168,14 +175,17 @@ def deflated_spectrum(operator, k: int, runs: int, steps: int, *, tol: float = 1
         nodes[r, :len(theta)], weights[r, :len(theta)] = theta, s[0] ** 2
         if len(alpha) < max(steps // 2, 1):  # Krylov space exhausted early: already exact
             half_nodes[r], half_weights[r] = nodes[r], weights[r]
+        if report is not None:
+            report(f"quadrature: probe {r + 1} of {runs} ({len(alpha)} steps)")
     eigenvalues = np.asarray(top["eigenvalues"]) if top else np.zeros(0)
     return Spectrum(active, eigenvalues, "lanczos+slq", nodes, weights, half_nodes, half_weights,
                     operator.products - before)
 
 
 def spectrum(operator, *, k: int, runs: int, steps: int, tol: float = 1e-3, seed: int = 0,
-             exact_limit: int = EXACT_LIMIT) -> Spectrum:
-    """Exact up to ``exact_limit`` active coordinates, deflated Lanczos + quadrature above."""
+             exact_limit: int = EXACT_LIMIT, report: Report = None) -> Spectrum:
+    """Exact up to ``exact_limit`` active coordinates, deflated Lanczos + quadrature above;
+    ``report`` gets progress lines."""
     if active_dimension(operator) <= exact_limit:
-        return exact_spectrum(operator)
-    return deflated_spectrum(operator, k, runs, steps, tol=tol, seed=seed)
+        return exact_spectrum(operator, report)
+    return deflated_spectrum(operator, k, runs, steps, tol=tol, seed=seed, report=report)

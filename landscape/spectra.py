@@ -27,7 +27,7 @@
   ``matching_tolerance``: IMP's notion) and ``matching_level`` (at most level L's own
   plus the tolerance: the theory's notion; a random rule uses the mean error over its
   masks). The four measured limits are the largest matching fraction per rule and
-  reference (0 when none). On ``curvature_grid`` (0.1, ..., 0.9 and the fractions) it
+  reference, censored where the checks do not bracket it (:func:`censored_limit`). On ``curvature_grid`` (0.1, ..., 0.9 and the fractions) it
   also stores, for each rule's pruning direction d (the removed weights, -w on them),
   the curvature ``d^T G d / |d|^2`` and the training-loss rise right after pruning,
   before retraining, on the same examples as the ``hessian`` measurement.
@@ -51,6 +51,7 @@ from landscape.hessian import HessianOperator
 from landscape.lanczos import hutchinson_trace, lanczos
 from landscape.measure import Context
 
+CENSORED = "_censored"  # a column's censoring flag: -1 below its value, +1 at least its value, 0 exact
 OUTSIDE_DOMAIN = 0.05  # negative Hessian eigenvalue mass above which a prediction is flagged
 # curvature -> (spectrum, map of its eigenvalues). The Gauss-Newton matrix is PSD: its
 # negative eigenvalues are rounding (above -1e-4 max, its negative_mass is 0) and are set to 0.
@@ -125,7 +126,8 @@ def measure_hessian(m: Context, level: int, settings: dict) -> dict:
     for kind, operator in operators.items():
         spectra[kind] = spectrum(operator, k=settings["deflate"], runs=settings["slq_runs"],
                                  steps=settings["slq_steps"], tol=settings["tol"],
-                                 seed=derive_seed(seed, "spectrum", kind, level), exact_limit=settings["exact_limit"])
+                                 seed=derive_seed(seed, "spectrum", kind, level), exact_limit=settings["exact_limit"],
+                                 report=lambda line, kind=kind: _say(m, f"level {level} hessian: {kind} {line}"))
         _say(m, f"level {level} hessian: {kind} spectrum ({spectra[kind].method}) in "
                 f"{spectra[kind].products} products")
     top = lanczos(operators["hessian"], settings["k"], tol=settings["tol"], max_iter=max(100, 3 * settings["k"]),
@@ -310,7 +312,8 @@ def prune_check(m: Context, level: int, settings: dict) -> dict:
         tree = {"test_error": errors, "train_loss": np.asarray(parts["train_loss"]), "mean_test_error": mean,
                 "matching_dense": mean <= dense_error + tolerance, "matching_level": mean <= level_error + tolerance}
         for reference in ("dense", "level"):
-            tree[f"limit_{reference}"] = float(max(fractions[tree[f"matching_{reference}"]], default=0.0))
+            tree[f"limit_{reference}"], tree[f"limit_{reference}_censored"] = censored_limit(
+                fractions, tree[f"matching_{reference}"])
         out[rule] = tree
     out["matching"] = out["magnitude"]["matching_dense"]
     grid = sorted(set(CURVATURE_GRID) | {float(f) for f in fractions})
@@ -319,15 +322,27 @@ def prune_check(m: Context, level: int, settings: dict) -> dict:
     return out
 
 
+def censored_limit(fractions: np.ndarray, matching: np.ndarray) -> tuple[float, int]:
+    """The measured limit and how it is censored: the largest matching fraction (0), or,
+    when no fraction matches, the smallest checked (-1: the limit is below it), or, when
+    all match, the largest (+1: the limit is at least it)."""
+    if not matching.any():
+        return float(fractions.min()), -1
+    return float(fractions[matching].max()), int(matching.all())
+
+
 def prune_check_columns(tree: dict) -> dict:
     if "magnitude" not in tree:  # measured before random masks (upgraded legacy files)
         matching = [f for f, ok in zip(tree["fractions"], tree["matching"]) if ok]
         return {"measured_max_prune_fraction": float(max(matching, default=0.0))}
-    columns = {"measured_max_prune_fraction": tree["magnitude"]["limit_dense"]}
+    matching = tree["fractions"][tree["magnitude"]["matching_dense"]]
+    columns = {"measured_max_prune_fraction": float(max(matching, default=0.0))}
     for rule in ("magnitude", "random"):
         if rule in tree:
             for reference in ("dense", "level"):
-                columns[f"measured_limit_{rule}_{reference}"] = tree[rule][f"limit_{reference}"]
+                name = f"measured_limit_{rule}_{reference}"
+                columns[name] = tree[rule][f"limit_{reference}"]
+                columns[name + CENSORED] = float(tree[rule][f"limit_{reference}_censored"])
     return columns
 
 

@@ -134,8 +134,10 @@ def _on_run(args, extra: list[str], kinds: Sequence[str] = (), between: Sequence
                         + (f"--levels {' '.join(map(str, args.levels))}" if args.levels else "these measurements")
                         + " (a measurement between levels L and L+1 needs level L+1 finished too; "
                         "`lth show` lists the levels)")
+    from runs.lth.tables import format_columns
+
     for m in measured:
-        values = ", ".join(f"{key} {value:.4g}" for key, value in sorted(m.columns.items())) or "stored"
+        values = format_columns(m.columns) or "stored"
         print(f"replicate {m.replicate} level {m.level} {m.measurement} [{m.settings_id}]: {values}")
     print(f"settings: " + "; ".join(sorted({f"{m.measurement} [{m.settings_id}] {json.dumps(m.settings)}"
                                              for m in measured})))

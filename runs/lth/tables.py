@@ -52,12 +52,27 @@ def level_table(rows: list[dict], metric: str = "test_accuracy") -> str:
     return title + "\n" + format_table(header, lines)
 
 
+CENSORED = "_censored"  # landscape.spectra.CENSORED: the flag column of a censored limit
+
+
+def format_columns(columns: dict[str, float]) -> str:
+    """``key value, ...`` sorted by key; a value with a censoring flag (``<key>_censored``:
+    -1 or +1) is printed as ``< value`` or ``>= value`` and the flag is not printed."""
+    parts = []
+    for key, value in sorted(columns.items()):
+        if key.endswith(CENSORED):
+            continue
+        flag = columns.get(key + CENSORED, 0)
+        parts.append(f"{key} {'< ' if flag < 0 else '>= ' if flag > 0 else ''}{value:.4g}")
+    return ", ".join(parts)
+
+
 def measurement_table(rows: list[dict]) -> str:
     """The run's measurements: one line per replicate, level, measurement and variant
     (settings id), with its summary columns; then each variant's settings."""
     lines = []
     for row in rows:
-        values = ", ".join(f"{key} {value:.4g}" for key, value in sorted(row["columns"].items())) or "-"
+        values = format_columns(row["columns"]) or "-"
         lines.append([str(row["replicate"]), "-" if row["level"] is None else str(row["level"]),
                       row["measurement"], row["settings_id"], values])
     settings = sorted({(row["measurement"], row["settings_id"], json.dumps(row["settings"], sort_keys=True))

@@ -68,7 +68,9 @@ def make_measurements() -> pd.DataFrame:
                      "measured_max_prune_fraction": row["measured_max_prune_fraction"],
                      **{f"measured_limit_{rule}_{reference}": row["measured_max_prune_fraction"] + shift
                         for rule, reference, shift in (("magnitude", "dense", 0), ("magnitude", "level", 0.1),
-                                                       ("random", "dense", -0.1), ("random", "level", 0.0))}})
+                                                       ("random", "dense", -0.1), ("random", "level", 0.0))},
+                     "measured_limit_random_dense_censored": -1.0 if level >= 4 else 0.0,
+                     "measured_limit_magnitude_level_censored": 1.0 if level == 0 else 0.0})
         if row["run_id"] == "run1" and row["level"] == 2:
             rows.append({**base, "kind": "hessian", "variant": "cccc0000", "settings": "{}",
                          "hessian_top_eigenvalue": 2 * row["hessian_top_eigenvalue"],
@@ -220,6 +222,18 @@ def test_missing_measurements_raise(frames):
     with pytest.raises(ValueError, match="one panel each"):
         figures.score_histogram(frames["scores"], ax=plt.subplots()[1])
     plt.close("all")
+
+
+def test_prune_limit_draws_censored_limits_as_such(frames):
+    fig = figures.prune_limit(frames["measurements"])
+    try:
+        legend = [t.get_text() for t in fig.axes[0].get_legend().texts]
+        assert "limit below this (none matched)" in legend and "limit at least this (all matched)" in legend
+        below = next(c for c in fig.axes[0].collections if c.get_label() == "limit below this (none matched)")
+        rows = frames["measurements"].query("measured_limit_random_dense_censored == -1")
+        assert len(below.get_offsets()) == len(rows)  # one open triangle per censored level and replicate
+    finally:
+        plt.close(fig)
 
 
 def test_score_scatter_reports_the_rank_correlation(frames):

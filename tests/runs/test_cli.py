@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -153,9 +154,18 @@ def test_hessian_on_a_finished_run(tmp_path, capsys):
     assert main(["run", "--out", str(tmp_path), *TINY, "--set", "prune.levels=1"]) == 0
     run_id = capsys.readouterr().out.split("run id ")[1].split(";")[0]
     assert main(["hessian", run_id, "--out", str(tmp_path), "--k", "3", "--check", "0.5", "--levels", "1",
-                 "--examples", "100", "--set", "landscape.slq_runs=2", "--set", "landscape.hessian_deflate=3",
+                 "--examples", "100", "--set", "landscape.slq_runs=2", "--set", "landscape.hessian_deflate=4",
+                 "--set", "landscape.hessian_exact_limit=0",
                  "--set", "landscape.slq_steps=5", "--set", "landscape.trace_samples=0"]) == 0
-    out = capsys.readouterr().out.splitlines()
+    captured = capsys.readouterr()
+    out = captured.out.splitlines()
+    # progress per level: Lanczos and each quadrature probe, for both curvatures
+    for kind in ("ggn", "hessian"):
+        assert f"replicate 0 level 1 hessian: {kind} Lanczos: top 4 in " in captured.err
+        assert f"replicate 0 level 1 hessian: {kind} quadrature: probe 2 of 2 (5 steps)" in captured.err
+    # one checked fraction brackets no limit: printed as censored, never as a bare 0
+    assert re.search(r"measured_limit_random_level (< 0\.5|>= 0\.5),", out[1])
+    assert "_censored" not in out[1]
     assert out[0].startswith("replicate 0 level 1 hessian [") and "hessian_top_eigenvalue" in out[0]
     assert out[1].startswith("replicate 0 level 1 prune_check [") and len(out) == 4
     assert out[1].endswith(("measured_max_prune_fraction 0.5", "measured_max_prune_fraction 0"))
