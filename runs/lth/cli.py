@@ -48,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--threads", type=int, default=1,
                      help="CPU intra-op threads, 0 = one per core (default: 1; see DESIGN §5)")
     run.add_argument("--wait", action="store_true", help="wait if another process holds the run")
-    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    _quiet_arguments(run)
     run.set_defaults(command=_run)
 
     config = commands.add_parser("config", help="print the full config and its run id")
@@ -71,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     scores.add_argument("--out", default=DEFAULT_OUT, help=f"results folder (default: {DEFAULT_OUT})")
     scores.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     scores.add_argument("--threads", type=int, default=1, help="CPU intra-op threads (default: 1)")
-    scores.add_argument("--quiet", action="store_true", help="no progress bar")
+    _quiet_arguments(scores)
     scores.set_defaults(command=measure.scores)
 
     correlate = commands.add_parser("correlate", help="Spearman correlations between stored scores")
@@ -191,6 +191,12 @@ def _measure_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     parser.add_argument("--threads", type=int, default=1, help="CPU intra-op threads (default: 1)")
     parser.add_argument("--wait", action="store_true", help="wait if another process holds the run")
+    parser.add_argument("--silent", action="store_true", help="no progress lines (results are still printed)")
+
+
+def _quiet_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quiet", action="store_true", help="no progress bar (progress lines stay)")
+    parser.add_argument("--silent", action="store_true", help="no progress bar and no progress lines")
 
 
 def _config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -225,18 +231,19 @@ def _run(args) -> int:
     device = choose_device(args.device)
     root = resolve_root(config.data.root, os.environ)
     prune = config.prune
-    print(f"run {run_id(config)}: {config.model.name} on {config.data.dataset}, {config.train.epochs} "
-          f"per level, levels 0-{prune.levels} ({prune.retrain}, {prune.fraction:g} per level), "
-          f"{args.replicates} replicate(s), {device}", file=sys.stderr)
+    report = measure.progress_lines(args)
+    say = report or (lambda line: None)
+    say(f"run {run_id(config)}: {config.model.name} on {config.data.dataset}, {config.train.epochs} "
+        f"per level, levels 0-{prune.levels} ({prune.retrain}, {prune.fraction:g} per level), "
+        f"{args.replicates} replicate(s), {device}")
     if config.diet.pretrain.epochs or config.diet.pretrain.iterations:
         diet = config.diet
-        print(f"data diet: pre-train for {diet.pretrain} on "
-              + ("all examples" if diet.subset == "all" else f"{diet.size} {diet.subset} examples")
-              + (f" by {diet.score} after {diet.score_step} ({diet.score_runs} run(s))"
-                 if diet.subset in ("easy", "hard") else ""), file=sys.stderr)
-    report = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+        say(f"data diet: pre-train for {diet.pretrain} on "
+            + ("all examples" if diet.subset == "all" else f"{diet.size} {diet.subset} examples")
+            + (f" by {diet.score} after {diet.score_step} ({diet.score_runs} run(s))"
+               if diet.subset in ("easy", "hard") else ""))
     run = run_imp(config, args.out, root, device, replicates=args.replicates, threads=args.threads,
-                  progress=not args.quiet and sys.stderr.isatty(), wait=args.wait,
+                  progress=measure.progress_bar(args), wait=args.wait,
                   report=report, hooks=level_hooks(config, device, report))
     print(level_table(level_rows(run)))
     print(f"run id {run.run_id}; results in {run.path}")

@@ -10,6 +10,17 @@ import numpy as np
 from imp.base.errors import UserError
 
 
+def progress_lines(args):
+    """Where progress lines go: stderr, or nowhere with ``--silent``."""
+    if getattr(args, "silent", False):
+        return None
+    return lambda line: print(line, file=sys.stderr, flush=True)
+
+
+def progress_bar(args) -> bool:
+    return not (args.quiet or args.silent) and sys.stderr.isatty()
+
+
 def scores(args) -> int:
     from imp.base.config import load_config
     from imp.data import load_dataset, resolve_root
@@ -25,9 +36,10 @@ def scores(args) -> int:
     set_threads(args.threads)
     device = choose_device(args.device)
     data = load_dataset(config.data, resolve_root(config.data.root, os.environ), device)
-    print(f"{spec.score} after {spec.step} ({config.model.name} on {config.data.dataset}), "
-          f"mean of {spec.runs} run(s), {len(data.train)} examples, {device}", file=sys.stderr)
-    tree, path = load_or_compute(config, data, spec, args.out, progress=not args.quiet and sys.stderr.isatty(),
+    if not args.silent:
+        print(f"{spec.score} after {spec.step} ({config.model.name} on {config.data.dataset}), "
+              f"mean of {spec.runs} run(s), {len(data.train)} examples, {device}", file=sys.stderr)
+    tree, path = load_or_compute(config, data, spec, args.out, progress=progress_bar(args),
                                  threads=args.threads)
     mean = tree["mean"]
     finite = mean[np.isfinite(mean)]
@@ -126,8 +138,7 @@ def _on_run(args, extra: list[str], kinds: Sequence[str] = (), between: Sequence
         check_data(run, data)  # the data the run was trained on, or one line
         if between:
             return _pair(config, data, run, args.replicate, between)
-        progress = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
-        measured = [m for m in measure_run(config, data, run, device, args.levels, report=progress)
+        measured = [m for m in measure_run(config, data, run, device, args.levels, report=progress_lines(args))
                     if m.measurement in kinds]
     if not measured:
         raise UserError(f"nothing to measure: run {run.run_id} has no finished level that fits "

@@ -45,6 +45,11 @@ def snapshot(folder: Path) -> dict[Path, bytes]:
             if p.is_file() and p.suffix != ".lock"}
 
 
+def error_line(stderr: str) -> str:
+    """The ``lth: error: ...`` line (progress lines come before it)."""
+    return next(line for line in stderr.splitlines() if line.startswith("lth: error: "))
+
+
 def assert_one_error_line(stderr: str, *words: str) -> None:
     assert "Traceback" not in stderr, stderr
     errors = [line for line in stderr.splitlines() if line.startswith("lth: error: ")]
@@ -308,7 +313,7 @@ def test_a_diverging_run_stops_in_one_line_and_stores_no_network(results, tmp_pa
     err = capsys.readouterr().err
     assert_one_error_line(err, "replicate 0 level_", ": the training loss became nan at step",
                           "lower train.lr (now 1e+06)")
-    diverged = err.split("replicate 0 ")[1].split(":")[0]  # the stage that diverged, e.g. level_1
+    diverged = error_line(err).split("replicate 0 ")[1].split(":")[0]  # the stage that diverged, e.g. level_1
     after = snapshot(results)
     assert {path: data for path, data in after.items() if path in before} == before
     assert not any(path.name == f"{diverged}.h5" for path in set(after) - set(before))  # it is not stored
@@ -320,7 +325,7 @@ def test_a_level_that_empties_a_layer_is_refused(results, tmp_path, capsys):
                      results, "", tmp_path)) == 2
     err = capsys.readouterr().err
     assert_one_error_line(err, "would prune every weight of", "prune.allow_empty_layers = true")
-    refused = err.split("replicate 0 ")[1].split(" ")[0]  # e.g. level_3
+    refused = error_line(err).split("replicate 0 ")[1].split(" ")[0]  # e.g. level_3
     after = snapshot(results)
     assert {path: data for path, data in after.items() if path in before} == before
     assert not any(path.name == f"{refused}.h5" for path in set(after) - set(before))

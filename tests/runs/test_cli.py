@@ -211,3 +211,17 @@ def test_version(capsys):
     except SystemExit as exit:
         assert exit.code == 0
     assert capsys.readouterr().out.strip() == f"lth {__version__}"
+
+
+def test_quiet_keeps_the_progress_lines_and_silent_hides_them(tmp_path, capsys):
+    args = ["run", *TINY[:-1], "--set", "prune.levels=1"]
+    assert main([*args, "--out", str(tmp_path / "quiet"), "--quiet"]) == 0
+    quiet = capsys.readouterr()
+    assert "replicate 0 level_1: density" in quiet.err and "run id " in quiet.out
+    assert main([*args, "--out", str(tmp_path / "silent"), "--silent"]) == 0
+    silent = capsys.readouterr()
+    assert silent.err == "" and silent.out.splitlines()[:-1] == quiet.out.splitlines()[:-1]  # the same table
+    run_id = silent.out.split("run id ")[1].split(";")[0]
+    assert main(["distance", run_id, "--out", str(tmp_path / "silent"), "--silent"]) == 0
+    measured = capsys.readouterr()
+    assert measured.err == "" and "distance [" in measured.out
