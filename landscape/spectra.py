@@ -13,7 +13,8 @@
     ``outside_domain`` when the negative mass exceeds 5%: the quadratic-well picture
     does not hold there);
   - prune limits (:mod:`landscape.prunelimit`) for the curvatures G, |H| and max(H, 0),
-    the rules magnitude, random (expected) and random (one sampled mask), both the
+    the rules magnitude, random (expected) and random (one sampled mask: the prune
+    check's random mask 0), both the
     effective-dimension prediction and the exact quadratic limit, on the eps grid
     :data:`landscape.prunelimit.EPS_GRID` and at the run's eps: ``prune_eps`` as given
     (``eps_mode = "fixed"``), or ``"calibrated"``: the training-loss rise, right after
@@ -109,13 +110,13 @@ def measure_hessian(m: Context, level: int, settings: dict) -> dict:
     examples = _examples(m, settings)
     device = m.data.train.x.device
     mask = {k: v.to(device) for k, v in mask.items()}
-    eps = calibrated_eps(m, settings["calibration"]) if settings["eps_mode"] == "calibrated" else settings["eps"]
     operators = {kind: cls(model, examples.x, examples.y, mask, bn=settings["bn"], batch_size=BATCH)
                  for kind, cls in (("ggn", GGNOperator), ("hessian", HessianOperator))}
     active = operators["ggn"].active
     if settings["k"] > active:
         raise UserError(f"landscape.hessian_k = {settings['k']} is more than the {active} unpruned "
                         f"coordinates at level {level}; ask for fewer eigenvalues")
+    eps = calibrated_eps(m, settings["calibration"]) if settings["eps_mode"] == "calibrated" else settings["eps"]
     classes = m.data.num_classes
     rank_bound = (classes - 1) * len(examples)
     if rank_bound < 10 * active:

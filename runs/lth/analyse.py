@@ -42,7 +42,7 @@ def compare(args) -> int:
     return 0
 
 
-TABLES = ("levels", "metrics", "measurements", "curves", "barriers", "per_example", "scores")
+TABLES = ("levels", "metrics", "measurements", "directions", "curves", "barriers", "per_example", "scores")
 
 
 def export(args) -> int:
