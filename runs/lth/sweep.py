@@ -210,11 +210,31 @@ def slurm_executor(out: str | Path, *, partition: str | None, gpus_per_job: int,
     return executor
 
 
+def check_points(sweep: Sweep) -> None:
+    """Before any point trains: every point's data set loads (each distinct data section
+    once, on the CPU) and its model can be built for it, so that a bad point is one line
+    now, not an abort after the points before it have trained."""
+    from imp.data import load_dataset, resolve_root
+    from imp.legacy import names_model
+
+    loaded = set()
+    for config in sweep.configs:
+        data = json.dumps(to_dict(config.data), sort_keys=True)
+        if data not in loaded:
+            try:
+                load_dataset(config.data, resolve_root(config.data.root, os.environ), "cpu")
+            except UserError as error:
+                raise UserError(f"sweep point {run_id(config)}: {error}") from None
+            loaded.add(data)
+        names_model(config)
+
+
 def main_sweep(args) -> int:
-    """``lth sweep``: expand the file, then run or submit every point."""
+    """``lth sweep``: expand the file, check every point, then run or submit them."""
     sweep = load_sweep(args.file, args.overrides)
     print(f"sweep {sweep.name}: {len(sweep.configs)} run(s) x {sweep.replicates} replicate(s), "
           f"executor {args.executor}", file=sys.stderr)
+    check_points(sweep)
     if args.executor == "slurm":
         executor = slurm_executor(args.out, partition=args.partition, gpus_per_job=args.gpus_per_job,
                                   cpus_per_job=args.cpus_per_job, minutes=args.minutes)

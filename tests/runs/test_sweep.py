@@ -109,6 +109,18 @@ def test_sequential_and_parallel_sweeps_agree_and_resume(tmp_path, capsys):
     assert capsys.readouterr().out.splitlines()[-1] == "sweep grid: 2/2 runs done, 0 running"
 
 
+def test_every_point_is_checked_against_its_data_before_any_trains(tmp_path, capsys, monkeypatch):
+    """The second point's data set is missing: one line naming it, and the first point,
+    which alone would train, has not started."""
+    monkeypatch.setenv("LTH_DATA", str(tmp_path / "no-data"))
+    path = write(tmp_path, SWEEP.replace('"train.lr" = [0.1, 0.05]', '"data.dataset" = ["digits", "mnist"]')
+                 .replace('"prune.rewind" = ["0it", "10it"]', '"prune.rewind" = ["0it"]'))
+    assert main(["sweep", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "lth: error: sweep point " in err and "mnist" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()  # nothing trained, nothing written
+
+
 def test_a_run_held_elsewhere_is_skipped(tmp_path):
     config = load_sweep(write(tmp_path)).configs[0]
     with store.RunLock(store.RunDir(tmp_path, run_id(config))):
