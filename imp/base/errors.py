@@ -16,6 +16,10 @@ class Diverged(UserError):
     """Training went to a non-finite loss or weights: bad settings (say, the learning rate)."""
 
 
+class Terminated(Exception):
+    """The process was asked to stop (SIGTERM) and stopped cleanly; a rerun resumes."""
+
+
 def closest(word: str, choices: Iterable[str]) -> str | None:
     """The choice most like ``word`` (fewest edits among the similar ones), or None."""
     choices = list(choices)

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from imp.base.errors import UserError
+from imp.base.errors import Terminated, UserError
 from runs.lth import analyse, measure
 
 DEFAULT_OUT = "results"
@@ -31,6 +31,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("lth: interrupted; finished stages are kept, rerun the command to resume",
               file=sys.stderr)
         return 130
+    except Terminated as error:
+        print(f"lth: {error}", file=sys.stderr)
+        return 143
 
 
 def _parser() -> argparse.ArgumentParser:

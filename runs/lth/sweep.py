@@ -25,16 +25,16 @@ import copy
 import itertools
 import json
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 from imp.base.config import Config, apply_overrides, check_key, from_dict, read_toml, run_id, to_dict
-from imp.base.errors import UserError
+from imp.base.errors import Terminated, UserError
 from imp.base.names import SWEEPS_DIR, sweep_manifest
 
 
@@ -182,9 +182,27 @@ def run_sweep(sweep: Sweep, out: str | Path, *, workers: int = 1, device: str = 
         for args in arguments:
             report(run_point(*args))
         return
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-        for line in pool.map(run_point, *zip(*arguments)):
-            report(line)
+    with get_context("spawn").Pool(workers) as pool:
+        previous = signal.signal(signal.SIGTERM, _stop(pool))
+        try:
+            for line in pool.imap(_run_point, arguments):
+                report(line)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run_point(arguments: tuple) -> str:
+    return run_point(*arguments)
+
+
+def _stop(pool):
+    """A SIGTERM handler that stops the workers (each gets SIGTERM; what they finished
+    stays, as after any kill) and then the sweep, which a rerun resumes."""
+    def stop(signum, frame):
+        pool.terminate()
+        raise Terminated("stopped by SIGTERM, and the sweep's workers with it; finished stages are kept, "
+                         "rerun the sweep to resume")
+    return stop
 
 
 def submit_sweep(sweep: Sweep, out: str | Path, executor, *, device: str = "auto", threads: int = 1,

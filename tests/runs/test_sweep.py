@@ -150,3 +150,41 @@ def test_a_sweep_passes_each_runs_progress_lines_through(tmp_path, capfd):
     ids = {run_id(c) for c in load_sweep(write(tmp_path, text)).configs}
     for name in ids:
         assert f"{name} replicate 0 level_0: density 100.00%" in err and f"{name} replicate 0 level_1:" in err
+
+
+def test_sigterm_stops_the_parallel_workers_and_a_rerun_resumes(tmp_path):
+    """SIGTERM to `lth sweep --executor parallel`: the sweep and both its workers stop
+    (nothing of its process group is left running), and the same command then finishes
+    every point."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    path = write(tmp_path, SWEEP.replace('epochs = "40it"', 'epochs = "1000it"')
+                 .replace('"train.lr" = [0.1, 0.05]', '"train.lr" = [0.1]').replace("replicates = 2", ""))
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "runs.lth.cli", "sweep", str(path), "--out", str(out),
+               "--executor", "parallel", "--workers", "2", "--threads", "1"]
+    repo = Path(__file__).resolve().parents[2]
+    process = subprocess.Popen(command, cwd=repo, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while len(list(out.glob("*/replicate_0"))) < 2:  # both workers have started their runs
+        assert process.poll() is None and time.monotonic() < deadline, "the workers never started"
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 143 and "rerun the sweep to resume" in err and "Traceback" not in err
+    deadline = time.monotonic() + 30
+    while True:  # every process of the sweep's group is gone (the workers were stopped)
+        try:
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            break
+        assert time.monotonic() < deadline, "a worker of the stopped sweep is still running"
+        time.sleep(0.2)
+    done = subprocess.run(command, cwd=repo, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert [line.split(": ")[1] for line in done.stdout.splitlines()] == ["done", "done"]
