@@ -120,6 +120,9 @@ def rewind_comparison(levels: pd.DataFrame, by: str = "prune.rewind", ax=None,
         raise ValueError(f"rewind_comparison: no trunk rows with a value of {by!r}")
     order = category_order(trunk[by], iterations_per_epoch)
     name = CONFIG_NAMES.get(by, by)
+    if len(order) < 2:
+        raise ValueError(f"rewind_comparison: every run has the same {name} ({order[0]}); the comparison needs "
+                         f"runs with at least two values of {by}")
     frame = trunk.assign(x=100 * trunk["density"], y=100 * trunk["test_accuracy"],
                          **{name: trunk[by].astype(str)})
     ax = new_axes(ax)

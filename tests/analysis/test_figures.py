@@ -224,6 +224,13 @@ def test_missing_measurements_raise(frames):
     plt.close("all")
 
 
+def test_rewind_comparison_needs_two_rewind_points(frames):
+    levels = frames["levels"]
+    one = levels[levels["prune.rewind"] == levels["prune.rewind"].iloc[0]]
+    with pytest.raises(ValueError, match="every run has the same rewind step k"):
+        figures.rewind_comparison(one)
+
+
 def test_prune_limit_draws_censored_limits_as_such(frames):
     fig = figures.prune_limit(frames["measurements"])
     try:
