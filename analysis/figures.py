@@ -45,6 +45,16 @@ def _density_axis(ax, percent: pd.Series) -> None:
     ax.set_xlabel("density: weights kept (%, log scale, sparser →)")
 
 
+def _nonzero_density(frame: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """The rows a log density axis can show (x > 0), and a note for the title naming the
+    levels it cannot (density 0: every prunable weight gone), so none is dropped silently."""
+    empty = frame[frame["x"] <= 0]
+    if empty.empty:
+        return frame, ""
+    levels = ", ".join(str(level) for level in sorted(pd.unique(empty["level"])))
+    return frame[frame["x"] > 0], f"; level {levels} at density 0 not shown on the log axis"
+
+
 def _runs(frame: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
     """The frame with a ``run`` column and the style variable: ``"run"`` when it holds
     several runs, or a run holds several variants of one measurement (one line style
@@ -87,7 +97,7 @@ def accuracy_vs_density(levels: pd.DataFrame, ax=None, tolerance: float = 0.005)
     figure = "accuracy_vs_density"
     require(levels, ["run_id", "replicate", "level", "baseline", "density", "test_accuracy"],
             figure)
-    frame = levels.assign(x=100 * levels["density"], y=100 * levels["test_accuracy"])
+    frame, dropped = _nonzero_density(levels.assign(x=100 * levels["density"], y=100 * levels["test_accuracy"]))
     present = list(pd.unique(frame["baseline"]))
     order = [b for b in BASELINE_ORDER if b in present] + sorted(set(present) - set(BASELINE_ORDER))
     palette = {b: BASELINE_COLOURS.get(b, "0.4") for b in order}
@@ -105,7 +115,7 @@ def accuracy_vs_density(levels: pd.DataFrame, ax=None, tolerance: float = 0.005)
                    label=f"matching (±{band:g} points)")
     _density_axis(ax, frame["x"])
     ax.set_ylabel("test accuracy (%)")
-    set_title(ax, f"Test accuracy vs density ({replicates_note(frame)})")
+    set_title(ax, f"Test accuracy vs density ({replicates_note(frame)}{dropped})")
     place_legend(ax, None if style else "baseline")
     return ax.figure
 
@@ -123,15 +133,15 @@ def rewind_comparison(levels: pd.DataFrame, by: str = "prune.rewind", ax=None,
     if len(order) < 2:
         raise ValueError(f"rewind_comparison: every run has the same {name} ({order[0]}); the comparison needs "
                          f"runs with at least two values of {by}")
-    frame = trunk.assign(x=100 * trunk["density"], y=100 * trunk["test_accuracy"],
-                         **{name: trunk[by].astype(str)})
+    frame, dropped = _nonzero_density(trunk.assign(x=100 * trunk["density"], y=100 * trunk["test_accuracy"],
+                                                   **{name: trunk[by].astype(str)}))
     ax = new_axes(ax)
     palette = sns.color_palette("viridis" if len(order) > 3 else "colorblind", len(order))
     sns.lineplot(frame, x="x", y="y", hue=name, hue_order=[str(v) for v in order],
                  palette=palette, marker="o", markersize=5, **CI, ax=ax)
     _density_axis(ax, frame["x"])
     ax.set_ylabel("test accuracy (%)")
-    set_title(ax, f"IMP by {name} ({replicates_note(frame)})")
+    set_title(ax, f"IMP by {name} ({replicates_note(frame)}{dropped})")
     place_legend(ax, name)
     return ax.figure
 
@@ -189,8 +199,9 @@ def barrier_vs_level(barriers: pd.DataFrame, ax=None, split: str = "test",
     rows, style = _runs(rows.assign(barrier=rows["kind"].map(KIND_NAMES)))
     by_density = "density" in rows and rows["density"].notna().all()
     x = "x" if by_density else "level"
+    dropped = ""
     if by_density:
-        rows = rows.assign(x=100 * rows["density"])
+        rows, dropped = _nonzero_density(rows.assign(x=100 * rows["density"]))
     order = [KIND_NAMES[k] for k in KIND_NAMES if k in set(rows["kind"])]
     ax = new_axes(ax)
     ax.axhline(0, color="0.6", linewidth=0.8)
@@ -203,7 +214,7 @@ def barrier_vs_level(barriers: pd.DataFrame, ax=None, split: str = "test",
     else:
         ax.set_xlabel("IMP level")
     ax.set_ylabel(_barrier_label(split, metric, convention))
-    set_title(ax, f"Error barriers along IMP ({replicates_note(rows)})")
+    set_title(ax, f"Error barriers along IMP ({replicates_note(rows)}{dropped})")
     place_legend(ax, None if style else "barrier")
     return ax.figure
 

@@ -224,6 +224,20 @@ def test_missing_measurements_raise(frames):
     plt.close("all")
 
 
+def test_levels_at_density_0_are_named_not_dropped_silently(frames):
+    levels = frames["levels"].copy()
+    levels.loc[levels["level"] == 5, "density"] = 0.0  # every prunable weight gone at level 5
+    fig = figures.accuracy_vs_density(levels)
+    try:
+        assert "level 5 at density 0 not shown on the log axis" in fig.axes[0].get_title(loc="left")
+        assert fig.axes[0].get_xscale() == "log"
+    finally:
+        plt.close(fig)
+    fig = figures.accuracy_vs_density(frames["levels"])
+    assert "density 0" not in fig.axes[0].get_title(loc="left")
+    plt.close(fig)
+
+
 def test_rewind_comparison_needs_two_rewind_points(frames):
     levels = frames["levels"]
     one = levels[levels["prune.rewind"] == levels["prune.rewind"].iloc[0]]
