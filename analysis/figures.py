@@ -3,7 +3,9 @@ Axes and returns the Figure; saving is the caller's job.
 
 Units on the axes: accuracies and errors in %, barriers in percentage points, density as
 % of the prunable weights kept, losses in nats. Every curve is a mean over replicates with
-a 95% bootstrap confidence band (seaborn ``errorbar=("ci", 95)``); titles give n. A frame
+a 95% bootstrap confidence band (seaborn ``errorbar=("ci", 95)``) when every run has at
+least 3 replicates, else the min-max range (2 replicates) or no band (1), as the title
+says (:func:`analysis.style.band`); titles give n. A frame
 without the rows or columns a figure needs raises ValueError, which the report prints as
 "not computed". The data-diet figures (scores, per-example barriers) live in
 :mod:`analysis.figures_scores`, those of the prune limit in :mod:`analysis.figures_limits`; :data:`FIGURES` lists all of them.
@@ -16,13 +18,12 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from analysis.figures_limits import directional_curvature, prune_limit, spectrum_masses
 from analysis.figures_scores import per_example_histogram, score_histogram, score_scatter
-from analysis.style import (FIGSIZE, new_axes, place_legend, replicates_note, require, set_title,
+from analysis.style import (FIGSIZE, band, new_axes, place_legend, replicates_note, require, set_title,
                             variant_suffix)
 from imp.base.duration import Duration
 from imp.base.errors import UserError
 
 TRUNK = "imp"
-CI = {"errorbar": ("ci", 95), "seed": 0}  # bootstrap over replicates, seeded: figures reproduce
 # Fixed colours, so that a baseline looks the same in every figure whatever else is shown.
 BASELINE_ORDER = (TRUNK, "reinit", "random", "oneshot")
 BASELINE_COLOURS = dict(zip(BASELINE_ORDER, sns.color_palette("colorblind", 4)))
@@ -105,14 +106,14 @@ def accuracy_vs_density(levels: pd.DataFrame, ax=None, tolerance: float = 0.005)
     ax = new_axes(ax)
     sns.lineplot(frame, x="x", y="y", hue="baseline", hue_order=order, palette=palette,
                  style=style, marker="o", markersize=5,
-                 **CI, ax=ax)
+                 **band(frame), ax=ax)
     dense = frame.loc[(frame["baseline"] == TRUNK) & (frame["level"] == 0), "y"]
     if not dense.empty:
-        mean, band = dense.mean(), 100 * tolerance
+        mean, width = dense.mean(), 100 * tolerance
         ax.axhline(mean, color="0.3", linestyle="--", linewidth=1,
                    label=f"dense network ({mean:.2f}%)")
-        ax.axhspan(mean - band, mean + band, color="0.5", alpha=0.15, linewidth=0,
-                   label=f"matching (±{band:g} points)")
+        ax.axhspan(mean - width, mean + width, color="0.5", alpha=0.15, linewidth=0,
+                   label=f"matching (±{width:g} points)")
     _density_axis(ax, frame["x"])
     ax.set_ylabel("test accuracy (%)")
     set_title(ax, f"Test accuracy vs density ({replicates_note(frame)}{dropped})")
@@ -138,7 +139,7 @@ def rewind_comparison(levels: pd.DataFrame, by: str = "prune.rewind", ax=None,
     ax = new_axes(ax)
     palette = sns.color_palette("viridis" if len(order) > 3 else "colorblind", len(order))
     sns.lineplot(frame, x="x", y="y", hue=name, hue_order=[str(v) for v in order],
-                 palette=palette, marker="o", markersize=5, **CI, ax=ax)
+                 palette=palette, marker="o", markersize=5, **band(frame), ax=ax)
     _density_axis(ax, frame["x"])
     ax.set_ylabel("test accuracy (%)")
     set_title(ax, f"IMP by {name} ({replicates_note(frame)}{dropped})")
@@ -167,7 +168,7 @@ def _barrier_label(split: str, metric: str, convention: str) -> str:
 
 def barrier_curves(curves: pd.DataFrame, ax=None, split: str = "test", metric: str = "error"):
     """Error (or loss) along the linear path between the final networks of levels L and
-    L+1, one line per pair of levels (mean over replicates, 95% CI)."""
+    L+1, one line per pair of levels (mean over replicates, band as in the module docstring)."""
     figure = "barrier_curves"
     require(curves, ["run_id", "replicate", "kind", "level", "label", "alpha", "split",
                      "metric", "value"], figure)
@@ -181,7 +182,7 @@ def barrier_curves(curves: pd.DataFrame, ax=None, split: str = "test", metric: s
     ax = new_axes(ax)
     sns.lineplot(rows, x="alpha", y="y", hue="levels", hue_order=order,
                  palette=sns.color_palette("viridis", len(order)), style=style,
-                 **CI, ax=ax)
+                 **band(rows), ax=ax)
     ax.set_xlabel("interpolation α (0 = level L, 1 = level L+1)")
     ax.set_ylabel(f"{split} {metric} ({'%' if metric == 'error' else 'nats'})")
     ax.set_xlim(0, 1)
@@ -193,7 +194,7 @@ def barrier_curves(curves: pd.DataFrame, ax=None, split: str = "test", metric: s
 def barrier_vs_level(barriers: pd.DataFrame, ax=None, split: str = "test",
                      metric: str = "error", convention: str = "interpolated"):
     """Barriers between successive levels and instability (mean barrier between
-    siblings) against density, mean over pairs and replicates with 95% CI."""
+    siblings) against density, mean over pairs and replicates (band as in the module docstring)."""
     rows = _select(barriers, "barrier_vs_level", ("successive", "instability"), split,
                    metric, convention)
     rows, style = _runs(rows.assign(barrier=rows["kind"].map(KIND_NAMES)))
@@ -208,7 +209,7 @@ def barrier_vs_level(barriers: pd.DataFrame, ax=None, split: str = "test",
     sns.lineplot(rows, x=x, y="y", hue="barrier", hue_order=order,
                  palette=sns.color_palette("colorblind", 2)[:len(order)],
                  style=style, marker="o", markersize=5,
-                 **CI, ax=ax)
+                 **band(rows), ax=ax)
     if by_density:
         _density_axis(ax, rows["x"])
     else:
@@ -239,7 +240,7 @@ def instability_vs(barriers: pd.DataFrame, by: str = "prune.rewind", ax=None,
     ax.axhline(0, color="0.6", linewidth=0.8)
     sns.pointplot(rows, x="x", y="y", hue="hue", order=order, hue_order=level_order,
                   palette=sns.color_palette("viridis", len(level_order)),
-                  **CI, dodge=0.3 if len(level_order) > 1 else False,
+                  **band(rows), dodge=0.3 if len(level_order) > 1 else False,
                   markersize=5, linewidth=1.5, ax=ax)
     ax.set_xlabel(CONFIG_NAMES.get(by, by))
     ax.set_ylabel(_barrier_label(split, metric, convention))
@@ -260,7 +261,7 @@ def hessian_vs_level(measurements: pd.DataFrame, ax=None):
     ax = new_axes(ax)
     sns.lineplot(rows, x="level", y="hessian_top_eigenvalue", hue=style, style=style,
                  palette="colorblind" if style else None, marker="o", markersize=6,
-                 **CI, ax=ax)
+                 **band(rows), ax=ax)
     ax.set_xlabel("IMP level")
     ax.set_ylabel("top Hessian eigenvalue $\\lambda_{max}$\n(train loss, unpruned weights)")
     set_title(ax, f"Sharpness along IMP ({replicates_note(rows)})")

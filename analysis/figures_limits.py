@@ -5,9 +5,8 @@ along each rule's pruning direction. Conventions as in :mod:`analysis.figures`."
 import pandas as pd
 import seaborn as sns
 
-from analysis.style import new_axes, place_legend, replicates_note, require, set_title, variant_suffix
+from analysis.style import band, new_axes, place_legend, replicates_note, require, set_title, variant_suffix
 
-CI = {"errorbar": ("ci", 95), "seed": 0}
 RULES = ("magnitude", "random")
 # column prefix -> label; the rule follows the prefix ("predicted_limit_random", ...)
 ESTIMATES = {"predicted_limit": "predicted (N_eff count)", "quadratic_limit": "predicted (exact quadratic)",
@@ -55,7 +54,7 @@ def prune_limit(measurements: pd.DataFrame, ax=None):
     sns.lineplot(rows, x="level", y="y", hue="estimate", hue_order=order, style="rule",
                  style_order=[r for r in RULES if r in set(rows["rule"])], units="run" if several else None,
                  estimator=None if several else "mean", palette=sns.color_palette("colorblind", 4)[:len(order)],
-                 markers=True, markersize=7, **({} if several else CI), ax=ax)
+                 markers=True, markersize=7, **({} if several else band(rows)), ax=ax)
     colours = dict(zip(order, sns.color_palette("colorblind", 4)))
     for (direction, label), marker in ((( -1, "limit below this (none matched)"), "v"),
                                        ((1, "limit at least this (all matched)"), "^")):
@@ -89,7 +88,7 @@ def spectrum_masses(measurements: pd.DataFrame, ax=None):
     several = rows["run"].nunique() > 1
     ax = new_axes(ax)
     sns.lineplot(rows, x="level", y="y", hue="mass", style="run" if several else "mass", markers=True,
-                 markersize=7, palette=sns.color_palette("colorblind", 3)[:len(present)], **CI, ax=ax)
+                 markersize=7, palette=sns.color_palette("colorblind", 3)[:len(present)], **band(rows), ax=ax)
     ax.axhline(5, color="0.5", linestyle=":", linewidth=1, label="5%: outside the domain")
     ax.set_xlabel("IMP level")
     ax.set_ylabel("share of eigenvalues (%)")
@@ -112,7 +111,7 @@ def directional_curvature(directions: pd.DataFrame, ax=None):
     ax = new_axes(ax)
     sns.lineplot(rows, x="percent", y="curvature", hue="level", style="rule",
                  style_order=[r for r in RULES if r in set(rows["rule"])],
-                 palette="viridis", markers=True, markersize=6, **CI, ax=ax)
+                 palette="viridis", markers=True, markersize=6, **band(rows), ax=ax)
     ax.set_yscale("log")
     ax.set_xlabel("fraction of remaining weights pruned (%)")
     ax.set_ylabel("curvature along the pruning direction\n$d^T G d / |d|^2$ (log scale)")

@@ -46,14 +46,27 @@ def set_title(ax, text: str) -> None:
     ax.set_title(text, loc="left", fontsize=11)
 
 
+def band(frame: pd.DataFrame) -> dict:
+    """seaborn's errorbar for a mean over replicates: a 95% bootstrap confidence band
+    (seeded, so figures reproduce) when every run has at least 3 replicates; with 2, a
+    bootstrap band is only the min-max range, so the range itself is drawn (and
+    :func:`replicates_note` says so); with 1 there is no band."""
+    if frame.groupby("run_id")["replicate"].nunique().min() >= 3:
+        return {"errorbar": ("ci", 95), "seed": 0}
+    return {"errorbar": ("pi", 100)}
+
+
 def replicates_note(frame: pd.DataFrame) -> str:
-    """``"n = 3 replicates"`` (per run; a range when runs differ), and the number of runs."""
+    """``"n = 3 replicates"`` (per run; a range when runs differ), the number of runs, and
+    what the band is when it is not a 95% confidence band (:func:`band`)."""
     counts = frame.groupby("run_id")["replicate"].nunique()
     low, high = int(counts.min()), int(counts.max())
     if low == high:
         note = f"n = {low} replicate{'s' * (high > 1)}"
     else:
         note = f"n = {low}–{high} replicates"
+    if low == 2:
+        note += ", band = range"
     return note + (f", {len(counts)} runs" if len(counts) > 1 else "")
 
 

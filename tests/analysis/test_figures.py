@@ -303,3 +303,21 @@ def test_variants_of_a_measurement_are_drawn_apart(frames):
         assert not np.any(np.isclose(ys, sharpness["hessian_top_eigenvalue"].mean()))
     finally:
         plt.close(fig)
+
+
+def test_two_replicates_draw_their_range_and_say_so():
+    from analysis.style import band, replicates_note
+
+    two = pd.DataFrame({"run_id": "a", "replicate": [0, 1, 0, 1], "level": [0, 0, 1, 1], "baseline": "imp",
+                        "density": [1.0, 1.0, 0.8, 0.8], "test_accuracy": [0.90, 0.94, 0.91, 0.97]})
+    assert band(two) == {"errorbar": ("pi", 100)} and "n = 2 replicates, band = range" in replicates_note(two)
+    three = pd.concat([two, two.assign(replicate=2)])
+    assert band(three)["errorbar"] == ("ci", 95) and "band" not in replicates_note(three)
+    fig = figures.accuracy_vs_density(two)
+    try:
+        (polygon,) = [c for c in fig.axes[0].collections if len(c.get_paths())]
+        ys = polygon.get_paths()[0].vertices[:, 1]
+        assert ys.min() == pytest.approx(90.0) and ys.max() == pytest.approx(97.0)  # the min-max range
+        assert "band = range" in fig.axes[0].get_title(loc="left")
+    finally:
+        plt.close(fig)
