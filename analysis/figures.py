@@ -8,7 +8,8 @@ least 3 replicates, else the min-max range (2 replicates) or no band (1), as the
 says (:func:`analysis.style.band`); titles give n. A frame
 without the rows or columns a figure needs raises ValueError, which the report prints as
 "not computed". The data-diet figures (scores, per-example barriers) live in
-:mod:`analysis.figures_scores`, those of the prune limit in :mod:`analysis.figures_limits`; :data:`FIGURES` lists all of them.
+:mod:`analysis.figures_scores`, those of the prune limit in :mod:`analysis.figures_limits`, training curves in
+:mod:`analysis.figures_training`; :data:`FIGURES` lists all of them.
 """
 
 import numpy as np
@@ -18,6 +19,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from analysis.figures_limits import directional_curvature, prune_limit, spectrum_masses
 from analysis.figures_scores import per_example_histogram, score_histogram, score_scatter
+from analysis.figures_training import training_accuracy, training_loss
 from analysis.style import (FIGSIZE, band, new_axes, place_legend, replicates_note, require, set_title,
                             variant_suffix)
 from imp.base.duration import Duration
@@ -276,6 +278,8 @@ FIGURES = {
     "accuracy_vs_density": (accuracy_vs_density, "levels"),
     "rewind_comparison": (rewind_comparison, "levels"),
     "hessian_vs_level": (hessian_vs_level, "measurements"),
+    "training_accuracy": (training_accuracy, "metrics"),
+    "training_loss": (training_loss, "metrics"),
     "prune_limit": (prune_limit, "measurements"),
     "spectrum_masses": (spectrum_masses, "measurements"),
     "directional_curvature": (directional_curvature, "directions"),

@@ -78,6 +78,14 @@ def make_measurements() -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def make_metrics() -> pd.DataFrame:
+    rows = [{"run_id": run_id, "replicate": replicate, "level": level, "baseline": baseline, "step": step,
+             "train_loss": 2.3 / (1 + step / 50) + 0.01 * level, "test_accuracy": 0.1 + 0.85 * step / 200}
+            for run_id in RUNS for replicate in REPLICATES for level in (0, 1, 2) for baseline in ("imp", "reinit")
+            for step in (0, 50, 100, 200)]
+    return pd.DataFrame(rows)
+
+
 def make_directions() -> pd.DataFrame:
     rows = [{"run_id": "run1", "replicate": replicate, "level": level, "variant": "bbbb0000", "rule": rule,
              "fraction": fraction, "curvature": (1 + level) * fraction * (2 if rule == "random" else 1),
@@ -150,11 +158,13 @@ def make_scores(examples: int = 2000) -> pd.DataFrame:
 
 
 FRAMES = {"levels": make_levels, "measurements": make_measurements, "curves": make_curves, "barriers": make_barriers,
-          "per_example": make_per_example, "scores": make_scores, "directions": make_directions}
+          "per_example": make_per_example, "scores": make_scores, "directions": make_directions,
+          "metrics": make_metrics}
 # figure -> (x label fragment, log x axis)
 EXPECTED = {"accuracy_vs_density": ("density", True), "rewind_comparison": ("density", True),
             "hessian_vs_level": ("level", False), "prune_limit": ("level", False),
             "spectrum_masses": ("level", False), "directional_curvature": ("fraction", False),
+            "training_accuracy": ("step", False), "training_loss": ("step", False),
             "barrier_curves": ("α", False), "barrier_vs_level": ("density", True),
             "instability_vs": ("rewind step", False), "per_example_histogram": ("B_i", False),
             "score_histogram": ("EL2N", False), "score_scatter": ("el2n@2ep", False)}
