@@ -8,7 +8,6 @@ note for each figure that could not be drawn (and why: usually, not computed).
 import base64
 import html
 import io
-import json
 from pathlib import Path
 
 import matplotlib
@@ -82,9 +81,37 @@ def _summary(levels: pd.DataFrame) -> str:
     columns = [c for c in ["density", "test_accuracy", "train_accuracy", "test_loss", "barrier_to_next_test_error",
                            "instability_test_error", "hessian_top_eigenvalue", "predicted_limit_random",
                            "quadratic_limit_random", "measured_limit_random_level", "measured_max_prune_fraction"] if c in levels.columns]
-    table = levels.groupby(["run_id", "baseline", "level"])[columns].mean()
-    table.insert(0, "n", levels.groupby(["run_id", "baseline", "level"]).size())
-    return table.to_html(float_format=lambda v: f"{v:.4f}", na_rep="-")
+    groups = levels.groupby(["run_id", "baseline", "level"])
+    table = groups[columns].mean()
+    table.insert(0, "n", groups.size())
+    if "test_accuracy" in columns:  # the spread over replicates (blank for one replicate)
+        table.insert(list(table.columns).index("test_accuracy") + 1, "test_accuracy_std", groups["test_accuracy"].std())
+    return _scroll(table.to_html(float_format=lambda v: f"{v:.4f}", na_rep="-"))
+
+
+def _scroll(table: str) -> str:
+    """A wide table scrolls sideways inside the page instead of widening it."""
+    return f"<div style='overflow-x:auto'>{table}</div>"
+
+
+def _flat(prefix: str, value) -> list[tuple[str, str]]:
+    """Nested dicts as (dotted key, text) rows."""
+    if isinstance(value, dict):
+        return [row for key, item in value.items() for row in _flat(f"{prefix}.{key}" if prefix else str(key), item)]
+    if isinstance(value, (list, tuple)):
+        return [(prefix, ", ".join(map(str, value)) or "[]")]
+    return [(prefix, str(value))]
+
+
+def _provenance(info: dict) -> str:
+    """A run's config, provenance and plan as a two-column table."""
+    provenance = {key: value for key, value in info["provenance"].items() if key != "config"}  # shown above
+    rows = _flat("", {"config": info["config"], "provenance": provenance,
+                      "planned_levels": info["planned_levels"], "planned_replicates": info["planned_replicates"],
+                      "baselines": info["baselines"], "diet": info["diet"]})
+    body = "".join(f"<tr><td>{html.escape(key, quote=False)}</td><td>{html.escape(value, quote=False)}</td></tr>"
+                   for key, value in rows)
+    return _scroll(f"<table><tr><th>key</th><th>value</th></tr>{body}</table>")
 
 
 def _measurements(measurements: pd.DataFrame) -> str:
@@ -98,8 +125,8 @@ def _measurements(measurements: pd.DataFrame) -> str:
     table = measurements.groupby(keys, dropna=False)[values].mean().dropna(axis=1, how="all")
     table.insert(0, "n", measurements.groupby(keys, dropna=False).size())
     settings = measurements.drop_duplicates(["kind", "variant"])[["kind", "variant", "settings"]]
-    return (table.to_html(float_format=lambda v: f"{v:.4g}", na_rep="-")
-            + "<p>Settings of each variant:</p>" + settings.to_html(index=False))
+    return (_scroll(table.to_html(float_format=lambda v: f"{v:.4g}", na_rep="-"))
+            + "<p>Settings of each variant:</p>" + _scroll(settings.to_html(index=False)))
 
 
 def write_report(frames: dict[str, pd.DataFrame], infos: list[dict], path: str | Path) -> Path:
@@ -128,12 +155,7 @@ def write_report(frames: dict[str, pd.DataFrame], infos: list[dict], path: str |
                  + "</ul>" if skipped else "<p>Everything was computed.</p>")
     parts.append("<h2>Provenance</h2>")
     for info in infos:
-        parts.append(f"<h3>{html.escape(info['run_id'])}</h3><pre>"
-                     + html.escape(json.dumps({"config": info["config"], "provenance": info["provenance"],
-                                               "planned_levels": info["planned_levels"],
-                                               "planned_replicates": info["planned_replicates"],
-                                               "baselines": info["baselines"], "diet": info["diet"]},
-                                              indent=2, default=str)) + "</pre>")
+        parts.append(f"<h3>{html.escape(info['run_id'])}</h3>" + _provenance(info))
     parts.append("</body></html>")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

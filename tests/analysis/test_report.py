@@ -20,7 +20,10 @@ def test_the_report_has_every_section_and_every_figure(results, tmp_path):
     assert sorted(images) == sorted(FIGURES)  # every figure renders from a tiny real run
     assert "<p>Everything was computed.</p>" in text
     assert "<h2>Measurements</h2>" in text and "hessian_top_eigenvalue" in text and "Settings of each variant" in text
-    assert all(run_id in text for run_id in measured) and "&quot;git_revision&quot;" in text
+    assert all(run_id in text for run_id in measured)
+    # provenance is a readable table of dotted keys, not escaped JSON; the summary has the spread
+    assert "<td>provenance.date</td>" in text and "<td>config.model.widths</td><td>16</td>" in text
+    assert "&quot;" not in text and "test_accuracy_std" in text
 
 
 def test_the_report_notes_what_was_not_computed(results, tmp_path):
