@@ -20,8 +20,8 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 from analysis.figures_limits import directional_curvature, prune_limit, spectrum_masses
 from analysis.figures_scores import per_example_histogram, score_histogram, score_scatter
 from analysis.figures_training import training_accuracy, training_loss
-from analysis.style import (FIGSIZE, band, new_axes, place_legend, replicates_note, require, set_title,
-                            variant_suffix)
+from analysis.style import (FIGSIZE, band, new_axes, place_legend, replicates_note, require, run_names,
+                            set_title, variant_suffix)
 from imp.base.duration import Duration
 from imp.base.errors import UserError
 
@@ -62,7 +62,7 @@ def _runs(frame: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
     """The frame with a ``run`` column and the style variable: ``"run"`` when it holds
     several runs, or a run holds several variants of one measurement (one line style
     each: variants are never averaged together), else None."""
-    frame = frame.assign(run=frame["run_id"].astype(str) + variant_suffix(frame))
+    frame = frame.assign(run=run_names(frame) + variant_suffix(frame))
     return frame, "run" if frame["run"].nunique() > 1 else None
 
 
@@ -94,9 +94,10 @@ def category_order(values: pd.Series, iterations_per_epoch: int | None = None) -
 
 
 def accuracy_vs_density(levels: pd.DataFrame, ax=None, tolerance: float = 0.005):
-    """Test accuracy of IMP and its baselines against density, with the dense network's
-    accuracy (level 0 of the trunk, mean over runs and replicates) ± ``tolerance`` (a
-    fraction: 0.005 = 0.5 points) as the matching band."""
+    """Test accuracy of IMP and its baselines against density, with each run's dense
+    network's accuracy (level 0 of its trunk, mean over replicates; one dash pattern per
+    run, at most four runs apart) ± ``tolerance`` (a fraction: 0.005 = 0.5 points) as
+    the matching band. Runs are named by how their configs differ."""
     figure = "accuracy_vs_density"
     require(levels, ["run_id", "replicate", "level", "baseline", "density", "test_accuracy"],
             figure)
@@ -109,13 +110,13 @@ def accuracy_vs_density(levels: pd.DataFrame, ax=None, tolerance: float = 0.005)
     sns.lineplot(frame, x="x", y="y", hue="baseline", hue_order=order, palette=palette,
                  style=style, marker="o", markersize=5,
                  **band(frame), ax=ax)
-    dense = frame.loc[(frame["baseline"] == TRUNK) & (frame["level"] == 0), "y"]
-    if not dense.empty:
-        mean, width = dense.mean(), 100 * tolerance
-        ax.axhline(mean, color="0.3", linestyle="--", linewidth=1,
-                   label=f"dense network ({mean:.2f}%)")
-        ax.axhspan(mean - width, mean + width, color="0.5", alpha=0.15, linewidth=0,
-                   label=f"matching (±{width:g} points)")
+    dense = frame[(frame["baseline"] == TRUNK) & (frame["level"] == 0)].groupby("run")["y"].mean()
+    width = 100 * tolerance
+    for (run, mean), dashes in zip(dense.items(), ((4, 2), (1, 1), (6, 2, 1, 2), (2, 3))):
+        name = f"dense {run} ({mean:.2f}%)" if len(dense) > 1 else f"dense network ({mean:.2f}%)"
+        ax.axhline(mean, color="0.3", dashes=dashes, linewidth=1, label=name)
+        ax.axhspan(mean - width, mean + width, color="0.5", alpha=0.15 / len(dense), linewidth=0,
+                   label=f"matching (±{width:g} points)" if run == dense.index[0] else None)
     _density_axis(ax, frame["x"])
     ax.set_ylabel("test accuracy (%)")
     set_title(ax, f"Test accuracy vs density ({replicates_note(frame)}{dropped})")

@@ -5,7 +5,8 @@ along each rule's pruning direction. Conventions as in :mod:`analysis.figures`."
 import pandas as pd
 import seaborn as sns
 
-from analysis.style import band, new_axes, place_legend, replicates_note, require, set_title, variant_suffix
+from analysis.style import (band, new_axes, place_legend, replicates_note, require, run_names, set_title,
+                            variant_suffix)
 
 RULES = ("magnitude", "random")
 # column prefix -> label; the rule follows the prefix ("predicted_limit_random", ...)
@@ -21,7 +22,7 @@ def _column(prefix: str, rule: str) -> str:
 
 
 def _runs(rows: pd.DataFrame) -> pd.DataFrame:
-    return rows.assign(run=rows["run_id"].astype(str) + variant_suffix(rows))
+    return rows.assign(run=run_names(rows) + variant_suffix(rows))
 
 
 def prune_limit(measurements: pd.DataFrame, ax=None):

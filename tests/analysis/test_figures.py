@@ -305,12 +305,31 @@ def test_variants_of_a_measurement_are_drawn_apart(frames):
     fig = figures.hessian_vs_level(frames["measurements"])
     try:
         legend = [t.get_text() for t in fig.axes[0].get_legend().texts]
-        assert "run1 [aaaa0000]" in legend and "run1 [cccc0000]" in legend and "run0" in legend
+        # runs are named by their config difference (run1 rewinds to 2000it), variants by id
+        assert "rewind=2000it [aaaa0000]" in legend and "rewind=2000it [cccc0000]" in legend
+        assert "rewind=0it" in legend
         sharpness = frames["measurements"].query("run_id == 'run1' and level == 2 and kind == 'hessian'")
         ys = np.concatenate([line.get_ydata() for line in fig.axes[0].lines])
         for variant in ("aaaa0000", "cccc0000"):
             assert np.any(np.isclose(ys, sharpness[sharpness["variant"] == variant]["hessian_top_eigenvalue"].mean()))
         assert not np.any(np.isclose(ys, sharpness["hessian_top_eigenvalue"].mean()))
+    finally:
+        plt.close(fig)
+
+
+def test_runs_are_named_by_their_config_difference_and_keep_their_own_dense_line(frames):
+    from analysis.style import run_names
+
+    levels = frames["levels"]
+    assert set(run_names(levels)) == {"rewind=0it", "rewind=2000it"}
+    same = levels.assign(**{"prune.rewind": "0it"})
+    assert set(run_names(same)) == {"run0", "run1"}  # nothing tells them apart but their ids
+    fig = figures.accuracy_vs_density(levels)
+    try:
+        legend = [t.get_text() for t in fig.axes[0].get_legend().texts]
+        for run_id, name in (("run0", "rewind=0it"), ("run1", "rewind=2000it")):
+            dense = 100 * levels.query("run_id == @run_id and level == 0 and baseline == 'imp'")["test_accuracy"].mean()
+            assert f"dense {name} ({dense:.2f}%)" in legend
     finally:
         plt.close(fig)
 
