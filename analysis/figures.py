@@ -15,7 +15,7 @@ without the rows or columns a figure needs raises ValueError, which the report p
 import numpy as np
 import pandas as pd
 import seaborn as sns
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter
 
 from analysis.figures_limits import directional_curvature, prune_limit, spectrum_masses
 from analysis.figures_scores import per_example_histogram, score_histogram, score_scatter
@@ -36,11 +36,24 @@ CONFIG_NAMES = {"prune.rewind": "rewind step k", "diet.subset": "data-diet subse
 
 def _density_axis(ax, percent: pd.Series) -> None:
     """Log density axis in %, sparser to the right, ticks at 1-2-5 steps (1-9 within a
-    decade and a half, so a short range still gets several ticks)."""
+    decade and a half, so a short range still gets several ticks), thinned so that
+    neighbouring labels stay at least a seventh of the axis apart (no "1009080"); a range
+    too short for the series gets even linear steps."""
     ax.set_xscale("log")
-    short = np.log10(percent.max() / percent.min()) < 1.5
-    subs = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0) if short else (1.0, 2.0, 5.0)
-    ax.xaxis.set_major_locator(LogLocator(base=10, subs=subs))
+    low, high = float(percent.min()), float(percent.max())
+    span = max(np.log10(high / low), 0.05)
+    mantissas = (1, 2, 3, 4, 5, 6, 7, 8, 9) if span < 1.5 else (1, 2, 5)
+    candidates = sorted((m * 10.0 ** e for e in range(int(np.floor(np.log10(low))) - 1, 3) for m in mantissas
+                         if low / 1.02 <= m * 10.0 ** e <= high * 1.02), reverse=True)
+    if len(candidates) < 3:  # a range within one step of the series (say 95-100%): even linear steps
+        step = 10.0 ** np.floor(np.log10(high - low)) if high > low else 1.0
+        step = next(step * f for f in (1, 2, 5, 10) if (high - low) / (step * f) <= 6)
+        candidates = sorted(np.arange(np.ceil(low / step) * step, high + step / 2, step).round(10), reverse=True)
+    ticks = []
+    for tick in candidates:  # from the densest end: keep a tick when it is far enough from the last kept
+        if not ticks or np.log10(ticks[-1] / tick) >= span / 7:
+            ticks.append(float(tick))
+    ax.xaxis.set_major_locator(FixedLocator(ticks) if len(ticks) >= 2 else LogLocator(base=10, subs=mantissas))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
     ax.xaxis.set_minor_formatter(NullFormatter())
     if not ax.xaxis_inverted():

@@ -248,6 +248,27 @@ def test_levels_at_density_0_are_named_not_dropped_silently(frames):
     plt.close(fig)
 
 
+@pytest.mark.parametrize("lowest", [0.95, 0.7, 0.3, 0.1, 0.035, 0.0005])
+def test_density_tick_labels_never_overlap(lowest):
+    """Axes narrowed by a wide legend (two runs, three baselines), short and long ranges:
+    at least two tick labels, and no two of them touch."""
+    rows = [{"run_id": run, "replicate": 0, "level": level, "baseline": baseline, "density": density,
+             "test_accuracy": 0.9, "prune.rewind": run}
+            for run in ("a", "a-much-longer-rewind") for baseline in ("imp", "reinit", "random")
+            for level, density in enumerate(np.geomspace(1.0, lowest, 8))]
+    fig = figures.accuracy_vs_density(pd.DataFrame(rows))
+    try:
+        fig.canvas.draw()
+        ax = fig.axes[0]
+        low, high = sorted(ax.get_xlim())
+        labels = [t for t in ax.get_xticklabels() if t.get_text() and low <= t.get_position()[0] <= high]
+        assert len(labels) >= 2
+        boxes = sorted((t.get_window_extent() for t in labels), key=lambda box: box.x0)
+        assert all(a.x1 < b.x0 for a, b in zip(boxes, boxes[1:])), [t.get_text() for t in labels]
+    finally:
+        plt.close(fig)
+
+
 def test_rewind_comparison_needs_two_rewind_points(frames):
     levels = frames["levels"]
     one = levels[levels["prune.rewind"] == levels["prune.rewind"].iloc[0]]
