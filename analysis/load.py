@@ -19,8 +19,9 @@ Every frame has ``run_id`` and the run's config as columns named ``section.key``
   ``midpoint_barrier``, ``tau``;
 * ``directions``: from prune checks, one row per level, rule (``magnitude``, ``random``)
   and fraction of ``curvature_grid``: ``curvature`` (``d^T G d / |d|^2`` along the
-  rule's pruning direction) and ``loss_rise`` (training loss right after pruning minus
-  before, no retraining);
+  rule's pruning direction d), ``squared_norm`` (|d|^2), ``quadratic_rise`` (``d^T G d /
+  2``, the loss rise of the quadratic model) and ``loss_rise`` (training loss right after
+  pruning minus before, no retraining);
 * ``metrics``: the evaluations during training: one row per run, replicate, level,
   baseline and evaluated ``step``, with ``train_loss``, ``train_accuracy``, ``test_loss``,
   ``test_accuracy`` (and validation columns when there is a validation split);
@@ -47,6 +48,7 @@ from imp.base.record import TrainedLevel
 from imp.base.results import find_run, level_rows, measurements, run_info
 
 _CURVE_KINDS = ("successive", "instability", "perturb", "pair")  # measurements that store curves
+DIRECTION_KEYS = ("curvature", "loss_rise", "quadratic_rise", "squared_norm")  # per pruning direction
 
 
 def load_runs(run_names: Iterable[str], out: str | Path = "results") -> list[store.RunDir]:
@@ -169,8 +171,9 @@ def directions_frame(runs: Iterable[store.RunDir]) -> pd.DataFrame:
                 continue
             base = {"replicate": measured.replicate, "level": measured.level, "variant": measured.settings_id}
             for rule, values in tree["direction"].items():
-                found += [{**base, "rule": rule, "fraction": float(f), "curvature": c, "loss_rise": r}
-                          for f, c, r in zip(tree["curvature_grid"], values["curvature"], values["loss_rise"])]
+                found += [{**base, "rule": rule, "fraction": float(f),
+                           **{key: values[key][i] for key in DIRECTION_KEYS if key in values}}
+                          for i, f in enumerate(tree["curvature_grid"])]
         rows += _with_config(found, run)
     return pd.DataFrame(rows)
 

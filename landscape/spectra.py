@@ -28,10 +28,12 @@
   ``matching_tolerance``: IMP's notion) and ``matching_level`` (at most level L's own
   plus the tolerance: the theory's notion; a random rule uses the mean error over its
   masks). The four measured limits are the largest matching fraction per rule and
-  reference, censored where the checks do not bracket it (:func:`censored_limit`). On ``curvature_grid`` (0.1, ..., 0.9 and the fractions) it
-  also stores, for each rule's pruning direction d (the removed weights, -w on them),
-  the curvature ``d^T G d / |d|^2`` and the training-loss rise right after pruning,
-  before retraining, on the same examples as the ``hessian`` measurement.
+  reference, censored where the checks do not bracket it (:func:`censored_limit`). On
+  ``curvature_grid`` (0.1, ..., 0.9 and the fractions) it also stores, for each rule's
+  pruning direction d (the removed weights, -w on them; the mean over a rule's masks):
+  ``squared_norm`` |d|^2, the ``curvature`` ``d^T G d / |d|^2``, the ``quadratic_rise``
+  ``d^T G d / 2`` that the quadratic model predicts, and the ``loss_rise`` measured right
+  after pruning, before retraining, on the same examples as the ``hessian`` measurement.
 """
 
 import numpy as np
@@ -261,19 +263,22 @@ def directions(m: Context, level: int, settings: dict, grid: list[float]) -> dic
     probe = _model(m, trained.weights)
     base = _train_loss(probe, examples, trained.weights)
     copies = max(settings["random_masks"], 1)
-    out = {"magnitude": {"curvature": [], "loss_rise": []}, "random": {"curvature": [], "loss_rise": []}}
+    out = {rule: {"curvature": [], "loss_rise": [], "quadratic_rise": [], "squared_norm": []}
+           for rule in ("magnitude", "random")}
     for fraction in grid:
         for rule, masks in _masks(m, trained, fraction, copies).items():
-            curvature, rise = [], []
+            parts = {key: [] for key in out[rule]}
             for mask in masks:
                 removed = {n: trained.mask[n] & ~mask[n].cpu() for n in mask}
                 d = _flat_direction(operator, trained.weights, removed)
-                norm2 = float(d @ d)
-                curvature.append(float(d @ operator.matvec(d)) / norm2 if norm2 > 0 else 0.0)
+                norm2, bend = float(d @ d), float(d @ operator.matvec(d))
+                parts["squared_norm"].append(norm2)
+                parts["curvature"].append(bend / norm2 if norm2 > 0 else 0.0)
+                parts["quadratic_rise"].append(bend / 2)
                 pruned = {k: (v * mask[k].cpu() if k in mask else v) for k, v in trained.weights.items()}
-                rise.append(_train_loss(probe, examples, pruned) - base)
-            out[rule]["curvature"].append(float(np.mean(curvature)))
-            out[rule]["loss_rise"].append(float(np.mean(rise)))
+                parts["loss_rise"].append(_train_loss(probe, examples, pruned) - base)
+            for key, values in parts.items():
+                out[rule][key].append(float(np.mean(values)))
     return {rule: {key: np.asarray(values) for key, values in parts.items()} for rule, parts in out.items()}
 
 

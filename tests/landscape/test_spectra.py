@@ -71,6 +71,10 @@ def test_hessian_and_prune_check_after_a_level(tmp_path):
     for rule in ("magnitude", "random"):
         assert summary["direction"][rule]["curvature"].shape == grid.shape
         assert np.all(summary["direction"][rule]["curvature"] >= 0)  # d^T G d with G PSD
+    # |d|^2 along magnitude pruning is the projection length l^2(p) the prediction used
+    for i, fraction in enumerate(grid):
+        np.testing.assert_allclose(summary["direction"]["magnitude"]["squared_norm"][i],
+                                   removal["magnitude"]["squares"][int(round(fraction * 1000))], rtol=1e-9)
     rise = summary["direction"]["magnitude"]["loss_rise"]
     assert rise[-1] > rise[0]  # pruning 95% by magnitude costs more training loss than 10%
     row = next(r for r in level_rows(run) if r["level"] == 1 and r["baseline"] is None)
