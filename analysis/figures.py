@@ -17,7 +17,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter
 
-from analysis.figures_limits import directional_curvature, prune_limit, spectrum_masses
+from analysis.figures_limits import directional_curvature, loss_rise_ratio, prune_limit, spectrum_masses
 from analysis.figures_scores import per_example_histogram, score_histogram, score_scatter
 from analysis.figures_training import training_accuracy, training_loss
 from analysis.style import (FIGSIZE, band, new_axes, place_legend, replicates_note, require, run_names,
@@ -297,6 +297,7 @@ FIGURES = {
     "prune_limit": (prune_limit, "measurements"),
     "spectrum_masses": (spectrum_masses, "measurements"),
     "directional_curvature": (directional_curvature, "directions"),
+    "loss_rise_ratio": (loss_rise_ratio, "directions"),
     "barrier_curves": (barrier_curves, "curves"),
     "barrier_vs_level": (barrier_vs_level, "barriers"),
     "instability_vs": (instability_vs, "barriers"),

@@ -119,3 +119,28 @@ def directional_curvature(directions: pd.DataFrame, ax=None):
     set_title(ax, f"Where each rule prunes ({replicates_note(rows)})")
     place_legend(ax)
     return ax.figure
+
+
+def loss_rise_ratio(directions: pd.DataFrame, ax=None):
+    """How far the quadratic model is from the loss: the training-loss rise measured right
+    after pruning (no retraining) over the rise ``d^T G d / 2`` the Gauss-Newton quadratic
+    model predicts along the same direction, against the fraction pruned (log scale; 1 =
+    the quadratic model is exact)."""
+    figure = "loss_rise_ratio"
+    require(directions, [*ID, "variant", "rule", "fraction", "loss_rise", "quadratic_rise"], figure)
+    rows = directions[(directions["quadratic_rise"] > 0) & (directions["loss_rise"] > 0)]
+    if rows.empty:
+        raise ValueError(f"{figure}: no direction with a positive measured and quadratic loss rise")
+    rows = rows.assign(percent=100 * rows["fraction"], level=rows["level"].astype(int),
+                       ratio=rows["loss_rise"] / rows["quadratic_rise"])
+    ax = new_axes(ax)
+    ax.axhline(1, color="0.5", linestyle=":", linewidth=1, label="quadratic model exact")
+    sns.lineplot(rows, x="percent", y="ratio", hue="level", style="rule",
+                 style_order=[r for r in RULES if r in set(rows["rule"])],
+                 palette="viridis", markers=True, markersize=6, **band(rows), ax=ax)
+    ax.set_yscale("log")
+    ax.set_xlabel("fraction of remaining weights pruned (%)")
+    ax.set_ylabel("loss rise after pruning:\nmeasured / quadratic model (log scale)")
+    set_title(ax, f"The quadratic model along pruning directions ({replicates_note(rows)})")
+    place_legend(ax)
+    return ax.figure

@@ -89,7 +89,7 @@ def make_metrics() -> pd.DataFrame:
 def make_directions() -> pd.DataFrame:
     rows = [{"run_id": "run1", "replicate": replicate, "level": level, "variant": "bbbb0000", "rule": rule,
              "fraction": fraction, "curvature": (1 + level) * fraction * (2 if rule == "random" else 1),
-             "loss_rise": fraction ** 2}
+             "loss_rise": fraction ** 2, "quadratic_rise": fraction ** 2 / (10 + level)}
             for replicate in REPLICATES for level in (0, 2, 4) for rule in ("magnitude", "random")
             for fraction in (0.1, 0.5, 0.9)]
     return pd.DataFrame(rows)
@@ -165,6 +165,7 @@ EXPECTED = {"accuracy_vs_density": ("density", True), "rewind_comparison": ("den
             "hessian_vs_level": ("level", False), "prune_limit": ("level", False),
             "spectrum_masses": ("level", False), "directional_curvature": ("fraction", False),
             "training_accuracy": ("step", False), "training_loss": ("step", False),
+            "loss_rise_ratio": ("fraction", False),
             "barrier_curves": ("α", False), "barrier_vs_level": ("density", True),
             "instability_vs": ("rewind step", False), "per_example_histogram": ("B_i", False),
             "score_histogram": ("EL2N", False), "score_scatter": ("el2n@2ep", False)}
