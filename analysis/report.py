@@ -21,15 +21,37 @@ from imp.base.errors import UserError, did_you_mean  # noqa: E402
 from imp.base.store import cannot_write, check_writable  # noqa: E402
 
 
+# What gives each figure its data, for the note on a figure that could not be drawn.
+HOW = {
+    "accuracy_vs_density": "train a run (`lth run`)",
+    "rewind_comparison": "runs that differ in prune.rewind (a sweep over it)",
+    "training_accuracy": "train a run (`lth run`)",
+    "training_loss": "train a run (`lth run`)",
+    "hessian_vs_level": "measure the curvature (`lth hessian RUN`)",
+    "prune_limit": "measure the curvature and prune checks (`lth hessian RUN --check 0.2 0.4 0.6 0.8`)",
+    "spectrum_masses": "measure the curvature (`lth hessian RUN`)",
+    "directional_curvature": "measure prune checks (`lth hessian RUN --check 0.2 0.4 0.6 0.8`)",
+    "loss_rise_ratio": "measure prune checks (`lth hessian RUN --check 0.2 0.4 0.6 0.8`)",
+    "barrier_curves": "measure barriers (`lth barrier RUN`)",
+    "barrier_vs_level": "measure barriers (`lth barrier RUN`, with `--siblings 2` for instability)",
+    "instability_vs": "measure sibling barriers of runs that differ in prune.rewind (`lth barrier RUN --siblings 2`)",
+    "per_example_histogram": "measure per-example barriers (`lth barrier RUN --siblings 2 --per-example`)",
+    "score_histogram": "compute example scores (`lth scores --score el2n`)",
+    "score_scatter": "compute example scores of two kinds (`lth scores`)",
+}
+
+
 def draw_all(frames: dict[str, pd.DataFrame]) -> tuple[dict[str, plt.Figure], dict[str, str]]:
-    """Every figure the frames support, and for the others the reason they were skipped."""
+    """Every figure the frames support, and for the others why not and what would give
+    it its data (:data:`HOW`)."""
     drawn, skipped = {}, {}
     for name, (function, frame) in FIGURES.items():
         data = frames.get(frame, pd.DataFrame())
         try:
             drawn[name] = function(data)
         except ValueError as error:
-            skipped[name] = str(error)
+            reason = str(error).removeprefix(f"{name}: ")
+            skipped[name] = f"{reason}; to draw it, {HOW[name]}" if name in HOW else reason
     return drawn, skipped
 
 

@@ -36,6 +36,15 @@ def test_the_report_notes_what_was_not_computed(results, tmp_path):
     assert "accuracy_vs_density" in images and "barrier_curves" in notes and "hessian_vs_level" in notes
     assert sorted(images + notes) == sorted(FIGURES)
     assert "Comparison of rewind points" not in text
+    # each note says why and what would give the figure its data, without repeating its name
+    assert "<li><b>hessian_vs_level</b>: no rows to plot; to draw it, measure the curvature (`lth hessian RUN`)" \
+        in text
+
+
+def test_every_figure_says_how_to_get_its_data():
+    from analysis.report import HOW
+
+    assert set(HOW) == set(FIGURES)
 
 
 def test_plot_writes_the_supported_figures(results, tmp_path, capsys):
