@@ -24,7 +24,7 @@ from imp.base.store import cannot_write, check_writable  # noqa: E402
 # What gives each figure its data, for the note on a figure that could not be drawn.
 HOW = {
     "accuracy_vs_density": "train a run (`lth run`)",
-    "rewind_comparison": "runs that differ in prune.rewind (a sweep over it)",
+    "rewind_comparison": "sweep over prune.rewind (runs that differ only in it)",
     "training_accuracy": "train a run (`lth run`)",
     "training_loss": "train a run (`lth run`)",
     "hessian_vs_level": "measure the curvature (`lth hessian RUN`)",
@@ -34,7 +34,7 @@ HOW = {
     "loss_rise_ratio": "measure prune checks (`lth hessian RUN --check 0.2 0.4 0.6 0.8`)",
     "barrier_curves": "measure barriers (`lth barrier RUN`)",
     "barrier_vs_level": "measure barriers (`lth barrier RUN`, with `--siblings 2` for instability)",
-    "instability_vs": "measure sibling barriers of runs that differ in prune.rewind (`lth barrier RUN --siblings 2`)",
+    "instability_vs": "measure sibling barriers (`lth barrier RUN --siblings 2`) of runs that differ in prune.rewind",
     "per_example_histogram": "measure per-example barriers (`lth barrier RUN --siblings 2 --per-example`)",
     "score_histogram": "compute example scores (`lth scores --score el2n`)",
     "score_scatter": "compute example scores of two kinds (`lth scores`)",
