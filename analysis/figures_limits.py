@@ -108,17 +108,8 @@ def directional_curvature(directions: pd.DataFrame, ax=None):
     rows = directions[directions["curvature"] > 0]
     if rows.empty:
         raise ValueError(f"{figure}: no positive curvature to plot")
-    rows = rows.assign(percent=100 * rows["fraction"], level=rows["level"].astype(int))
-    ax = new_axes(ax)
-    sns.lineplot(rows, x="percent", y="curvature", hue="level", style="rule",
-                 style_order=[r for r in RULES if r in set(rows["rule"])],
-                 palette="viridis", markers=True, markersize=6, **band(rows), ax=ax)
-    ax.set_yscale("log")
-    ax.set_xlabel("fraction of remaining weights pruned (%)")
-    ax.set_ylabel("curvature along the pruning direction\n$d^T G d / |d|^2$ (log scale)")
-    set_title(ax, f"Where each rule prunes ({replicates_note(rows)})")
-    place_legend(ax)
-    return ax.figure
+    return _by_fraction(rows, "curvature", ax, "curvature along the pruning direction\n$d^T G d / |d|^2$ (log scale)",
+                        "Where each rule prunes")
 
 
 def loss_rise_ratio(directions: pd.DataFrame, ax=None):
@@ -131,16 +122,24 @@ def loss_rise_ratio(directions: pd.DataFrame, ax=None):
     rows = directions[(directions["quadratic_rise"] > 0) & (directions["loss_rise"] > 0)]
     if rows.empty:
         raise ValueError(f"{figure}: no direction with a positive measured and quadratic loss rise")
-    rows = rows.assign(percent=100 * rows["fraction"], level=rows["level"].astype(int),
-                       ratio=rows["loss_rise"] / rows["quadratic_rise"])
+    rows = rows.assign(ratio=rows["loss_rise"] / rows["quadratic_rise"])
     ax = new_axes(ax)
     ax.axhline(1, color="0.5", linestyle=":", linewidth=1, label="quadratic model exact")
-    sns.lineplot(rows, x="percent", y="ratio", hue="level", style="rule",
+    return _by_fraction(rows, "ratio", ax, "loss rise after pruning:\nmeasured / quadratic model (log scale)",
+                        "The quadratic model along pruning directions")
+
+
+def _by_fraction(rows: pd.DataFrame, y: str, ax, label: str, title: str):
+    """``y`` (log scale) against the percent pruned, one colour per level, one line style
+    per rule."""
+    rows = rows.assign(percent=100 * rows["fraction"], level=rows["level"].astype(int))
+    ax = new_axes(ax)
+    sns.lineplot(rows, x="percent", y=y, hue="level", style="rule",
                  style_order=[r for r in RULES if r in set(rows["rule"])],
                  palette="viridis", markers=True, markersize=6, **band(rows), ax=ax)
     ax.set_yscale("log")
     ax.set_xlabel("fraction of remaining weights pruned (%)")
-    ax.set_ylabel("loss rise after pruning:\nmeasured / quadratic model (log scale)")
-    set_title(ax, f"The quadratic model along pruning directions ({replicates_note(rows)})")
+    ax.set_ylabel(label)
+    set_title(ax, f"{title} ({replicates_note(rows)})")
     place_legend(ax)
     return ax.figure

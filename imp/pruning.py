@@ -121,10 +121,11 @@ def _remove_smallest(weights: Weights, mask: Mask, names: list[str], count: int)
     order = torch.argsort(magnitude[candidates], stable=True)
     flat_mask = flat_mask.clone()
     flat_mask[candidates[order[:count]]] = False
-    return _split(flat_mask, names, mask)
+    return split_flat(flat_mask, names, mask)
 
 
-def _split(flat: torch.Tensor, names: list[str], like: Mask) -> Mask:
+def split_flat(flat: torch.Tensor, names: list[str], like: Mask) -> Mask:
+    """A flat bool vector over ``names`` (in order) back into tensors shaped like ``like``'s."""
     out, start = {}, 0
     for name in names:
         n = like[name].numel()
@@ -165,7 +166,7 @@ def random_mask(target: Mask, generator: torch.Generator, layerwise: bool = True
     if layerwise:
         return {name: _random_keep(target[name], int(target[name].sum()), generator) for name in names}
     flat = torch.cat([target[n].reshape(-1).cpu() for n in names])
-    return _split(_random_keep(flat, int(flat.sum()), generator), names, target)
+    return split_flat(_random_keep(flat, int(flat.sum()), generator), names, target)
 
 
 def _random_keep(like: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:

@@ -48,16 +48,21 @@ class Spectrum:
     products: int = 0
 
     def _probes(self, f: Callable, nodes: np.ndarray, weights: np.ndarray) -> np.ndarray:
-        """Each probe's estimate of the full spectral sum."""
-        k = len(self.top)
-        return (np.sum(f(self.top)) + self.active * np.sum(weights * f(nodes), axis=1)
-                - k * float(f(np.zeros(1))[0]))
+        """Each probe's estimate of the full spectral sum (first axis: probes; f may add
+        trailing axes, as :meth:`neff` does)."""
+        inner = f(nodes)
+        weights = weights.reshape(weights.shape + (1,) * (inner.ndim - nodes.ndim))
+        return (f(self.top).sum(axis=0) + self.active * np.sum(weights * inner, axis=1)
+                - len(self.top) * f(np.zeros(1))[0])
 
-    def total(self, f: Callable[[np.ndarray], np.ndarray]) -> float:
-        """``sum_i f(lambda_i)`` over all ``active`` eigenvalues (f vectorised, float)."""
+    def total(self, f: Callable[[np.ndarray], np.ndarray]):
+        """``sum_i f(lambda_i)`` over all ``active`` eigenvalues (f vectorised; a float, or
+        an array when f adds trailing axes)."""
         if self.method == "exact":
-            return float(np.sum(f(self.top)))
-        return float(np.mean(self._probes(f, self.nodes, self.weights)))
+            out = f(self.top).sum(axis=0)
+        else:
+            out = np.mean(self._probes(f, self.nodes, self.weights), axis=0)
+        return float(out) if np.ndim(out) == 0 else out
 
     def neff(self, z: np.ndarray) -> np.ndarray:
         """``N_eff(z) = sum_i lambda_i / (lambda_i + z)`` for each entry of the array ``z``
@@ -65,16 +70,8 @@ class Spectrum:
         z = np.asarray(z, dtype=float)
         flat = z.reshape(-1)
         finite = np.where(np.isfinite(flat), flat, 1.0)
-
-        def f(lam: np.ndarray) -> np.ndarray:
-            lam = np.asarray(lam, dtype=float)[..., None]
-            return lam / (lam + finite)
-
-        if self.method == "exact":
-            out = f(self.top).sum(axis=0)
-        else:
-            out = (f(self.top).sum(axis=0) + self.active * np.mean(np.sum(self.weights[..., None] * f(self.nodes),
-                                                                          axis=1), axis=0))
+        out = self.total(lambda lam: np.asarray(lam, dtype=float)[..., None]
+                         / (np.asarray(lam, dtype=float)[..., None] + finite))
         return np.where(np.isfinite(flat), out, 0.0).reshape(z.shape)
 
     def error(self, f: Callable[[np.ndarray], np.ndarray]) -> float:

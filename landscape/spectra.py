@@ -46,7 +46,7 @@ from imp.base.names import pruned_stage
 from imp.base.seeds import derive_seed
 from imp.data import fixed_subset
 from imp.models import build_initial_model
-from imp.pruning import magnitude_prune, round_half_up
+from imp.pruning import magnitude_prune, round_half_up, split_flat
 from landscape import prunelimit
 from landscape.curvature import GGNOperator
 from landscape.eigen import spectrum
@@ -213,13 +213,8 @@ def _random_prune(mask: dict, order: np.ndarray, fraction: float) -> dict:
     """``mask`` with the first ``round(fraction D)`` kept weights of ``order`` removed."""
     flat = torch.cat([mask[n].reshape(-1).cpu() for n in mask])
     kept = flat.nonzero().squeeze(1)
-    flat = flat.clone()
     flat[kept[torch.from_numpy(order[:round_half_up(fraction * len(kept))])]] = False
-    out, start = {}, 0
-    for name, keep in mask.items():
-        out[name] = flat[start:start + keep.numel()].reshape(keep.shape).to(keep.device)
-        start += keep.numel()
-    return out
+    return split_flat(flat, list(mask), mask)
 
 
 def _masks(m: Context, trained, fraction: float, copies: int) -> dict:
