@@ -8,7 +8,6 @@ with exactly the data order an uninterrupted run would have seen.
 
 import hashlib
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import torch
 
 from imp.base import seeds
 from imp.base.config import DataConfig
-from imp.datasets import READERS, RawData
+from imp.datasets import READERS, RawData, resolve_root  # noqa: F401 (resolve_root: imp.data's API)
 from imp.base.errors import UserError, did_you_mean
 
 
@@ -84,11 +83,6 @@ def _positions(positions: torch.Tensor | np.ndarray | list[int]) -> torch.Tensor
     if isinstance(positions, torch.Tensor):
         return positions.detach().to("cpu", torch.long)
     return torch.as_tensor(np.asarray(positions), dtype=torch.long)
-
-
-def resolve_root(configured: str, environ: Mapping[str, str]) -> Path:
-    """The data root: ``data.root`` if set, else ``$LTH_DATA``, else ``./data``."""
-    return Path(configured or environ.get("LTH_DATA") or "data")
 
 
 def load_dataset(config: DataConfig, root: Path, device: str | torch.device = "cpu") -> Dataset:

@@ -25,13 +25,14 @@ import os
 import pickle
 import zipfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from imp.base.config import Config, canonical
 from imp.base.errors import UserError, did_you_mean
 
 
@@ -94,20 +95,23 @@ def _read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
+_IDX_FOLDERS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
+
+
+def _find_idx(name: str, raw: Path, stem: str) -> Path:
+    for candidate in (raw / f"{stem}.gz", raw / stem):
+        if candidate.is_file():
+            return candidate
+    raise _missing(name, raw, f"{stem}.gz")
+
+
 def _idx_reader(name: str, folder: str) -> Callable[[Path], RawData]:
     def read(root: Path) -> RawData:
         raw = root / folder / "raw"
-
-        def find(stem: str) -> Path:
-            for candidate in (raw / f"{stem}.gz", raw / stem):
-                if candidate.is_file():
-                    return candidate
-            raise _missing(name, raw, f"{stem}.gz")
-
-        x_train = _read_idx(find("train-images-idx3-ubyte"))[:, None]
-        y_train = _read_idx(find("train-labels-idx1-ubyte")).astype(np.int64)
-        x_test = _read_idx(find("t10k-images-idx3-ubyte"))[:, None]
-        y_test = _read_idx(find("t10k-labels-idx1-ubyte")).astype(np.int64)
+        x_train = _read_idx(_find_idx(name, raw, "train-images-idx3-ubyte"))[:, None]
+        y_train = _read_idx(_find_idx(name, raw, "train-labels-idx1-ubyte")).astype(np.int64)
+        x_test = _read_idx(_find_idx(name, raw, "t10k-images-idx3-ubyte"))[:, None]
+        y_test = _read_idx(_find_idx(name, raw, "t10k-labels-idx1-ubyte")).astype(np.int64)
         return RawData(x_train, y_train, x_test, y_test, 10, 255.0, False)
 
     read.__doc__ = f"Read {name} from the official idx files under ``<root>/{folder}/raw``."
@@ -206,7 +210,8 @@ def _read_cache(cache: Path) -> dict | None:
         return None
 
 
-def _decode_tree(folder: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def _image_tree(folder: Path):
+    """torchvision's listing of an ImageFolder tree (no image decoded)."""
     from torchvision.datasets import ImageFolder
 
     try:
@@ -216,6 +221,11 @@ def _decode_tree(folder: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
                         f"({str(error).splitlines()[0]}); remove empty class folders, put images in each") from None
     if len(tree) == 0:
         raise UserError(f"imagefolder: no images under {folder}")
+    return tree
+
+
+def _decode_tree(folder: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    tree = _image_tree(folder)
     samples = tree.samples
     stems = [Path(path).stem for path, _ in samples]
     if all(stem.isdigit() for stem in stems) and len(set(map(int, stems))) == len(stems):
@@ -241,8 +251,8 @@ def _decode_tree(folder: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
 
 READERS: dict[str, Callable[[Path], RawData]] = {
     "digits": read_digits,
-    "mnist": _idx_reader("mnist", "MNIST"),
-    "fashion_mnist": _idx_reader("fashion_mnist", "FashionMNIST"),
+    "mnist": _idx_reader("mnist", _IDX_FOLDERS["mnist"]),
+    "fashion_mnist": _idx_reader("fashion_mnist", _IDX_FOLDERS["fashion_mnist"]),
     "cifar10": read_cifar10,
     "cifar100": read_cifar100,
     "imagefolder": read_imagefolder,
@@ -257,6 +267,43 @@ _INPUT_SPECS: dict[str, tuple[tuple[int, int, int], int]] = {
     "cifar10": ((3, 32, 32), 10),
     "cifar100": ((3, 32, 32), 100),
 }
+
+
+def split_sizes(name: str, root: Path) -> tuple[int, int]:
+    """The numbers of training and test examples data set ``name`` has under ``root`` as
+    its reader would return them, read cheaply: MNIST's label files, an image folder's
+    listing (nothing decoded; the cache when the trees are gone), else the data set
+    itself. These fix a run's iterations per epoch, which its id needs
+    (:func:`imp.base.config.canonical`)."""
+    if name not in READERS:
+        raise UserError(f"unknown data set {name!r}" + did_you_mean(name, READERS))
+    root = Path(root)
+    if name in _IDX_FOLDERS:
+        raw = root / _IDX_FOLDERS[name] / "raw"
+        return (len(_read_idx(_find_idx(name, raw, "train-labels-idx1-ubyte"))),
+                len(_read_idx(_find_idx(name, raw, "t10k-labels-idx1-ubyte"))))
+    if name == "imagefolder":
+        if all((root / split).is_dir() for split in ("train", "test")):
+            return len(_image_tree(root / "train")), len(_image_tree(root / "test"))
+        try:
+            with np.load(root / ".lth-cache.npz") as file:
+                return len(file["y_train"]), len(file["y_test"])
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError):
+            pass
+    raw = READERS[name](root)
+    return len(raw.y_train), len(raw.y_test)
+
+
+def resolve_root(configured: str, environ: Mapping[str, str]) -> Path:
+    """The data root: ``data.root`` if set, else ``$LTH_DATA``, else ``./data``."""
+    return Path(configured or environ.get("LTH_DATA") or "data")
+
+
+def canonical_config(config: Config, root: Path) -> Config:
+    """``config`` written the one way its run id is made from
+    (:func:`imp.base.config.canonical`), with the data set's sizes under ``root`` (the
+    data root) from :func:`split_sizes`."""
+    return canonical(config, *split_sizes(config.data.dataset, root))
 
 
 def input_spec(name: str) -> tuple[tuple[int, int, int], int] | None:

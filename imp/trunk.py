@@ -51,6 +51,7 @@ from imp.base import store
 from imp.batched import train_levels_batched
 from imp.base.config import Config, TrainConfig, canonical_json, platform_json, run_id
 from imp.data import Dataset, load_dataset
+from imp.datasets import canonical_config
 from imp.diet import diet_pretrain
 from imp.base.duration import Duration
 from imp.base.errors import UserError
@@ -423,6 +424,7 @@ def run_imp(config: Config, out: str | Path, data_root: Path, device: torch.devi
     """
     if threads is not None:
         set_threads(threads)
+    config = canonical_config(config, data_root)  # equal work, one id: "23it" and "1ep" alike
     hooks = list(hooks)
     if pretrain is None and config.diet.pretrain != Duration():
         pretrain = diet_pretrain(out, progress)

@@ -4,7 +4,10 @@ A run is described by :class:`Config`, nested by concern (data, model, train, pr
 diet, landscape). Its one serialisation, :func:`canonical_json` (sorted keys, fields at
 their default left out, fields marked ``identity=False`` such as the data root left out),
 is what :func:`run_id` hashes and what the results store. A new field whose default
-reproduces the old behaviour therefore never changes an old run id.
+reproduces the old behaviour therefore never changes an old run id. Entry points first
+write a config the one way equal work is written (:func:`canonical`: durations in whole
+epochs or plain iterations once the data set's size is known), so "12it" and "1ep" at
+12 iterations per epoch are one run.
 
 Unknown keys and wrong types raise :class:`~imp.base.errors.UserError` naming the key and,
 when one is close, the valid key that was probably meant.
@@ -536,6 +539,34 @@ def platform_json(config: Config) -> str:
                 out[f.name] = _plain(value)
         return out
     return json.dumps(pick(config), sort_keys=True, separators=(",", ":"))
+
+
+def canonical(config: Config, train_examples: int, test_examples: int) -> Config:
+    """``config`` with every value written one way, so that equal work has one run id.
+
+    Needs the sizes of the data set's training and test sets as read (before the validation
+    split). Each duration becomes :meth:`Duration.canonical` at the run's iterations per epoch,
+    ``ceil((train_examples - data.validation) / data.batch_size)``; ``train.eval_examples``
+    at or above the size of every evaluated split (train, test, validation) becomes its
+    default 0, "the whole splits". A config whose validation split leaves no training
+    examples is returned as it is: loading its data refuses it.
+    """
+    data = config.data
+    train = train_examples - data.validation
+    if train <= 0:
+        return config
+    per_epoch = math.ceil(train / data.batch_size)
+    t, prune, diet = config.train, config.prune, config.diet
+    whole = t.eval_examples >= max(train, test_examples, data.validation)
+    return dataclasses.replace(
+        config,
+        train=dataclasses.replace(
+            t, epochs=t.epochs.canonical(per_epoch), warmup=t.warmup.canonical(per_epoch),
+            milestones=tuple(m.canonical(per_epoch) for m in t.milestones),
+            eval_every=t.eval_every.canonical(per_epoch), eval_examples=0 if whole else t.eval_examples),
+        prune=dataclasses.replace(prune, rewind=prune.rewind.canonical(per_epoch)),
+        diet=dataclasses.replace(diet, pretrain=diet.pretrain.canonical(per_epoch),
+                                 score_step=diet.score_step.canonical(per_epoch)))
 
 
 def canonical_json(config: Config) -> str:

@@ -48,6 +48,16 @@ class Duration:
             raise ValueError(f"iterations_per_epoch must be positive, got {iterations_per_epoch}")
         return self.epochs * iterations_per_epoch + self.iterations
 
+    def canonical(self, iterations_per_epoch: int) -> "Duration":
+        """The one spelling of this length for a data set with this many iterations per
+        epoch: whole epochs (``"1ep"``) when it is a whole number of epochs, else plain
+        iterations (``"500it"``). ``"23it"``, ``"1ep"`` and ``"0ep23it"`` are the same work
+        at 23 iterations per epoch, and all become ``"1ep"``."""
+        total = self.iterations_at(iterations_per_epoch)
+        if total % iterations_per_epoch == 0:
+            return Duration(epochs=total // iterations_per_epoch)
+        return Duration(iterations=total)
+
     def __str__(self) -> str:
         if self.epochs and self.iterations:
             return f"{self.epochs}ep{self.iterations}it"

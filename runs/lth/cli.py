@@ -222,17 +222,18 @@ def _run(args) -> int:
         raise UserError(f"--replicates must be at least 1, got {args.replicates}")
 
     from imp.base import store
-    from imp.data import resolve_root
+    from imp.datasets import canonical_config, resolve_root
     from imp.base.results import level_rows
     from imp.base.runtime import choose_device, set_threads
     from imp.trunk import run_imp
     from landscape.hooks import level_hooks
     from runs.lth.tables import level_table
 
+    root = resolve_root(config.data.root, os.environ)
+    config = canonical_config(config, root)  # the id of equal work: "23it" and "1ep" alike
     store.check_files(store.RunDir(args.out, run_id(config)))  # a damaged stage is not a finished one
     set_threads(args.threads)
     device = choose_device(args.device)
-    root = resolve_root(config.data.root, os.environ)
     prune = config.prune
     report = measure.progress_lines(args)
     say = report or (lambda line: None)
@@ -255,8 +256,15 @@ def _run(args) -> int:
 
 def _config(args) -> int:
     from imp.base.config import canonical_json, run_id, to_dict
+    from imp.datasets import DataNotFound, canonical_config, resolve_root
 
     config = _load(args)
+    try:
+        config = canonical_config(config, resolve_root(config.data.root, os.environ))
+    except DataNotFound as error:  # an image folder's size fixes its durations: no id without it
+        print(json.dumps(to_dict(config, defaults=True, platform=True), indent=2))
+        print(f"run id: not known until the data is found ({error})")
+        return 0
     print(json.dumps(to_dict(config, defaults=True, platform=True), indent=2))
     print(f"run id {run_id(config)} (from {canonical_json(config)})")
     return 0

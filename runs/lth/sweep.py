@@ -22,6 +22,7 @@ list of runs is kept in ``OUT/sweeps/<name>.json`` for ``lth ls``.
 """
 
 import copy
+import dataclasses
 import itertools
 import json
 import os
@@ -228,23 +229,36 @@ def slurm_executor(out: str | Path, *, partition: str | None, gpus_per_job: int,
     return executor
 
 
-def check_points(sweep: Sweep) -> None:
+def check_points(sweep: Sweep) -> Sweep:
     """Before any point trains: every point's data set loads (each distinct data section
     once, on the CPU) and its model can be built for it, so that a bad point is one line
-    now, not an abort after the points before it have trained."""
-    from imp.data import load_dataset, resolve_root
+    now, not an abort after the points before it have trained. Returns the sweep with each
+    point written the one way its run id is made from
+    (:func:`imp.datasets.canonical_config`); two points that are the same run are refused."""
+    from imp.data import load_dataset
+    from imp.datasets import canonical_config, resolve_root
     from imp.legacy import names_model
 
-    loaded = set()
+    loaded, configs, ids = set(), [], {}
     for config in sweep.configs:
+        root = resolve_root(config.data.root, os.environ)
         data = json.dumps(to_dict(config.data), sort_keys=True)
-        if data not in loaded:
-            try:
-                load_dataset(config.data, resolve_root(config.data.root, os.environ), "cpu")
-            except UserError as error:
-                raise UserError(f"sweep point {run_id(config)}: {error}") from None
-            loaded.add(data)
+        try:
+            if data not in loaded:
+                load_dataset(config.data, root, "cpu")
+                loaded.add(data)
+            canonical = canonical_config(config, root)
+        except UserError as error:
+            raise UserError(f"sweep point {run_id(config)}: {error}") from None
         names_model(config)
+        same = ids.get(run_id(canonical))
+        if same is not None:
+            raise UserError(f"sweep {sweep.name}: points {same + 1} and {len(configs) + 1} are the same run "
+                            f"{run_id(canonical)} (equal durations written two ways, e.g. '1ep' and its "
+                            "iterations); drop one of the values")
+        ids[run_id(canonical)] = len(configs)
+        configs.append(canonical)
+    return dataclasses.replace(sweep, configs=configs)
 
 
 def main_sweep(args) -> int:
@@ -252,7 +266,7 @@ def main_sweep(args) -> int:
     sweep = load_sweep(args.file, args.overrides)
     print(f"sweep {sweep.name}: {len(sweep.configs)} run(s) x {sweep.replicates} replicate(s), "
           f"executor {args.executor}", file=sys.stderr)
-    check_points(sweep)
+    sweep = check_points(sweep)
     if args.executor == "slurm":
         executor = slurm_executor(args.out, partition=args.partition, gpus_per_job=args.gpus_per_job,
                                   cpus_per_job=args.cpus_per_job, minutes=args.minutes)

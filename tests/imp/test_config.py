@@ -3,8 +3,8 @@ import hashlib
 
 import pytest
 
-from imp.base.config import (Config, DataConfig, TrainConfig, canonical_json, from_dict, load_config,
-                        run_id, to_dict)
+from imp.base.config import (Config, DataConfig, TrainConfig, canonical, canonical_json, from_dict,
+                             load_config, run_id, to_dict)
 from imp.base.duration import Duration
 from imp.base.errors import UserError
 
@@ -30,6 +30,47 @@ def test_pinned_run_ids(overrides, canonical, expected_id):
     assert canonical_json(config) == canonical
     assert run_id(config) == expected_id
     assert expected_id == hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+@pytest.mark.parametrize("overrides, canonical_text, expected_id", PINNED)
+def test_pinned_configs_are_already_canonical(overrides, canonical_text, expected_id):
+    config = load_config(None, overrides)
+    for sizes in [(1437, 360), (60000, 10000), (50000, 10000)]:  # digits, MNIST, CIFAR-10
+        assert run_id(canonical(config, *sizes)) == expected_id
+
+
+def _id(*overrides, sizes=(1437, 360)):  # digits by default: 12 iterations per epoch at batch 128
+    return run_id(canonical(load_config(None, list(overrides)), *sizes))
+
+
+def test_equal_work_has_one_id():
+    assert _id("prune.rewind='12it'") == _id("prune.rewind='1ep'") == _id("prune.rewind='0ep12it'")
+    assert _id("prune.rewind='2ep5it'") == _id("prune.rewind='29it'")
+    assert _id("train.epochs='120it'") == _id() and _id("train.eval_every='12it'") == _id()
+    assert _id("train.warmup='0ep'") == _id()
+    assert _id("diet.pretrain='24it'") == _id("diet.pretrain='2ep'")
+    assert _id("train.schedule=step", "train.milestones=['60it', '8ep']") == \
+        _id("train.schedule=step", "train.milestones=['5ep', '96it']")
+    for whole in (1437, 99999):  # at or above every evaluated split's size: the whole splits, as 0
+        assert _id(f"train.eval_examples={whole}") == _id()
+
+
+def test_different_work_keeps_different_ids():
+    assert _id("prune.rewind='11it'") != _id("prune.rewind='1ep'")
+    assert _id("train.eval_examples=1436") != _id()  # one training example left out
+    # The iterations per epoch come from the training examples left after the validation
+    # split: 1437 - 237 = 1200 examples, 10 per epoch at batch 120.
+    split = ["data.validation=237", "data.batch_size=120"]
+    assert _id(*split, "prune.rewind='10it'") == _id(*split, "prune.rewind='1ep'")
+    assert _id(*split, "prune.rewind='12it'") != _id(*split, "prune.rewind='1ep'")
+    # eval_examples 1200 covers the training split but not a 1437-example one
+    assert _id(*split, "train.eval_examples=1200") == _id(*split)
+    assert _id("train.eval_examples=1200") != _id()
+
+
+def test_canonical_leaves_a_config_without_training_examples_to_the_loader():
+    config = load_config(None, ["data.validation=5000"])
+    assert canonical(config, 1437, 360) == config
 
 
 def test_defaults_and_platform_fields_do_not_change_the_id():

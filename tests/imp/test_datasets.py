@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import pickle
+import shutil
 import typing
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from PIL import Image
 
 from imp.base.config import DatasetName
 from imp.datasets import (READERS, DataNotFound, RawData, input_spec, read_cifar10, read_cifar100, read_digits,
-                          read_imagefolder)
+                          read_imagefolder, split_sizes)
 from imp.base.errors import UserError
 
 IDX_FILES = {
@@ -407,6 +408,40 @@ def test_real_fashion_mnist_raw(real_data_root):
     assert input_spec("fashion_mnist") == (raw.x_train.shape[1:], raw.num_classes)
     assert np.bincount(raw.y_train, minlength=10).tolist() == [6000] * 10
     assert np.bincount(raw.y_test, minlength=10).tolist() == [1000] * 10
+
+
+# --- the sizes a run id needs, read cheaply -----------------------------------------------
+
+
+def test_split_sizes_equal_what_every_reader_returns(tmp_path):
+    """split_sizes reads only labels (idx) or a listing (image folder); the counts must be
+    the reader's, or a run id would be made with the wrong iterations per epoch."""
+    rng = np.random.default_rng(0)
+    write_idx(tmp_path / "MNIST" / "raw", synthetic_idx(n_train=7, n_test=4), compressed=True)
+    write_idx(tmp_path / "FashionMNIST" / "raw", synthetic_idx(n_train=6, n_test=2), compressed=False)
+    for i in range(1, 6):
+        dump(tmp_path / "cifar-10-batches-py" / f"data_batch_{i}", cifar_batch(i, b"labels", rng, 10))
+    dump(tmp_path / "cifar-10-batches-py" / "test_batch", cifar_batch(3, b"labels", rng, 10))
+    dump(tmp_path / "cifar-100-python" / "train", cifar_batch(4, b"fine_labels", rng, 100))
+    dump(tmp_path / "cifar-100-python" / "test", cifar_batch(2, b"fine_labels", rng, 100))
+    folder = tmp_path / "images"
+    image_tree(folder, rng, counts={"train": {"a": 3, "b": 4}, "test": {"a": 2, "b": 1}})
+    expected = {"digits": (1437, 360), "mnist": (7, 4), "fashion_mnist": (6, 2), "cifar10": (15, 3),
+                "cifar100": (4, 2), "imagefolder": (7, 3)}
+    assert set(expected) == set(READERS)
+    for name, sizes in expected.items():
+        root = folder if name == "imagefolder" else tmp_path
+        raw = READERS[name](root)
+        assert split_sizes(name, root) == (len(raw.y_train), len(raw.y_test)) == sizes
+    for split in ("train", "test"):  # the trees gone: the cache the reader wrote still tells
+        shutil.rmtree(folder / split)
+    assert split_sizes("imagefolder", folder) == (7, 3)
+
+
+def test_split_sizes_of_missing_data_is_data_not_found(tmp_path):
+    for name in ("mnist", "cifar10", "imagefolder"):
+        with pytest.raises(DataNotFound):
+            split_sizes(name, tmp_path)
 
 
 # --- the registry and the input shapes known by name ----------------------------------------

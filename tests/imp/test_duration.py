@@ -42,3 +42,14 @@ def test_str_round_trips(text):
 def test_negative_is_an_error():
     with pytest.raises(UserError):
         Duration(-1, 0)
+
+
+@pytest.mark.parametrize("text, per_epoch, expected", [
+    ("23it", 23, "1ep"), ("0ep23it", 23, "1ep"), ("1ep", 23, "1ep"), ("46it", 23, "2ep"),
+    ("2ep5it", 23, "51it"), ("500it", 23, "500it"), ("40ep", 469, "40ep"), ("0ep", 7, "0it"),
+])
+def test_canonical_is_whole_epochs_or_plain_iterations(text, per_epoch, expected):
+    duration = Duration.parse(text)
+    canonical = duration.canonical(per_epoch)
+    assert str(canonical) == expected
+    assert canonical.iterations_at(per_epoch) == duration.iterations_at(per_epoch)  # the same work

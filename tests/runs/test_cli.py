@@ -55,6 +55,22 @@ def test_run_ls_show_end_to_end(tmp_path):
 # Bad input (one line, exit code 2, results kept) is tested in test_bad_input.py.
 
 
+def test_equal_work_written_two_ways_is_one_run(tmp_path, capsys):
+    """Digits trains on 1,437 examples, 12 iterations per epoch at batch 128: a rewind point
+    of '1ep' and of '12it' is the same work, so the same run (issue 18)."""
+    common = ["run", "--out", str(tmp_path), *TINY, "--set", "prune.levels=1"]
+    assert main([*common, "--set", "prune.rewind='1ep'"]) == 0
+    first = capsys.readouterr().out
+    files = {path: path.read_bytes() for path in tmp_path.rglob("*.h5")}
+    assert main([*common, "--set", "prune.rewind='12it'", "--set", "train.eval_examples=99999"]) == 0
+    assert capsys.readouterr().out == first  # the same run id, table and folder
+    assert sorted(tmp_path.rglob("*.h5")) == sorted(files)
+    assert all(path.read_bytes() == data for path, data in files.items())  # nothing trained again
+    assert main(["config", *TINY[:-1], "--set", "prune.rewind='12it'"]) == 0
+    printed = capsys.readouterr().out
+    assert '"rewind": "1ep"' in printed and first.split("run id ")[1].split(";")[0] in printed
+
+
 def test_config_prints_every_field_and_the_id(capsys):
     assert main(["config", "--set", "train.lr=0.2"]) == 0
     out = capsys.readouterr().out
@@ -80,6 +96,10 @@ def test_scores_correlate_and_a_diet_run(tmp_path, capsys):
     assert out[0].startswith("el2n: mean ") and out[1].startswith("Spearman with the input norm: ")
     assert out[2].startswith("ROC-AUC for finding the 144 permuted labels: ")
     el2n_file = out[-1].removeprefix("scores in ")
+    written = Path(el2n_file).stat().st_mtime_ns
+    assert main(["scores", "--score", "el2n", "--step", "36it", *common]) == 0  # 3 epochs of 12 iterations
+    assert capsys.readouterr().out.splitlines()[-1] == f"scores in {el2n_file}"  # the same file, not recomputed
+    assert Path(el2n_file).stat().st_mtime_ns == written
     assert main(["scores", "--score", "grand", "--step", "0", "--runs", "2", *common]) == 0
     grand_file = capsys.readouterr().out.splitlines()[-1].removeprefix("scores in ")
 

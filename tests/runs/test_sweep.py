@@ -188,3 +188,11 @@ def test_sigterm_stops_the_parallel_workers_and_a_rerun_resumes(tmp_path):
     done = subprocess.run(command, cwd=repo, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert [line.split(": ")[1] for line in done.stdout.splitlines()] == ["done", "done"]
+
+
+def test_two_points_that_are_the_same_run_are_refused(tmp_path, capsys):
+    """'1ep' and '23it' are the same rewind point on digits at batch 64 (23 iterations per epoch)."""
+    path = write(tmp_path, SWEEP.replace('"prune.rewind" = ["0it", "10it"]', '"prune.rewind" = ["1ep", "23it"]'))
+    assert main(["sweep", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "points 1 and 3 are the same run" in err and not (tmp_path / "out").exists()
