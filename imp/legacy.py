@@ -39,7 +39,7 @@ from torch import nn
 
 from imp.base import store
 from imp.base.config import Config, canonical_json, from_dict, run_id
-from imp.datasets import input_spec
+from imp.datasets import canonical_config, input_spec
 from imp.base.errors import UserError
 from imp.legacy_patterns import translate_prune
 from imp.models import MLP, MODELS, VGG, ConvNet, ResNet
@@ -47,6 +47,7 @@ from imp.base.names import PROVENANCE
 
 CONFIG_BEFORE = "config_before_named_layers"  # run.h5 attributes written by the conversion
 RUN_ID_BEFORE = "run_id_before_named_layers"
+CONFIG_BEFORE_CANONICAL = "config_before_canonical_durations"
 _BLOCK = {"conv1": "body.0", "bn1": "body.1", "conv2": "body.3", "bn2": "body.4",
           "downsample.0": "shortcut.0", "downsample.1": "shortcut.1"}
 
@@ -256,3 +257,31 @@ def _move_to_id(run: store.RunDir) -> store.RunDir:
         raise store.cannot_write(run.out / new_id, error) from None
     return store.RunDir(run.out, new_id)
 
+
+
+def upgrade_canonical(run: store.RunDir, root: Path) -> store.RunDir:
+    """Move a run stored under the id of its config as written (``"12it"`` where
+    :func:`imp.base.config.canonical` writes ``"1ep"``; versions before equal work had one
+    id) to the id of its canonical config; call it holding the run's lock. The data set's
+    size under ``root`` fixes the iterations per epoch. ``run.h5`` keeps the config as it
+    was in ``config_before_canonical_durations``; a crash between the rewrite and the
+    rename is finished by running it again. Returns where the run is now."""
+    stored = store.read_run(run)
+    provenance = stored.pop(PROVENANCE)
+    config = canonical_config(from_dict(json.loads(provenance["config"])), root)
+    new_id = run_id(config)
+    if new_id == run.run_id:
+        return run
+    target = run.out / new_id
+    if target.exists():
+        raise UserError(f"run {run.run_id} is the same work as run {new_id} (durations written another way), "
+                        f"and {target} exists already: keep one of them (move the other away), then run "
+                        "`lth upgrade` again")
+    if CONFIG_BEFORE_CANONICAL not in stored:
+        store.write_h5(run.run_file, {**stored, CONFIG_BEFORE_CANONICAL: provenance["config"]},
+                       {**provenance, "config": canonical_json(config)})
+    try:
+        os.rename(run.path, target)
+    except OSError as error:
+        raise store.cannot_write(target, error) from None
+    return store.RunDir(run.out, new_id)

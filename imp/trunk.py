@@ -424,7 +424,7 @@ def run_imp(config: Config, out: str | Path, data_root: Path, device: torch.devi
     """
     if threads is not None:
         set_threads(threads)
-    config = canonical_config(config, data_root)  # equal work, one id: "23it" and "1ep" alike
+    config = run_config(config, out, data_root)
     hooks = list(hooks)
     if pretrain is None and config.diet.pretrain != Duration():
         pretrain = diet_pretrain(out, progress)
@@ -452,6 +452,20 @@ def run_imp(config: Config, out: str | Path, data_root: Path, device: torch.devi
             if replicate.replicate not in together:
                 replicate.run_levels(hooks)
     return run
+
+
+def run_config(config: Config, out: str | Path, data_root: Path) -> Config:
+    """``config`` written the one way its run id is made from (equal work, one id: "12it"
+    and "1ep" alike at 12 iterations per epoch; :func:`imp.datasets.canonical_config`).
+    A run under ``out`` still stored under the id of ``config`` as written (by a version
+    before equal work had one id) is refused, naming the `lth upgrade` that moves it."""
+    written = run_id(config)
+    config = canonical_config(config, data_root)
+    now = run_id(config)
+    if now != written and store.is_run(Path(out) / written) and not store.is_run(Path(out) / now):
+        raise UserError(f"this run is stored under {Path(out) / written}, its id before equal durations had one "
+                        f"id; `lth upgrade {written} --out {out}` moves it to {now}, then run again")
+    return config
 
 
 def check_data(run: store.RunDir, data: Dataset) -> None:

@@ -222,15 +222,15 @@ def _run(args) -> int:
         raise UserError(f"--replicates must be at least 1, got {args.replicates}")
 
     from imp.base import store
-    from imp.datasets import canonical_config, resolve_root
+    from imp.datasets import resolve_root
     from imp.base.results import level_rows
     from imp.base.runtime import choose_device, set_threads
-    from imp.trunk import run_imp
+    from imp.trunk import run_config, run_imp
     from landscape.hooks import level_hooks
     from runs.lth.tables import level_table
 
     root = resolve_root(config.data.root, os.environ)
-    config = canonical_config(config, root)  # the id of equal work: "23it" and "1ep" alike
+    config = run_config(config, args.out, root)  # the id of equal work: "23it" and "1ep" alike
     store.check_files(store.RunDir(args.out, run_id(config)))  # a damaged stage is not a finished one
     set_threads(args.threads)
     device = choose_device(args.device)
@@ -291,11 +291,17 @@ def _show(args) -> int:
 
 
 def _upgrade(args) -> int:
+    from imp.base import store
     from imp.base.results import find_run
+    from imp.datasets import resolve_root
+    from imp.legacy import upgrade_canonical
     from landscape.upgrade import upgrade_run
 
     run = find_run(args.run, args.out, legacy=True)
     converted, names = upgrade_run(run)
+    with store.RunLock(names.run):
+        moved = upgrade_canonical(names.run, resolve_root(str(store.read_run(names.run).get("data_root", "")),
+                                                          os.environ))
     for old, new in converted:
         print(f"{old} -> {new.name}")
     for path in names.renamed:
@@ -304,10 +310,14 @@ def _upgrade(args) -> int:
         print(line)
     if names.run.run_id != run.run_id:
         print(f"run {run.run_id} -> {names.run.run_id} (the id of its config with renamed patterns)")
+    if moved.run_id != names.run.run_id:
+        print(f"run {names.run.run_id} -> {moved.run_id} (the id of its config with durations written one way)")
     done = ([f"converted {len(converted)} file(s)"] if converted else []) + (
         [f"renamed the parameters in {len(names.renamed)} file(s)"] if names.renamed else [])
-    print(f"{' and '.join(done)} of run {names.run.run_id}" if done
-          else f"run {run.run_id} has nothing in the old layout")
+    if done:
+        print(f"{' and '.join(done)} of run {moved.run_id}")
+    elif moved.run_id == run.run_id:
+        print(f"run {run.run_id} has nothing in the old layout")
     return 0
 
 

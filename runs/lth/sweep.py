@@ -229,15 +229,16 @@ def slurm_executor(out: str | Path, *, partition: str | None, gpus_per_job: int,
     return executor
 
 
-def check_points(sweep: Sweep) -> Sweep:
+def check_points(sweep: Sweep, out: str | Path) -> Sweep:
     """Before any point trains: every point's data set loads (each distinct data section
     once, on the CPU) and its model can be built for it, so that a bad point is one line
     now, not an abort after the points before it have trained. Returns the sweep with each
-    point written the one way its run id is made from
-    (:func:`imp.datasets.canonical_config`); two points that are the same run are refused."""
+    point written the one way its run id is made from (:func:`imp.trunk.run_config`); two
+    points that are the same run are refused."""
     from imp.data import load_dataset
-    from imp.datasets import canonical_config, resolve_root
+    from imp.datasets import resolve_root
     from imp.legacy import names_model
+    from imp.trunk import run_config
 
     loaded, configs, ids = set(), [], {}
     for config in sweep.configs:
@@ -247,7 +248,7 @@ def check_points(sweep: Sweep) -> Sweep:
             if data not in loaded:
                 load_dataset(config.data, root, "cpu")
                 loaded.add(data)
-            canonical = canonical_config(config, root)
+            canonical = run_config(config, out, root)
         except UserError as error:
             raise UserError(f"sweep point {run_id(config)}: {error}") from None
         names_model(config)
@@ -266,7 +267,7 @@ def main_sweep(args) -> int:
     sweep = load_sweep(args.file, args.overrides)
     print(f"sweep {sweep.name}: {len(sweep.configs)} run(s) x {sweep.replicates} replicate(s), "
           f"executor {args.executor}", file=sys.stderr)
-    sweep = check_points(sweep)
+    sweep = check_points(sweep, args.out)
     if args.executor == "slurm":
         executor = slurm_executor(args.out, partition=args.partition, gpus_per_job=args.gpus_per_job,
                                   cpus_per_job=args.cpus_per_job, minutes=args.minutes)

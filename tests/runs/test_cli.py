@@ -71,6 +71,37 @@ def test_equal_work_written_two_ways_is_one_run(tmp_path, capsys):
     assert '"rewind": "1ep"' in printed and first.split("run id ")[1].split(";")[0] in printed
 
 
+def test_upgrade_moves_a_run_stored_under_the_id_of_its_spelling(tmp_path, capsys):
+    """Earlier versions hashed durations as written: a run with rewind '12it' lived under
+    another id than '1ep'. `lth run` names the old folder; `lth upgrade` moves it."""
+    from imp.base.config import canonical_json, load_config, run_id
+    from imp.base.names import PROVENANCE
+
+    common = ["--out", str(tmp_path), *TINY, "--set", "prune.levels=1"]
+    assert main(["run", *common, "--set", "prune.rewind='1ep'"]) == 0
+    new_id = capsys.readouterr().out.split("run id ")[1].split(";")[0]
+    written = load_config(None, [*TINY[1:-1:2], "prune.rewind='12it'"])
+    old_id = run_id(written)  # the id an earlier version gave it
+    run = store.RunDir(tmp_path, new_id)
+    stored = store.read_run(run)
+    provenance = stored.pop(PROVENANCE)
+    store.write_h5(run.run_file, stored, {**provenance, "config": canonical_json(written)})
+    (tmp_path / new_id).rename(tmp_path / old_id)
+    files = {path.relative_to(tmp_path / old_id): path.read_bytes() for path in (tmp_path / old_id).rglob("level_*.h5")}
+
+    assert main(["run", *common, "--set", "prune.rewind='12it'"]) == 2
+    assert f"lth upgrade {old_id}" in capsys.readouterr().err and not (tmp_path / new_id).exists()
+    assert main(["upgrade", old_id, "--out", str(tmp_path)]) == 0
+    assert f"run {old_id} -> {new_id}" in capsys.readouterr().out
+    assert not (tmp_path / old_id).exists()
+    assert '"rewind":"1ep"' in store.read_run(store.RunDir(tmp_path, new_id))[PROVENANCE]["config"]
+    assert main(["run", *common, "--set", "prune.rewind='12it'"]) == 0
+    assert f"run id {new_id}" in capsys.readouterr().out
+    assert {path: (tmp_path / new_id / path).read_bytes() for path in files} == files  # nothing trained again
+    assert main(["upgrade", new_id, "--out", str(tmp_path)]) == 0
+    assert "nothing in the old layout" in capsys.readouterr().out
+
+
 def test_config_prints_every_field_and_the_id(capsys):
     assert main(["config", "--set", "train.lr=0.2"]) == 0
     out = capsys.readouterr().out
