@@ -16,7 +16,7 @@ import torch
 
 from imp.base import seeds
 from imp.base.config import DataConfig
-from imp.datasets import READERS, RawData, resolve_root  # noqa: F401 (resolve_root: imp.data's API)
+from imp.datasets import READERS, RawData, check_root, resolve_root  # noqa: F401 (resolve_root: imp.data's API)
 from imp.base.errors import UserError, did_you_mean
 
 
@@ -95,9 +95,7 @@ def load_dataset(config: DataConfig, root: Path, device: str | torch.device = "c
     if config.dataset not in READERS:
         raise UserError(f"unknown data set {config.dataset!r}" + did_you_mean(config.dataset, READERS))
     root = Path(root)
-    if config.dataset != "digits" and root.exists() and not root.is_dir():  # digits is bundled
-        raise UserError(f"the data root {root} is a file, not a folder; point data.root (or the LTH_DATA "
-                        "environment variable) at the folder that holds the data sets")
+    check_root(config.dataset, root)
     raw = READERS[config.dataset](root)
     mean, std = _channel_stats(raw)
     train_x = _normalise(raw.x_train, raw.scale, mean, std)

@@ -269,6 +269,13 @@ _INPUT_SPECS: dict[str, tuple[tuple[int, int, int], int]] = {
 }
 
 
+def check_root(name: str, root: Path) -> None:
+    """Refuse a data root that is a file (digits, bundled, reads no root)."""
+    if name != "digits" and root.exists() and not root.is_dir():
+        raise UserError(f"the data root {root} is a file, not a folder; point data.root (or the LTH_DATA "
+                        "environment variable) at the folder that holds the data sets")
+
+
 def split_sizes(name: str, root: Path) -> tuple[int, int]:
     """The numbers of training and test examples data set ``name`` has under ``root`` as
     its reader would return them, read cheaply: MNIST's label files, an image folder's
@@ -278,10 +285,14 @@ def split_sizes(name: str, root: Path) -> tuple[int, int]:
     if name not in READERS:
         raise UserError(f"unknown data set {name!r}" + did_you_mean(name, READERS))
     root = Path(root)
+    check_root(name, root)
     if name in _IDX_FOLDERS:
         raw = root / _IDX_FOLDERS[name] / "raw"
-        return (len(_read_idx(_find_idx(name, raw, "train-labels-idx1-ubyte"))),
-                len(_read_idx(_find_idx(name, raw, "t10k-labels-idx1-ubyte"))))
+        try:
+            return (len(_read_idx(_find_idx(name, raw, "train-labels-idx1-ubyte"))),
+                    len(_read_idx(_find_idx(name, raw, "t10k-labels-idx1-ubyte"))))
+        except UserError:
+            pass  # missing or damaged: the reader below names the first problem, in its order
     if name == "imagefolder":
         if all((root / split).is_dir() for split in ("train", "test")):
             return len(_image_tree(root / "train")), len(_image_tree(root / "test"))

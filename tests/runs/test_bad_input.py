@@ -363,6 +363,46 @@ def test_a_full_disk_is_one_line_and_keeps_every_finished_file(results, tmp_path
     assert not [p for p in results.rglob("*") if p.name.endswith(store.TEMPORARY_SUFFIX)]
 
 
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 600 KiB file system (tmpfs), or a skip where this process may not mount one
+    (mounting needs root)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root); the simulated ENOSPC test stands in")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_a_real_full_disk_is_one_line_and_a_rerun_with_space_resumes(small_disk):
+    """The run's level files (about 270 KiB each for the default MLP) fill the disk after
+    level 0: one line, exit 2, no traceback or crash, the finished files readable and
+    untouched by the rerun that resumes once the disk has room."""
+    out = small_disk / "results"
+    argv = ["run", "--out", str(out), "--set", "train.epochs='30it'", "--set", "prune.levels=3", "--quiet"]
+    full = subprocess.run([sys.executable, "-m", "runs.lth.cli", *argv], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert full.returncode == 2, full.stderr
+    assert_one_error_line(full.stderr, "no space left on the device while writing", str(out),
+                          "free some space and rerun the command to resume")
+    from imp.base import store
+
+    (run,) = store.find_runs(out)
+    store.check_files(run)  # every file under its final name is whole
+    assert not [p for p in out.rglob("*") if p.name.endswith(store.TEMPORARY_SUFFIX)]
+    finished = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.rglob("level_*.h5")}
+    assert finished  # level 0 was done before the disk filled
+
+    subprocess.run(["mount", "-o", "remount,size=20m", str(small_disk)], check=True)
+    resumed = subprocess.run([sys.executable, "-m", "runs.lth.cli", *argv], cwd=REPO, capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in finished} == finished
+    assert len(list(out.rglob("level_*.h5"))) == 4
+
+
 def test_a_garbage_data_file_found_through_lth_data(results, tmp_path, capsys, monkeypatch):
     mnist_root("data", b"\x89garbage" * 50)(results, "", tmp_path)
     monkeypatch.setenv("LTH_DATA", str(tmp_path / "data"))
