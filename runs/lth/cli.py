@@ -169,6 +169,7 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--threads", type=int, default=0,
                        help="CPU threads per worker (default: the cores divided between the workers)")
     sweep.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    _quiet_arguments(sweep)
     sweep.add_argument("--partition", help="Slurm partition")
     sweep.add_argument("--gpus-per-job", type=int, default=0, help="Slurm GPUs per job (default: 0)")
     sweep.add_argument("--cpus-per-job", type=int, default=1, help="Slurm CPUs per job (default: 1)")

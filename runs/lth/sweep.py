@@ -106,8 +106,10 @@ def _axis(path: Path, raw: dict, axis: str, values: Any) -> tuple[list[str], lis
     return keys, values
 
 
-def run_point(config_data: dict[str, Any], out: str, replicates: int, device: str, threads: int) -> str:
+def run_point(config_data: dict[str, Any], out: str, replicates: int, device: str, threads: int,
+              silent: bool = False) -> str:
     """Run (or resume) one point of a sweep in this process; returns how it ended.
+    Its progress lines go to stderr, each starting with the run id, unless ``silent``.
 
     The argument is plain data, so the same function runs in a worker process or a
     Slurm job.
@@ -124,7 +126,7 @@ def run_point(config_data: dict[str, Any], out: str, replicates: int, device: st
     chosen = choose_device(device)
     try:
         name = run_id(config)
-        report = lambda line: print(f"{name} {line}", file=sys.stderr, flush=True)  # noqa: E731
+        report = None if silent else lambda line: print(f"{name} {line}", file=sys.stderr, flush=True)  # noqa: E731
         run = run_imp(config, out, resolve_root(config.data.root, os.environ), chosen, replicates=replicates,
                       hooks=level_hooks(config, chosen, report), threads=threads, report=report)
     except RunLocked:
@@ -169,16 +171,17 @@ def _plain(config: Config) -> dict[str, Any]:
 
 
 def run_sweep(sweep: Sweep, out: str | Path, *, workers: int = 1, device: str = "auto",
-              threads: int = 0, report: Callable[[str], None] = print) -> None:
+              threads: int = 0, report: Callable[[str], None] = print, silent: bool = False) -> None:
     """Every point, in this process (``workers = 1``) or in that many worker processes.
 
-    ``threads = 0`` divides the machine's cores between the workers.
+    ``threads = 0`` divides the machine's cores between the workers. ``silent`` drops the
+    runs' progress lines; ``report`` still gets one line per finished point.
     """
     from imp.base.runtime import available_cores
 
     write_manifest(sweep, out)
     threads = threads or max(1, available_cores() // max(workers, 1))
-    arguments = [(_plain(c), str(out), sweep.replicates, device, threads) for c in sweep.configs]
+    arguments = [(_plain(c), str(out), sweep.replicates, device, threads, silent) for c in sweep.configs]
     if workers <= 1:
         for args in arguments:
             report(run_point(*args))
@@ -275,5 +278,5 @@ def main_sweep(args) -> int:
         print(f"follow with `lth ls {args.out}`")
         return 0
     workers = args.workers if args.executor == "parallel" else 1
-    run_sweep(sweep, args.out, workers=workers, device=args.device, threads=args.threads)
+    run_sweep(sweep, args.out, workers=workers, device=args.device, threads=args.threads, silent=args.silent)
     return 0

@@ -150,6 +150,11 @@ def test_a_sweep_passes_each_runs_progress_lines_through(tmp_path, capfd):
     ids = {run_id(c) for c in load_sweep(write(tmp_path, text)).configs}
     for name in ids:
         assert f"{name} replicate 0 level_0: density 100.00%" in err and f"{name} replicate 0 level_1:" in err
+    assert main(["sweep", str(write(tmp_path, text)), "--out", str(tmp_path / "quiet"), "--threads", "1",
+                 "--silent"]) == 0
+    captured = capfd.readouterr()
+    assert "level_0" not in captured.err and "replicate 0" not in captured.err  # --silent: no progress lines
+    assert all(f"{name}: done" in captured.out for name in ids)  # what each point did is still said
 
 
 def test_sigterm_stops_the_parallel_workers_and_a_rerun_resumes(tmp_path):
