@@ -63,19 +63,25 @@ class Dataset:
     noisy: torch.Tensor
     clean_labels: torch.Tensor
     fingerprint: str = ""  # of the files read (:func:`fingerprint`); "" for a data set built by hand
+    epoch_examples: int = 0  # the examples an epoch of the schedule counts; 0 = len(train)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
         return tuple(self.train.x.shape[1:])
 
     def iterations_per_epoch(self, batch_size: int) -> int:
-        return math.ceil(len(self.train) / batch_size)
+        """Iterations of an epoch of the schedule: ``ceil(epoch_examples / batch_size)``, where
+        ``epoch_examples`` is the training set's size unless a subset keeps the full set's."""
+        return math.ceil((self.epoch_examples or len(self.train)) / batch_size)
 
-    def train_subset(self, positions: torch.Tensor | np.ndarray | list[int]) -> "Dataset":
-        """The same data set training only on the examples at ``positions`` of ``train``."""
+    def train_subset(self, positions: torch.Tensor | np.ndarray | list[int],
+                     full_epochs: bool = False) -> "Dataset":
+        """The same data set training only on the examples at ``positions`` of ``train``;
+        with ``full_epochs`` the schedule's epochs still count this training set's size."""
         positions = _positions(positions)
+        epoch_examples = (self.epoch_examples or len(self.train)) if full_epochs else 0
         return replace(self, train=self.train.subset(positions), noisy=self.noisy[positions],
-                       clean_labels=self.clean_labels[positions])
+                       clean_labels=self.clean_labels[positions], epoch_examples=epoch_examples)
 
 
 def _positions(positions: torch.Tensor | np.ndarray | list[int]) -> torch.Tensor:

@@ -16,13 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
+from imp.base import names, store
 from imp.base.config import Config
 from imp.data import Dataset
 from imp.base.errors import UserError
 from imp.level import Start, copy_state
 from imp.models import build_initial_model
 from imp.scores import ScoreSpec, load_or_compute, read_scores
-from imp.subsets import select
+from imp.subsets import keep, select
 from imp.base.seeds import Seeds
 from imp.train import train
 
@@ -32,20 +33,27 @@ def score_spec(config: Config) -> ScoreSpec:
     return ScoreSpec(diet.score, diet.score_step, diet.score_runs)
 
 
+def _scores(config: Config, data: Dataset, out: str | Path, spec: ScoreSpec, scores_file: str,
+            section: str, progress: bool) -> tuple[np.ndarray, str]:
+    """The mean scores of ``spec`` over the training split, from ``scores_file`` (checked to be
+    over this data and of this score) or computed and cached under ``out``; and their source."""
+    if scores_file:
+        tree = read_scores(scores_file, data)
+        if tree["score"] != spec.score:
+            raise UserError(f"{scores_file} holds {tree['score']} scores but {section}.score is "
+                            f"{spec.score!r}; set {section}.score = {tree['score']!r} or use another file")
+        return tree["mean"], scores_file
+    tree, source = load_or_compute(config, data, spec, out, progress, threads=None)
+    return tree["mean"], str(source)
+
+
 def choose_subset(config: Config, data: Dataset, out: str | Path, progress: bool = False) -> dict:
     """The subset's positions in the training split, with the scores and their source."""
     diet = config.diet
     labels = data.train.y.cpu().numpy()
     scores, source = None, ""
     if diet.subset in ("easy", "hard"):
-        if diet.scores_file:
-            tree, source = read_scores(diet.scores_file, data), diet.scores_file
-            if tree["score"] != diet.score:
-                raise UserError(f"{diet.scores_file} holds {tree['score']} scores but diet.score is "
-                                f"{diet.score!r}; set diet.score = {tree['score']!r} or use another file")
-        else:
-            tree, source = load_or_compute(config, data, score_spec(config), out, progress, threads=None)
-        scores = tree["mean"]
+        scores, source = _scores(config, data, out, score_spec(config), diet.scores_file, "diet", progress)
     positions = select(scores, labels, diet.subset, diet.size, offset=diet.offset,
                        class_balanced=diet.class_balanced, seed=diet.seed)
     return {"positions": positions, "scores": scores, "source": str(source)}
@@ -84,3 +92,63 @@ def diet_pretrain(out: str | Path, progress: bool = False):
         return Start(copy_state(model), steps), tree
 
     return pretrain
+
+
+def subset_data(config: Config, data: Dataset, run: store.RunDir, out: str | Path,
+                progress: bool = False) -> tuple[Dataset, dict | None]:
+    """The data a ``[subset]`` run trains and is measured on (Paul et al. 2021): ``data``
+    with its training split cut to the kept examples (:func:`imp.subsets.keep`), the test
+    set whole; ``data`` itself without a subset. With ``subset.budget = "iterations"`` an
+    epoch of the schedule still counts the full training set, so a level trains as many
+    steps, on the same schedule, as without the subset.
+
+    The choice is made once per run, from the full training set's scores, and kept in the
+    run's ``subset.h5``; a run that has the file trains on it again. Returns the data and,
+    when the file is not there yet, the tree for :func:`store_subset` to write (after
+    ``run.h5``, before the first level trains). Call it holding the run's lock, after the
+    data's fingerprint is checked against the run's.
+    """
+    subset = config.subset
+    if not subset.active:
+        return data, None
+    path = run.path / names.SUBSET_FILE
+    tree = None
+    if path.is_file():
+        positions = store.read_h5(path, only=("positions",))["positions"]
+    else:
+        tree = choose_kept(config, data, out, progress)
+        positions = tree["positions"]
+    return data.train_subset(positions, full_epochs=subset.budget == "iterations"), tree
+
+
+def store_subset(run: store.RunDir, tree: dict | None, device) -> None:
+    """Write ``subset.h5`` (from :func:`subset_data`) into ``run``'s folder, once."""
+    if tree is not None and not (run.path / names.SUBSET_FILE).is_file():
+        store.write_h5(run.path / names.SUBSET_FILE, tree,
+                       store.provenance(store.read_run(run)[store.PROVENANCE]["config"], device))
+
+
+def subset_line(config: Config, data: Dataset, full: int) -> str:
+    """The progress line that says what a ``[subset]`` run trains on."""
+    subset = config.subset
+    return (f"subset: training on {len(data.train)} of {full} examples ({subset.rule}"
+            + ("" if subset.rule == "random" else f" {subset.score}") + f"; budget: {subset.budget})")
+
+
+def choose_kept(config: Config, data: Dataset, out: str | Path, progress: bool = False) -> dict:
+    """What ``subset.h5`` stores for ``config``'s ``[subset]`` over the full ``data``."""
+    subset = config.subset
+    scores, source = None, ""
+    if subset.rule != "random":
+        spec = ScoreSpec(subset.score, subset.score_step, subset.score_runs)
+        scores, source = _scores(config, data, out, spec, subset.scores_file, "subset", progress)
+    positions = keep(subset, scores, data.train.y.cpu().numpy())
+    count = len(data.train)
+    tree = {"positions": positions, "index": data.train.index.cpu().numpy()[positions],
+            "rule": subset.rule, "keep": subset.keep, "kept": len(positions), "examples": count,
+            "skipped": min(subset.skipped(count), count - len(positions)) if subset.rule == "window" else 0,
+            "budget": subset.budget, "class_balanced": subset.class_balanced,
+            "score": "" if scores is None else subset.score, "scores_source": source}
+    if scores is not None:
+        tree["scores"] = np.asarray(scores)
+    return tree

@@ -11,6 +11,7 @@ remainders, so the parts add up exactly) and each class is selected on its own.
 
 import numpy as np
 
+from imp.base.config import SubsetConfig
 from imp.base.errors import UserError
 
 MODES = ("all", "easy", "hard", "random")
@@ -28,6 +29,36 @@ def select(scores: np.ndarray | None, labels: np.ndarray, mode: str, size: int =
     if size + offset > count:
         raise UserError(f"diet.size ({size}) + diet.offset ({offset}) is larger than the training set "
                         f"({count} examples); choose a smaller diet.size")
+    return _select(scores, labels, mode, size, offset, class_balanced, seed)
+
+
+RULES = {"hardest": "hard", "easiest": "easy", "random": "random", "window": "hard"}
+
+
+def keep(config: SubsetConfig, scores: np.ndarray | None, labels: np.ndarray) -> np.ndarray:
+    """Sorted positions of the examples a ``[subset]`` run trains on (Paul et al. 2021).
+
+    With N training examples, K = ``config.kept(N)`` of them are kept: ``hardest`` the K
+    highest scores, ``easiest`` the K lowest, ``random`` a uniform sample (seeded by
+    ``config.seed``), ``window`` the K highest after skipping the S = ``config.skipped(N)``
+    highest (at most N - K), i.e. ranks S .. S+K-1 counted from the top. The paper's
+    offset counts from the lowest score instead: its window starting at ``o`` is this
+    one with S = N - K - o. With ``class_balanced`` K and S are split over the classes
+    as :func:`select` does.
+    """
+    labels = np.asarray(labels)
+    count = len(labels)
+    size = config.kept(count)
+    offset = min(config.skipped(count), count - size) if config.rule == "window" else 0
+    if config.rule != "random" and (scores is None or len(scores) != count):
+        raise ValueError("score rules need one score per example")
+    scores = None if scores is None else np.asarray(scores, dtype=np.float64)
+    return _select(scores, labels, RULES[config.rule], size, offset, config.class_balanced, config.seed)
+
+
+def _select(scores: np.ndarray | None, labels: np.ndarray, mode: str, size: int, offset: int,
+            class_balanced: bool, seed: int) -> np.ndarray:
+    count = len(labels)
     if mode in ("easy", "hard"):
         if scores is None or len(scores) != count:
             raise ValueError("easy and hard subsets need one score per example")

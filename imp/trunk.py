@@ -52,7 +52,7 @@ from imp.batched import train_levels_batched
 from imp.base.config import Config, TrainConfig, canonical_json, platform_json, run_id
 from imp.data import Dataset, load_dataset
 from imp.datasets import canonical_config
-from imp.diet import diet_pretrain
+from imp.diet import diet_pretrain, store_subset, subset_data, subset_line
 from imp.base.duration import Duration
 from imp.base.errors import UserError
 from imp.level import Start, copy_state, state_from_arrays, train_level
@@ -435,9 +435,14 @@ def run_imp(config: Config, out: str | Path, data_root: Path, device: torch.devi
         legacy.check_run(run)  # nor are parameters named by an earlier version: `lth upgrade`
         pending = [r for r in range(replicates) if not is_complete(run, config, r)]
         data = load_dataset(config.data, data_root, device) if pending or hooks else None
+        chosen = None
         if data is not None:
             check(config, data)
             check_data(run, data)
+            full = len(data.train)
+            data, chosen = subset_data(config, data, run, out, progress)
+            if config.subset.active and report:
+                report(subset_line(config, data, full))
         all_replicates = [Replicate(config, data, run, r, pretrain=pretrain, progress=progress, report=report)
                           for r in range(replicates)] if data is not None else []
         for replicate in all_replicates:  # what the pending work starts from is sound, before run.h5 changes
@@ -445,6 +450,7 @@ def run_imp(config: Config, out: str | Path, data_root: Path, device: torch.devi
                 replicate.check_start()
         store.create_run(run, canonical_json(config), device, extra=_plan(run, config, replicates, data_root, data),
                          platform=platform_json(config))
+        store_subset(run, chosen, device)
         together = pending if config.train.batch_replicates and len(pending) > 1 else []
         if together:
             run_lockstep([all_replicates[replicate] for replicate in together], hooks)

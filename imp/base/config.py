@@ -189,6 +189,49 @@ class DietConfig:
                "only applies to diet.subset = 'easy' or 'hard'")
 
 
+@dataclass(frozen=True)
+class SubsetConfig:
+    """Training on a pruned data set (Paul, Ganguli and Dziugaite 2021, "Deep learning on a
+    data diet", sections 4-5): every level of the run trains on the same ``keep`` fraction
+    of the training set, chosen by ``rule`` from the examples ranked by ``score``. The test
+    set is never pruned. See :mod:`imp.subsets` for the exact selections.
+    """
+
+    keep: float = 1.0  # fraction of the training set kept (1 = all: no subset)
+    rule: Literal["hardest", "easiest", "random", "window"] = "hardest"  # hardest = highest scores
+    offset: float = 0.0  # window: skip this fraction of the ranking from the hardest down first
+    class_balanced: bool = False  # keep (and skip) the same fraction of every class
+    score: ScoreName = "el2n"
+    score_step: Duration = Duration(epochs=2)  # t: scores of networks trained this long (full data)
+    score_runs: int = 1  # R: scores averaged over R independent runs
+    scores_file: str = ""  # a file from `lth scores`; "" = computed (cached under <out>/scores)
+    seed: int = 0  # the random subset
+    # What a duration counts: "iterations" = the full training set's epochs, so the same
+    # number of steps and the same schedule as without a subset (Paul et al. 2021, as their
+    # public code does); "epochs" = passes over the kept examples (fewer steps).
+    budget: Literal["iterations", "epochs"] = "iterations"
+
+    def __post_init__(self):
+        _check(0.0 < self.keep <= 1.0, "subset.keep", "must be in (0, 1], e.g. 0.5")
+        _check(0.0 <= self.offset < 1.0 and self.keep + self.offset <= 1.0, "subset.offset",
+               "must be in [0, 1) with subset.keep + subset.offset <= 1")
+        _check(self.offset == 0.0 or self.rule == "window", "subset.offset",
+               "only applies to subset.rule = 'window'")
+        _check(self.score_runs >= 1, "subset.score_runs", "must be at least 1")
+
+    @property
+    def active(self) -> bool:
+        return self.keep < 1.0
+
+    def kept(self, examples: int) -> int:
+        """Examples kept of a training set of ``examples``: ``round(keep x examples)``, at least 1."""
+        return max(1, min(examples, math.floor(self.keep * examples + 0.5)))
+
+    def skipped(self, examples: int) -> int:
+        """Examples a window skips from the top of the ranking: ``round(offset x examples)``."""
+        return math.floor(self.offset * examples + 0.5)
+
+
 Direction = Literal["gaussian", "pruned"]
 
 
@@ -288,7 +331,13 @@ class Config:
     train: TrainConfig = TrainConfig()
     prune: PruneConfig = PruneConfig()
     diet: DietConfig = DietConfig()
+    subset: SubsetConfig = SubsetConfig()
     landscape: LandscapeConfig = LandscapeConfig()
+
+    def __post_init__(self):
+        _check(not self.subset.active or self.diet.pretrain == Duration(), "subset.keep",
+               "< 1 cannot be combined with diet.pretrain yet (which examples would the diet choose from?); "
+               "use one of them")
 
 
 # ---------------------------------------------------------------- loading
@@ -555,7 +604,9 @@ def canonical(config: Config, train_examples: int, test_examples: int) -> Config
     train = train_examples - data.validation
     if train <= 0:
         return config
-    per_epoch = math.ceil(train / data.batch_size)
+    full = math.ceil(train / data.batch_size)  # scores train on the full training set
+    epoch = config.subset.kept(train) if config.subset.active and config.subset.budget == "epochs" else train
+    per_epoch = math.ceil(epoch / data.batch_size)
     t, prune, diet = config.train, config.prune, config.diet
     whole = t.eval_examples >= max(train, test_examples, data.validation)
     return dataclasses.replace(
@@ -566,7 +617,8 @@ def canonical(config: Config, train_examples: int, test_examples: int) -> Config
             eval_every=t.eval_every.canonical(per_epoch), eval_examples=0 if whole else t.eval_examples),
         prune=dataclasses.replace(prune, rewind=prune.rewind.canonical(per_epoch)),
         diet=dataclasses.replace(diet, pretrain=diet.pretrain.canonical(per_epoch),
-                                 score_step=diet.score_step.canonical(per_epoch)))
+                                 score_step=diet.score_step.canonical(full)),
+        subset=dataclasses.replace(config.subset, score_step=config.subset.score_step.canonical(full)))
 
 
 def canonical_json(config: Config) -> str:

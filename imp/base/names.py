@@ -43,6 +43,7 @@ SWEEPS_DIR = "sweeps"
 BASELINES = ("reinit", "random", "oneshot")
 REWIND_STAGE = "rewind"
 PRETRAIN_STAGE = "pretrain"
+SUBSET_FILE = "subset.h5"  # in a run's folder: the training examples a [subset] run keeps
 # Attributes every measurement file carries (see docs/storage.md, "Measurements").
 MEASUREMENT_ATTRS = ("measurement", "level", "settings", "settings_id")
 COLUMNS_GROUP = "columns"  # scalar summaries a measurement adds to its level's row

@@ -68,11 +68,26 @@ def run_info(run: store.RunDir) -> dict[str, Any]:
         "path": str(run.path),
         "config": config,
         "diet": diet_summary(config),
+        "subset": subset_summary(config, run),
         "planned_levels": int(stored.get("planned_levels", 0)),
         "planned_replicates": int(stored.get("planned_replicates", 1)),
         "baselines": [b for b in str(stored.get("baselines", "")).split(",") if b],
         "provenance": provenance,
     }
+
+
+def subset_summary(config: dict, run: store.RunDir) -> dict[str, Any] | None:
+    """The run's ``[subset]`` settings, defaults filled in, with what its ``subset.h5`` says
+    was kept (``kept`` of ``examples``, ``skipped`` from the top, the scores' source);
+    None when the run trains on every example."""
+    if "keep" not in config.get("subset", {}):
+        return None
+    summary = to_dict(from_dict(config).subset, defaults=True)
+    path = run.path / names.SUBSET_FILE
+    if path.is_file():
+        stored = store.read_h5(path, only=())
+        summary.update({key: stored[key] for key in ("kept", "examples", "skipped", "scores_source")})
+    return summary
 
 
 def diet_summary(config: dict) -> dict[str, Any] | None:

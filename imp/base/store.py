@@ -276,7 +276,7 @@ def check_files(run: "RunDir") -> None:
     Opening checks the HDF5 signature and that the file is as long as its header says,
     so a truncated or overwritten stage is never taken for a finished one.
     """
-    files = [run.run_file] if run.run_file.is_file() else []
+    files = [path for path in (run.run_file, run.path / names.SUBSET_FILE) if path.is_file()]
     for replicate in run.replicates():
         files += [run.stage_file(replicate, stage) for stage in run.stages(replicate)]
     for path in files:

@@ -118,6 +118,7 @@ def _on_run(args, extra: list[str], kinds: Sequence[str] = (), between: Sequence
     from imp.legacy import check_run
     from imp.base.results import find_run, run_info
     from imp.base.runtime import choose_device, set_threads
+    from imp.diet import subset_data
     from imp.trunk import check_data
     from landscape.hooks import measure_run
 
@@ -136,6 +137,7 @@ def _on_run(args, extra: list[str], kinds: Sequence[str] = (), between: Sequence
             _check_levels(run, args.levels)
         data = load_dataset(config.data, root, device)
         check_data(run, data)  # the data the run was trained on, or one line
+        data, _ = subset_data(config, data, run, args.out)  # a [subset] run is measured on what it trained on
         if between:
             return _pair(config, data, run, args.replicate, between)
         measured = [m for m in measure_run(config, data, run, device, args.levels, report=progress_lines(args))

@@ -55,6 +55,20 @@ def test_equal_work_has_one_id():
         assert _id(f"train.eval_examples={whole}") == _id()
 
 
+def test_a_subsets_epochs_count_its_budget():
+    """Half of digits (719 examples) is 6 iterations per epoch at batch 128; with the
+    paper's budget an epoch still counts all 1,437 (12 iterations)."""
+    subset = ["subset.keep=0.5"]
+    assert _id(*subset, "subset.budget=epochs", "train.epochs='6it'") == \
+        _id(*subset, "subset.budget=epochs", "train.epochs='1ep'")
+    assert _id(*subset, "train.epochs='12it'") == _id(*subset, "train.epochs='1ep'")
+    assert _id(*subset, "subset.budget=epochs", "train.epochs='12it'") != \
+        _id(*subset, "subset.budget=epochs", "train.epochs='1ep'")
+    # the scores' step counts the full training set, which the scores train on
+    assert _id(*subset, "subset.budget=epochs", "subset.score_step='12it'") == \
+        _id(*subset, "subset.budget=epochs", "subset.score_step='1ep'")
+
+
 def test_different_work_keeps_different_ids():
     assert _id("prune.rewind='11it'") != _id("prune.rewind='1ep'")
     assert _id("train.eval_examples=1436") != _id()  # one training example left out

@@ -91,3 +91,84 @@ def test_bad_diet_configs(overrides, message):
     with pytest.raises(UserError) as error:
         load_config(None, overrides)
     assert message in str(error.value)
+
+
+# ------------------------------------------------------------------ training on a pruned data set
+
+SUBSET = ["subset.keep=0.5", "subset.score=el2n", "subset.score_step='1ep'"]
+
+
+def _ranked_from_top(scores):
+    return [position for _, position in sorted((-score, position) for position, score in enumerate(scores))]
+
+
+@pytest.mark.parametrize("budget, iterations", [("iterations", 3 * 23), ("epochs", 3 * 12)])
+def test_every_level_trains_on_the_kept_examples_for_the_budget(tmp_path, budget, iterations):
+    """Digits at batch 64: 23 iterations per epoch on all 1,437 examples, 12 on the 719
+    kept; '3ep' is 69 steps with the paper's budget and 36 with the subset's epochs."""
+    config = load_config(None, TINY + SUBSET + [f"subset.budget={budget}"])
+    run = run_imp(config, tmp_path, tmp_path, CPU)
+    stored = store.read_h5(run.path / "subset.h5")
+    scores = store.read_h5(scores_path(tmp_path, config, _subset_spec(config)))["mean"]
+    np.testing.assert_array_equal(stored["scores"], scores)
+    expected = sorted(_ranked_from_top(scores.tolist())[:719])  # independently: the 719 highest
+    assert stored["positions"].tolist() == expected and stored["kept"] == 719 and stored["examples"] == 1437
+    for level in (0, 1):
+        record = store.read_h5(run.stage_file(0, level_stage(level)))
+        assert record["iterations"] == iterations and record["steps"]["train_loss"].shape == (iterations,)
+
+    # Independently: level 0 is the replicate's init trained on exactly those examples.
+    data = load_dataset(config.data, tmp_path)
+    seeds = Seeds.from_config(config.train, 0)
+    model = build_initial_model(config, data, seeds.init)
+    train(model, data.train_subset(expected), config.train, 64, seeds, end_step=iterations,
+          iterations_per_epoch=23 if budget == "iterations" else 12)
+    level0 = store.read_h5(run.stage_file(0, level_stage(0)))
+    for key, value in model.state_dict().items():
+        np.testing.assert_array_equal(level0["weights"][key], value.numpy(), err_msg=key)
+    assert len(level0["eval"]["test_accuracy"]) and data.test.y.shape == (360,)  # the test set is whole
+
+
+def _subset_spec(config):
+    from imp.scores import ScoreSpec
+
+    return ScoreSpec(config.subset.score, config.subset.score_step, config.subset.score_runs)
+
+
+def test_a_subset_run_resumes_on_its_stored_subset(tmp_path):
+    config = load_config(None, TINY + SUBSET + ["subset.rule=random", "subset.seed=3"])
+    run = run_imp(config, tmp_path, tmp_path, CPU)
+    first = store.read_h5(run.stage_file(0, level_stage(1)))["weights"]
+    stored = (run.path / "subset.h5").read_bytes()
+    run.stage_file(0, level_stage(1)).unlink()  # as if killed while level 1 trained
+    run_imp(config, tmp_path, tmp_path, CPU)
+    assert (run.path / "subset.h5").read_bytes() == stored
+    again = store.read_h5(run.stage_file(0, level_stage(1)))["weights"]
+    assert all(np.array_equal(first[key], again[key]) for key in first)
+    assert not (tmp_path / "scores").exists()  # a random subset needs no scores
+
+
+def test_subset_scores_of_other_data_are_refused(tmp_path):
+    config = load_config(None, TINY + SUBSET)
+    run_imp(config, tmp_path / "first", tmp_path, CPU)
+    path = scores_path(tmp_path / "first", config, _subset_spec(config))
+    noisy = load_config(None, TINY + SUBSET + [f"subset.scores_file='{path}'", "data.validation=100"])
+    with pytest.raises(UserError, match="scores a different training set"):
+        run_imp(noisy, tmp_path / "second", tmp_path, CPU)
+    assert not any((tmp_path / "second").glob("*/*.h5"))  # nothing written
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["subset.keep=0"], "subset.keep must be in (0, 1]"),
+    (["subset.keep=1.5"], "subset.keep must be in (0, 1]"),
+    (["subset.keep=0.5", "subset.offset=0.2"], "subset.offset only applies to subset.rule = 'window'"),
+    (["subset.keep=0.5", "subset.rule=window", "subset.offset=0.6"], "subset.keep + subset.offset <= 1"),
+    (["subset.rule=hard"], "subset.rule = 'hard' is not one of"),
+    (["subset.budget=steps"], "subset.budget = 'steps' is not one of"),
+    (["subset.keep=0.5", "diet.pretrain='10it'"], "cannot be combined with diet.pretrain"),
+    (["subset.score_runs=0"], "subset.score_runs must be at least 1"),
+])
+def test_bad_subset_configs(overrides, message):
+    with pytest.raises(UserError) as error:
+        load_config(None, overrides)
+    assert message in str(error.value)

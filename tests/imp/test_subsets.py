@@ -42,3 +42,55 @@ def test_impossible_subsets_are_refused(size, offset, balanced, message):
     with pytest.raises(UserError) as error:
         select(SCORES, labels, "easy", size, offset=offset, class_balanced=balanced)
     assert message in str(error.value)
+
+
+# ------------------------------------------------------------------ [subset] rules
+
+
+def _subset(**values):
+    from imp.base.config import SubsetConfig
+
+    return SubsetConfig(**values)
+
+
+def _ranked_from_top(scores):
+    """An independent ranking: positions by decreasing score, ties by position (plain Python)."""
+    return [position for _, position in sorted((-score, position) for position, score in enumerate(scores))]
+
+
+def test_subset_rules_keep_exactly_the_ranked_examples():
+    from imp.subsets import keep
+
+    rng = np.random.default_rng(3)
+    scores = rng.integers(0, 20, 101).astype(float)  # many ties
+    labels = rng.integers(0, 3, 101)
+    ranked = _ranked_from_top(scores)
+    kept = round(0.3 * 101)  # 30.3 -> 30
+    assert keep(_subset(keep=0.3), scores, labels).tolist() == sorted(ranked[:kept])
+    easiest = [p for _, p in sorted((s, p) for p, s in enumerate(scores))][:kept]
+    assert keep(_subset(keep=0.3, rule="easiest"), scores, labels).tolist() == sorted(easiest)
+    skipped = round(0.25 * 101)  # 25.25 -> 25
+    window = keep(_subset(keep=0.3, rule="window", offset=0.25), scores, labels)
+    assert window.tolist() == sorted(ranked[skipped:skipped + kept])
+    # the window at the bottom of the ranking is the easiest examples, with the paper's offset 0
+    assert keep(_subset(keep=0.3, rule="window", offset=0.7), scores, labels).tolist() == \
+        sorted(ranked[101 - kept:])
+    chosen = keep(_subset(keep=0.3, rule="random", seed=4), None, labels)
+    assert len(chosen) == kept == len(set(chosen.tolist())) and chosen.tolist() == sorted(chosen.tolist())
+    assert np.array_equal(chosen, keep(_subset(keep=0.3, rule="random", seed=4), None, labels))
+
+
+def test_subset_rounding_keeps_at_least_one_and_half_up():
+    subset = _subset(keep=0.5)
+    assert [subset.kept(n) for n in (1, 3, 5, 1437)] == [1, 2, 3, 719]
+    assert _subset(keep=0.01).kept(10) == 1
+
+
+def test_class_balanced_subset_keeps_each_class_its_share_of_its_hardest():
+    from imp.subsets import keep
+
+    labels = np.array([0] * 6 + [1] * 4)
+    scores = np.array([5, 1, 4, 2, 3, 0, 9, 7, 8, 6], dtype=float)
+    chosen = keep(_subset(keep=0.5, class_balanced=True), scores, labels)
+    # 5 kept: 3 of class 0 (scores 5, 4, 3 at 0, 2, 4), 2 of class 1 (9, 8 at 6, 8)
+    assert chosen.tolist() == [0, 2, 4, 6, 8]

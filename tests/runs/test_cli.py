@@ -149,6 +149,29 @@ def test_scores_correlate_and_a_diet_run(tmp_path, capsys):
         "score": "el2n", "subset": "hard", "size": 500, "pretrain": "10it"}
 
 
+def test_a_subset_run_is_shown_and_measured_on_its_kept_examples(tmp_path, capsys):
+    """A [subset] run (Paul et al. 2021) keeps half of digits' 1,437 training examples;
+    `lth show --json` reports the subset, and a measurement evaluates the kept examples:
+    the successive curve's training error at level 0 is level 0's own training error."""
+    assert main(["run", "--out", str(tmp_path), *TINY, "--set", "prune.levels=1", "--set", "subset.keep=0.5",
+                 "--set", "subset.rule=window", "--set", "subset.offset=0.1",
+                 "--set", "subset.score_step='1ep'"]) == 0
+    run_id = capsys.readouterr().out.split("run id ")[1].split(";")[0]
+    assert main(["show", run_id, "--out", str(tmp_path), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    subset = shown["subset"]
+    assert {k: subset[k] for k in ("rule", "keep", "offset", "kept", "examples", "skipped", "budget", "score")} == {
+        "rule": "window", "keep": 0.5, "offset": 0.1, "kept": 719, "examples": 1437, "skipped": 144,
+        "budget": "iterations", "score": "el2n"}
+    assert subset["scores_source"].endswith(".h5") and shown["diet"] is None
+    assert main(["barrier", run_id, "--out", str(tmp_path), "--set", "landscape.points=3", "--silent"]) == 0
+    capsys.readouterr()
+    (path,) = (tmp_path / run_id / "replicate_0").glob("successive_0_*.h5")
+    curve = store.read_h5(path)["curve"]
+    level0 = store.read_h5(tmp_path / run_id / "replicate_0" / "level_0.h5", skip=("weights", "mask"))
+    assert abs(curve["train_error"][0] - (1 - level0["final"]["train_accuracy"])) < 1e-12
+
+
 def test_show_json_has_a_null_diet_without_one(tmp_path, capsys):
     assert main(["run", "--out", str(tmp_path), *TINY]) == 0
     run_id = capsys.readouterr().out.split("run id ")[1].split(";")[0]

@@ -30,6 +30,7 @@ TINY = ["model.widths=[32, 16]", "train.epochs='6ep'", "train.eval_every='3ep'",
         "landscape.points=5", "landscape.examples=200"]
 DIET = ["diet.pretrain='10it'", "diet.subset='random'", "diet.size=300"]  # the run rewinds to a diet
 SETTINGS = [item for setting in TINY + DIET for item in ("--set", setting)]
+SUBSET = ["subset.keep=0.5", "subset.score_step='10it'"]  # the sweep trains on the hardest half
 SWEEP = "\n".join(["[sweep]", '"train.lr" = [0.1, 0.05]'])  # the sweep rewinds to step 10
 TIMING = {"train_seconds", "provenance"}  # what may differ between two identical runs
 
@@ -41,7 +42,7 @@ def test_lth_run_killed_at_random_moments_resumes_to_the_uninterrupted_result(tm
 
 def test_lth_sweep_killed_at_random_moments_resumes_to_the_uninterrupted_result(tmp_path):
     sweep = tmp_path / "grid.toml"
-    sweep.write_text(toml([*TINY, "prune.rewind='10it'"]) + SWEEP)
+    sweep.write_text(toml([*TINY, "prune.rewind='10it'", *SUBSET]) + SWEEP)
     assert main(["sweep", str(sweep), "--out", str(tmp_path / "whole"), "--threads", "1"]) == 0
     kill_and_resume(lambda out: ["sweep", str(sweep), "--out", str(out), "--threads", "1"], tmp_path, budget=15)
 
