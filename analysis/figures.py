@@ -9,7 +9,7 @@ says (:func:`analysis.style.band`); titles give n. A frame
 without the rows or columns a figure needs raises ValueError, which the report prints as
 "not computed". The data-diet figures (scores, per-example barriers) live in
 :mod:`analysis.figures_scores`, those of the prune limit in :mod:`analysis.figures_limits`, training curves in
-:mod:`analysis.figures_training`; :data:`FIGURES` lists all of them.
+:mod:`analysis.figures_training`, training on a pruned data set in :mod:`analysis.figures_subsets`; :data:`FIGURES` lists all of them.
 """
 
 import numpy as np
@@ -19,6 +19,7 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullForma
 
 from analysis.figures_limits import directional_curvature, loss_rise_ratio, prune_limit, spectrum_masses
 from analysis.figures_scores import per_example_histogram, score_histogram, score_scatter
+from analysis.figures_subsets import subset_pruning_curve, subset_window
 from analysis.figures_training import training_accuracy, training_loss
 from analysis.style import (FIGSIZE, band, new_axes, place_legend, replicates_note, require, run_names,
                             set_title, variant_suffix)
@@ -304,6 +305,8 @@ FIGURES = {
     "per_example_histogram": (per_example_histogram, "per_example"),
     "score_histogram": (score_histogram, "scores"),
     "score_scatter": (score_scatter, "scores"),
+    "subset_pruning_curve": (subset_pruning_curve, "levels"),
+    "subset_window": (subset_window, "levels"),
 }
 
 __all__ = ["FIGURES", "FIGSIZE", "category_order", *FIGURES]

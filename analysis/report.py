@@ -38,6 +38,8 @@ HOW = {
     "per_example_histogram": "measure per-example barriers (`lth barrier RUN --siblings 2 --per-example`)",
     "score_histogram": "compute example scores (`lth scores --score el2n`)",
     "score_scatter": "compute example scores of two kinds (`lth scores`)",
+    "subset_pruning_curve": "sweep over subset.keep and subset.rule (`lth sweep runs/subset_mnist.toml`)",
+    "subset_window": "sweep over subset.offset with subset.rule = 'window' (`lth sweep runs/subset_window_mnist.toml`)",
 }
 
 

@@ -597,8 +597,11 @@ def canonical(config: Config, train_examples: int, test_examples: int) -> Config
     split). Each duration becomes :meth:`Duration.canonical` at the run's iterations per epoch,
     ``ceil((train_examples - data.validation) / data.batch_size)``; ``train.eval_examples``
     at or above the size of every evaluated split (train, test, validation) becomes its
-    default 0, "the whole splits". A config whose validation split leaves no training
-    examples is returned as it is: loading its data refuses it.
+    default 0, "the whole splits". Sections that do nothing are their defaults: ``[diet]``
+    without pre-training, ``[subset]`` keeping everything (and a random subset's score
+    keys). With ``subset.budget = "epochs"`` an epoch is a pass over the kept examples;
+    score steps always count the full training set's epochs. A config whose validation
+    split leaves no training examples is returned as it is: loading its data refuses it.
     """
     data = config.data
     train = train_examples - data.validation
@@ -617,8 +620,20 @@ def canonical(config: Config, train_examples: int, test_examples: int) -> Config
             eval_every=t.eval_every.canonical(per_epoch), eval_examples=0 if whole else t.eval_examples),
         prune=dataclasses.replace(prune, rewind=prune.rewind.canonical(per_epoch)),
         diet=dataclasses.replace(diet, pretrain=diet.pretrain.canonical(per_epoch),
-                                 score_step=diet.score_step.canonical(full)),
-        subset=dataclasses.replace(config.subset, score_step=config.subset.score_step.canonical(full)))
+                                 score_step=diet.score_step.canonical(full)) if diet.pretrain != Duration() else DietConfig(),
+        subset=_canonical_subset(config.subset, full))
+
+
+def _canonical_subset(subset: "SubsetConfig", per_epoch: int) -> "SubsetConfig":
+    """Settings that select nothing are the defaults: every key of an inactive subset
+    (``keep = 1``), and the score keys of a random one."""
+    if not subset.active:
+        return SubsetConfig()
+    if subset.rule == "random":
+        default = SubsetConfig()
+        return dataclasses.replace(subset, score=default.score, score_step=default.score_step,
+                                   score_runs=default.score_runs, scores_file=default.scores_file)
+    return dataclasses.replace(subset, score_step=subset.score_step.canonical(per_epoch))
 
 
 def canonical_json(config: Config) -> str:

@@ -232,19 +232,20 @@ def slurm_executor(out: str | Path, *, partition: str | None, gpus_per_job: int,
     return executor
 
 
-def check_points(sweep: Sweep, out: str | Path) -> Sweep:
+def check_points(sweep: Sweep, out: str | Path, report: Callable[[str], None] = print) -> Sweep:
     """Before any point trains: every point's data set loads (each distinct data section
     once, on the CPU) and its model can be built for it, so that a bad point is one line
     now, not an abort after the points before it have trained. Returns the sweep with each
-    point written the one way its run id is made from (:func:`imp.trunk.run_config`); two
-    points that are the same run are refused."""
+    point written the one way its run id is made from (:func:`imp.trunk.run_config`), and
+    each run once: points that are the same run (equal work written two ways) are said and
+    merged."""
     from imp.data import load_dataset
     from imp.datasets import resolve_root
     from imp.legacy import names_model
     from imp.trunk import run_config
 
     loaded, configs, ids = set(), [], {}
-    for config in sweep.configs:
+    for point, config in enumerate(sweep.configs, start=1):
         root = resolve_root(config.data.root, os.environ)
         data = json.dumps(to_dict(config.data), sort_keys=True)
         try:
@@ -256,12 +257,12 @@ def check_points(sweep: Sweep, out: str | Path) -> Sweep:
             raise UserError(f"sweep point {run_id(config)}: {error}") from None
         names_model(config)
         same = ids.get(run_id(canonical))
-        if same is not None:
-            raise UserError(f"sweep {sweep.name}: points {same + 1} and {len(configs) + 1} are the same run "
-                            f"{run_id(canonical)} (equal durations written two ways, e.g. '1ep' and its "
-                            "iterations); drop one of the values")
-        ids[run_id(canonical)] = len(configs)
-        configs.append(canonical)
+        if same is not None:  # e.g. '1ep' and its iterations, or subset rules at subset.keep = 1
+            report(f"sweep {sweep.name}: points {same} and {point} are the same run {run_id(canonical)}; "
+                   "it runs once")
+        else:
+            ids[run_id(canonical)] = point
+            configs.append(canonical)
     return dataclasses.replace(sweep, configs=configs)
 
 
@@ -270,7 +271,7 @@ def main_sweep(args) -> int:
     sweep = load_sweep(args.file, args.overrides)
     print(f"sweep {sweep.name}: {len(sweep.configs)} run(s) x {sweep.replicates} replicate(s), "
           f"executor {args.executor}", file=sys.stderr)
-    sweep = check_points(sweep, args.out)
+    sweep = check_points(sweep, args.out, report=lambda line: print(line, file=sys.stderr))
     if args.executor == "slurm":
         executor = slurm_executor(args.out, partition=args.partition, gpus_per_job=args.gpus_per_job,
                                   cpus_per_job=args.cpus_per_job, minutes=args.minutes)

@@ -38,3 +38,15 @@ def results(tmp_path_factory):
     (out / "not_a_run").mkdir()
     (out / "notes.txt").write_text("unrelated")
     return out, ids
+
+
+@pytest.fixture(scope="session")
+def subset_runs(results):
+    """Dense networks on pruned data sets, beside ``results``' runs: the whole set, the
+    hardest and a random 70% and 50% (EL2N after 20 iterations), and two windows."""
+    out, _ = results
+    dense = TINY[:4] + ["prune.levels=0", "subset.score_step='20it'"]
+    settings = [[], ["subset.keep=0.7"], ["subset.keep=0.5"], ["subset.keep=0.5", "subset.rule=random"],
+                ["subset.keep=0.4", "subset.rule=window"],
+                ["subset.keep=0.4", "subset.rule=window", "subset.offset=0.2"]]
+    return [run_imp(load_config(None, dense + extra), out, out, CPU).run_id for extra in settings]

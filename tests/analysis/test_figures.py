@@ -157,7 +157,27 @@ def make_scores(examples: int = 2000) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-FRAMES = {"levels": make_levels, "measurements": make_measurements, "curves": make_curves, "barriers": make_barriers,
+def make_subset_levels() -> pd.DataFrame:
+    """Dense networks trained on pruned data sets (Paul et al. 2021, Figs. 1 and 2): EL2N
+    and random selections at three kept fractions plus the whole set, and windows."""
+    rows = []
+    def run(run_id, keep, rule, offset=0.0, noise=0.0, accuracy=0.95):
+        for replicate in REPLICATES:
+            rows.append({"run_id": run_id, "replicate": replicate, "level": 0, "baseline": "imp", "density": 1.0,
+                         "test_accuracy": accuracy + 0.002 * replicate, "subset.keep": keep, "subset.rule": rule,
+                         "subset.score": "el2n", "subset.score_step": "2ep", "subset.offset": offset,
+                         "data.label_noise": noise})
+    run("all", 1.0, "hardest", accuracy=0.96)
+    for keep in (0.9, 0.7, 0.5):
+        run(f"hard{keep}", keep, "hardest", accuracy=0.96 - 0.02 * (1 - keep))
+        run(f"random{keep}", keep, "random", accuracy=0.96 - 0.06 * (1 - keep))
+    for noise in (0.0, 0.1):
+        for offset in (0.0, 0.1, 0.3):
+            run(f"window{noise}{offset}", 0.4, "window", offset, noise, accuracy=0.9 + offset / 10 - noise)
+    return pd.DataFrame(rows)
+
+
+FRAMES = {"levels": make_levels, "subset_levels": make_subset_levels, "measurements": make_measurements, "curves": make_curves, "barriers": make_barriers,
           "per_example": make_per_example, "scores": make_scores, "directions": make_directions,
           "metrics": make_metrics}
 # figure -> (x label fragment, log x axis)
@@ -168,7 +188,10 @@ EXPECTED = {"accuracy_vs_density": ("density", True), "rewind_comparison": ("den
             "loss_rise_ratio": ("fraction", False),
             "barrier_curves": ("α", False), "barrier_vs_level": ("density", True),
             "instability_vs": ("rewind step", False), "per_example_histogram": ("B_i", False),
-            "score_histogram": ("EL2N", False), "score_scatter": ("el2n@2ep", False)}
+            "score_histogram": ("EL2N", False), "score_scatter": ("el2n@2ep", False),
+            "subset_pruning_curve": ("pruned", False), "subset_window": ("window start", False)}
+# figures whose synthetic data is another frame of the same schema
+SOURCE = {"subset_pruning_curve": "subset_levels", "subset_window": "subset_levels"}
 
 
 @pytest.fixture(scope="module")
@@ -184,7 +207,7 @@ def test_every_figure_is_listed():
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_figure_renders(name, frames, tmp_path):
     function, frame = FIGURES[name]
-    fig = function(frames[frame])
+    fig = function(frames[SOURCE.get(name, frame)])
     try:
         assert isinstance(fig, Figure)
         ax = fig.axes[0]
@@ -204,7 +227,7 @@ def test_figure_renders(name, frames, tmp_path):
 def test_empty_frame_raises(name, frames):
     function, frame = FIGURES[name]
     with pytest.raises(ValueError, match=name):
-        function(frames[frame].iloc[:0])
+        function(frames[SOURCE.get(name, frame)].iloc[:0])
     with pytest.raises(ValueError, match=name):
         function(pd.DataFrame({"unrelated": [1.0]}))
 
@@ -372,3 +395,27 @@ def test_two_replicates_draw_their_range_and_say_so():
         assert "band = range" in fig.axes[0].get_title(loc="left")
     finally:
         plt.close(fig)
+
+
+def test_the_subset_curve_starts_every_method_at_the_whole_data_set(frames):
+    levels = frames["subset_levels"]
+    fig = figures.subset_pruning_curve(levels)
+    try:
+        ax = fig.axes[0]
+        legend = [t.get_text() for t in ax.get_legend().texts]
+        assert legend == ["el2n@2ep hardest", "random"]  # random last; windows belong to the other figure
+        whole = 100 * levels.query("run_id == 'all'")["test_accuracy"].mean()
+        for line in ax.lines[:2]:
+            assert list(line.get_xdata()) == pytest.approx([0, 10, 30, 50])
+            assert line.get_ydata()[0] == pytest.approx(whole)
+    finally:
+        plt.close(fig)
+    fig = figures.subset_window(levels)
+    try:
+        legend = [t.get_text() for t in fig.axes[0].get_legend().texts]
+        assert legend == ["0% noise, keep 40%, el2n", "10% noise, keep 40%, el2n"]
+        assert list(fig.axes[0].lines[0].get_xdata()) == pytest.approx([0, 10, 30])
+    finally:
+        plt.close(fig)
+    with pytest.raises(ValueError, match="two or more values of subset.keep"):
+        figures.subset_pruning_curve(levels[levels["subset.keep"] == 0.7])

@@ -9,9 +9,9 @@ from imp.base.results import run_info
 from runs.lth.cli import main
 
 
-def test_the_report_has_every_section_and_every_figure(results, tmp_path):
+def test_the_report_has_every_section_and_every_figure(results, subset_runs, tmp_path):
     out, ids = results
-    measured = ids[:2]
+    measured = ids[:2] + subset_runs
     infos = [run_info(run) for run in load_runs(measured, out)]
     text = write_report(load_frames(measured, out), infos, tmp_path / "report.html").read_text()
     for section in ("Summary per level", "Comparison of rewind points", "Figures", "Not computed", "Provenance"):

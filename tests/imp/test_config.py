@@ -69,6 +69,14 @@ def test_a_subsets_epochs_count_its_budget():
         _id(*subset, "subset.budget=epochs", "subset.score_step='1ep'")
 
 
+def test_settings_that_select_nothing_do_not_change_the_id():
+    assert _id("subset.rule=random", "subset.score=grand") == _id()  # subset.keep = 1: everything
+    assert _id("diet.score=grand", "diet.score_step='5ep'") == _id()  # no pre-training: no diet
+    random = ["subset.keep=0.5", "subset.rule=random"]
+    assert _id(*random, "subset.score=forgetting", "subset.score_step='9ep'") == _id(*random)
+    assert _id("subset.keep=0.5", "subset.score=grand") != _id("subset.keep=0.5")  # a score rule needs them
+
+
 def test_different_work_keeps_different_ids():
     assert _id("prune.rewind='11it'") != _id("prune.rewind='1ep'")
     assert _id("train.eval_examples=1436") != _id()  # one training example left out

@@ -195,9 +195,14 @@ def test_sigterm_stops_the_parallel_workers_and_a_rerun_resumes(tmp_path):
     assert [line.split(": ")[1] for line in done.stdout.splitlines()] == ["done", "done"]
 
 
-def test_two_points_that_are_the_same_run_are_refused(tmp_path, capsys):
-    """'1ep' and '23it' are the same rewind point on digits at batch 64 (23 iterations per epoch)."""
-    path = write(tmp_path, SWEEP.replace('"prune.rewind" = ["0it", "10it"]', '"prune.rewind" = ["1ep", "23it"]'))
-    assert main(["sweep", str(path), "--out", str(tmp_path / "out")]) == 2
-    err = capsys.readouterr().err
-    assert "points 1 and 3 are the same run" in err and not (tmp_path / "out").exists()
+def test_two_points_that_are_the_same_run_run_once(tmp_path, capsys):
+    """'1ep' and '23it' are the same rewind point on digits at batch 64 (23 iterations per
+    epoch), and subset rules at subset.keep = 1 all train on everything."""
+    path = write(tmp_path, SWEEP.replace('"prune.rewind" = ["0it", "10it"]', '"prune.rewind" = ["1ep", "23it"]')
+                 .replace('"train.lr" = [0.1, 0.05]', '"subset.rule" = ["hardest", "random"]')
+                 .replace("replicates = 2", "replicates = 1"))
+    assert main(["sweep", str(path), "--out", str(tmp_path / "out"), "--silent"]) == 0
+    captured = capsys.readouterr()
+    assert "points 1 and 2 are the same run" in captured.err and "points 1 and 3" in captured.err
+    assert "points 1 and 4" in captured.err and captured.out.count(": done") == 1
+    assert len([p for p in (tmp_path / "out").iterdir() if (p / "run.h5").is_file()]) == 1

@@ -1,0 +1,110 @@
+"""Figures of training on a pruned data set (Paul, Ganguli and Dziugaite 2021, "Deep
+learning on a data diet"): the ``levels`` frame of :mod:`analysis.load`, the dense network
+(level 0 of the trunk) of each run, against the ``[subset]`` settings of its config.
+
+- :func:`subset_pruning_curve` is the paper's Fig. 1: test accuracy against the fraction
+  of the training set pruned, one line per selection (score and rule, or random). Runs on
+  the whole training set (``subset.keep = 1``) are every line's point at 0%.
+- :func:`subset_window` is its Fig. 2: test accuracy against where a window of the score
+  ranking starts (``subset.offset``, from the highest score down), one line per label-noise
+  level and kept fraction.
+
+Conventions as in :mod:`analysis.figures`.
+"""
+
+import pandas as pd
+import seaborn as sns
+
+from analysis.style import band, new_axes, place_legend, replicates_note, require, set_title
+
+TRUNK = "imp"
+COLUMNS = ["subset.keep", "subset.rule", "subset.score", "subset.score_step", "subset.offset"]
+
+
+def _dense(levels: pd.DataFrame, figure: str) -> pd.DataFrame:
+    require(levels, ["run_id", "replicate", "level", "baseline", "test_accuracy", "data.label_noise", *COLUMNS],
+            figure)
+    rows = levels[(levels["baseline"] == TRUNK) & (levels["level"] == 0)]
+    if rows.empty:
+        raise ValueError(f"{figure}: no dense networks (level 0 of the trunk)")
+    return rows.assign(y=100 * rows["test_accuracy"])
+
+
+def _joined(frame: pd.DataFrame, columns: list[str], separator: str, prefix: str = "") -> pd.Series:
+    """Each row's values of ``columns`` as one string ("" without columns)."""
+    if not columns:
+        return pd.Series("", index=frame.index)
+    return pd.Series([prefix + separator.join(map(str, values)) for values in frame[columns].itertuples(index=False)],
+                     index=frame.index, dtype=object)
+
+
+def _method(row: pd.Series) -> str:
+    if row["subset.rule"] == "random":
+        return "random"
+    return f"{row['subset.score']}@{row['subset.score_step']} {row['subset.rule']}"
+
+
+def subset_pruning_curve(levels: pd.DataFrame, ax=None):
+    """Test accuracy of the dense network against the percentage of training examples
+    pruned, 100 (1 - ``subset.keep``), one line per selection method (Paul et al. 2021,
+    Fig. 1) and per other config difference of the runs (e.g. label noise). Runs on the
+    whole training set with the same config but for ``[subset]`` are each line's 0%
+    point. Window runs are left to :func:`subset_window`."""
+    figure = "subset_pruning_curve"
+    rows = _dense(levels, figure)
+    rows = rows[rows["subset.rule"] != "window"]
+    pruned = rows[rows["subset.keep"] < 1]
+    if pruned.empty:
+        raise ValueError(f"{figure}: no runs on a pruned training set (subset.keep < 1)")
+    # Other config differences (label noise, learning rate, ...) make lines of their own.
+    others = [c for c in rows.columns if "." in c and not c.startswith("subset.")
+              and pruned[c].astype(str).nunique() > 1]
+    pruned = pruned.assign(method=pruned.apply(_method, axis=1) + _joined(pruned, others, ", ", prefix=", "))
+    # A run on the whole training set is the 0% point of every method whose runs have its
+    # config but for [subset]; a whole-set run of another config is no one's.
+    fixed = [c for c in rows.columns if "." in c and not c.startswith("subset.")]
+    whole = rows[rows["subset.keep"] >= 1]
+    whole_key, pruned_key = _joined(whole, fixed, "|"), _joined(pruned, fixed, "|")
+    lines = pd.concat([pruned] + [whole[whole_key.isin(set(pruned_key[pruned["method"] == m]))].assign(method=m)
+                                  for m in pruned["method"].unique()])
+    lines = lines.assign(x=100 * (1 - lines["subset.keep"]))
+    if lines["x"].nunique() < 2:
+        raise ValueError(f"{figure}: every run prunes the same fraction ({lines['x'].iloc[0]:g}%); the curve "
+                         "needs runs at two or more values of subset.keep")
+    order = sorted(lines["method"].unique(), key=lambda m: (m == "random", m))
+    ax = new_axes(ax)
+    sns.lineplot(lines, x="x", y="y", hue="method", hue_order=order, marker="o", markersize=5,
+                 palette=sns.color_palette("colorblind", len(order)), **band(lines), ax=ax)
+    ax.set_xlabel("training examples pruned (%)")
+    ax.set_ylabel("test accuracy (%)")
+    set_title(ax, f"Training on a pruned data set ({replicates_note(lines)})")
+    place_legend(ax, "kept by")
+    return ax.figure
+
+
+def subset_window(levels: pd.DataFrame, ax=None):
+    """Test accuracy of the dense network trained on a window of the score ranking against
+    the window's start, 100 ``subset.offset`` (% of the training set skipped from the
+    highest score down), one line per label noise and kept fraction (Paul et al. 2021,
+    Fig. 2)."""
+    figure = "subset_window"
+    rows = _dense(levels, figure)
+    rows = rows[rows["subset.rule"] == "window"]
+    if rows.empty:
+        raise ValueError(f"{figure}: no runs on a window of the ranking (subset.rule = 'window')")
+    if rows["subset.offset"].nunique() < 2:
+        raise ValueError(f"{figure}: every window starts at the same offset; the figure needs runs at two or "
+                         "more values of subset.offset")
+    rows = rows.assign(x=100 * rows["subset.offset"],
+                       line=[f"{100 * noise:g}% noise, keep {100 * keep:g}%, {score}"
+                             for noise, keep, score in zip(rows["data.label_noise"], rows["subset.keep"],
+                                                           rows["subset.score"])])
+    order = sorted(rows["line"].unique())
+    ax = new_axes(ax)
+    sns.lineplot(rows, x="x", y="y", hue="line", hue_order=order, marker="o", markersize=5,
+                 palette=sns.color_palette("colorblind", len(order)), **band(rows), ax=ax)
+    ax.set_xlabel("window start: training examples skipped from the highest score (%)")
+    ax.set_ylabel("test accuracy (%)")
+    set_title(ax, f"A sliding window of the score ranking ({replicates_note(rows)})")
+    place_legend(ax, "labels, kept, score")
+    return ax.figure
