@@ -269,9 +269,12 @@ def check_points(sweep: Sweep, out: str | Path, report: Callable[[str], None] = 
 def main_sweep(args) -> int:
     """``lth sweep``: expand the file, check every point, then run or submit them."""
     sweep = load_sweep(args.file, args.overrides)
-    print(f"sweep {sweep.name}: {len(sweep.configs)} run(s) x {sweep.replicates} replicate(s), "
+    print(f"sweep {sweep.name}: {len(sweep.configs)} point(s) x {sweep.replicates} replicate(s), "
           f"executor {args.executor}", file=sys.stderr)
+    points = len(sweep.configs)
     sweep = check_points(sweep, args.out, report=lambda line: print(line, file=sys.stderr))
+    if len(sweep.configs) < points:
+        print(f"sweep {sweep.name}: {len(sweep.configs)} distinct run(s)", file=sys.stderr)
     if args.executor == "slurm":
         executor = slurm_executor(args.out, partition=args.partition, gpus_per_job=args.gpus_per_job,
                                   cpus_per_job=args.cpus_per_job, minutes=args.minutes)
