@@ -88,6 +88,15 @@ def _trunk(levels: pd.DataFrame, figure: str, columns: list[str]) -> pd.DataFram
     return trunk
 
 
+def per_epoch(frame: pd.DataFrame) -> int | None:
+    """The iterations per epoch the rows were trained with, when they all share one (the
+    levels frame's ``iterations_per_epoch``), else None: what orders "1ep" against "500it"."""
+    if "iterations_per_epoch" not in frame.columns:
+        return None
+    values = frame["iterations_per_epoch"].dropna().unique()
+    return int(values[0]) if len(values) == 1 else None
+
+
 def category_order(values: pd.Series, iterations_per_epoch: int | None = None) -> list:
     """Distinct values in a meaningful order: numbers by size, durations ("500it", "2ep") by
     length of training, anything else alphabetically. Durations that mix epochs and
@@ -146,7 +155,7 @@ def rewind_comparison(levels: pd.DataFrame, by: str = "prune.rewind", ax=None,
     trunk = trunk[trunk[by].notna()]
     if trunk.empty:
         raise ValueError(f"rewind_comparison: no trunk rows with a value of {by!r}")
-    order = category_order(trunk[by], iterations_per_epoch)
+    order = category_order(trunk[by], iterations_per_epoch or per_epoch(trunk))
     name = CONFIG_NAMES.get(by, by)
     if len(order) < 2:
         raise ValueError(f"rewind_comparison: every run has the same {name} ({order[0]}); the comparison needs "

@@ -16,7 +16,7 @@ matplotlib.use("Agg")  # the report and plot commands never open windows
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from analysis.figures import FIGURES, category_order  # noqa: E402
+from analysis.figures import FIGURES, category_order, per_epoch  # noqa: E402
 from imp.base.errors import UserError, did_you_mean  # noqa: E402
 from imp.base.store import cannot_write, check_writable  # noqa: E402
 
@@ -86,7 +86,7 @@ def compare(levels: pd.DataFrame, by: str, metric: str = "test_accuracy") -> pd.
     table = pd.DataFrame({"n": grouped[metric].count(), "density": grouped["density"].mean(),
                           "mean": grouped[metric].mean(), "std": grouped[metric].std()}).reset_index()
     try:  # rewind points by length of training, numbers by size
-        order = {value: i for i, value in enumerate(category_order(table[by]))}
+        order = {value: i for i, value in enumerate(category_order(table[by], per_epoch(trunk)))}
     except ValueError:
         order = {value: i for i, value in enumerate(sorted(table[by].unique(), key=str))}
     return table.sort_values([by, "level"], key=lambda c: c.map(order) if c.name == by else c, ignore_index=True)

@@ -102,7 +102,8 @@ def level_rows(run: store.RunDir) -> list[dict[str, Any]]:
 
     Keys: replicate, level, baseline, density (fraction of prunable weights kept), kept,
     prunable, and the final evaluation (``train_accuracy``, ``test_accuracy``,
-    ``test_loss``, ... as fractions and mean losses), iterations, start_step, train_seconds.
+    ``test_loss``, ... as fractions and mean losses), iterations, start_step,
+    iterations_per_epoch, train_seconds.
     A trunk row also has the summary columns of its level's measurements (e.g.
     ``barrier_to_next_test_error``) where one measurement file gives the column; where
     several variants of a measurement (other settings) give it, it is left out of the row,
@@ -121,6 +122,7 @@ def level_rows(run: store.RunDir) -> list[dict[str, Any]]:
                 "density": trained.density, "kept": trained.kept, "prunable": trained.prunable,
                 **trained.final,
                 "iterations": trained.iterations, "start_step": trained.start_step,
+                "iterations_per_epoch": trained.iterations_per_epoch,
                 "train_seconds": trained.train_seconds,
             }
             if parsed[1] is None:

@@ -419,3 +419,20 @@ def test_the_subset_curve_starts_every_method_at_the_whole_data_set(frames):
         plt.close(fig)
     with pytest.raises(ValueError, match="two or more values of subset.keep"):
         figures.subset_pruning_curve(levels[levels["subset.keep"] == 0.7])
+
+
+def test_rewind_points_in_epochs_and_iterations_are_ordered_by_the_runs_own_epochs():
+    """Run ids write whole epochs as "Nep" (imp.base.config.canonical), so a sweep over
+    rewind points mixes "1ep" and "500it": the rows' iterations per epoch order them."""
+    from analysis.report import compare
+
+    rows = [{"run_id": rewind, "replicate": 0, "level": level, "baseline": "imp", "density": 0.8 ** level,
+             "test_accuracy": 0.9, "prune.rewind": rewind, "iterations_per_epoch": 469}
+            for rewind in ("1ep", "500it", "200it") for level in (0, 1)]
+    levels = pd.DataFrame(rows)
+    assert compare(levels, "prune.rewind")["prune.rewind"].tolist() == ["200it"] * 2 + ["1ep"] * 2 + ["500it"] * 2
+    fig = figures.rewind_comparison(levels)
+    try:
+        assert [t.get_text() for t in fig.axes[0].get_legend().texts] == ["200it", "1ep", "500it"]
+    finally:
+        plt.close(fig)
