@@ -8,6 +8,8 @@ learning on a data diet"): the ``levels`` frame of :mod:`analysis.load`, the den
 - :func:`subset_window` is its Fig. 2: test accuracy against where a window of the score
   ranking starts (``subset.offset``, from the highest score down), one line per label-noise
   level and kept fraction.
+- :func:`group_barrier_vs_spawn` is its Fig. 4, from the ``measurements`` frame: barriers
+  between siblings on the lowest- and highest-score examples against the spawn step.
 
 Conventions as in :mod:`analysis.figures`.
 """
@@ -107,4 +109,38 @@ def subset_window(levels: pd.DataFrame, ax=None):
     ax.set_ylabel("test accuracy (%)")
     set_title(ax, f"A sliding window of the score ranking ({replicates_note(rows)})")
     place_legend(ax, "labels, kept, score")
+    return ax.figure
+
+
+GROUP_NAMES = {"low": "lowest scores", "high": "highest scores", "file": "index file"}
+
+
+def group_barrier_vs_spawn(measurements: pd.DataFrame, ax=None):
+    """Error barrier on the training examples of each group between sibling copies,
+    against their spawn step: the ``groups`` measurements (:mod:`landscape.groups`) of
+    runs at several rewind points (Paul et al. 2021, Fig. 4), one line per group and
+    level. The barrier is in percentage points of training error on the group."""
+    figure = "group_barrier_vs_spawn"
+    require(measurements, ["run_id", "replicate", "level", "kind", "spawn_step"], figure)
+    rows = measurements[measurements["kind"] == "groups"]
+    columns = [c for c in rows.columns if c.startswith("group_barrier_") and c.endswith("_train_error")]
+    if rows.empty or not columns:
+        raise ValueError(f"{figure}: no group barriers (measure them with `lth groups RUN`)")
+    long = rows.melt(id_vars=["run_id", "replicate", "level", "spawn_step"], value_vars=columns,
+                     var_name="group", value_name="barrier").dropna(subset=["barrier"])
+    name = long["group"].str.removeprefix("group_barrier_").str.removesuffix("_train_error")
+    long = long.assign(y=100 * long["barrier"],
+                       line=name.map(lambda g: GROUP_NAMES.get(g, g)) + " (level " + long["level"].astype(str) + ")")
+    if long["spawn_step"].nunique() < 2:
+        raise ValueError(f"{figure}: every measurement spawns its siblings at step {long['spawn_step'].iloc[0]:g}; "
+                         "the figure needs runs at two or more rewind points")
+    order = sorted(long["line"].unique())
+    ax = new_axes(ax)
+    ax.axhline(0, color="0.6", linewidth=0.8)
+    sns.lineplot(long, x="spawn_step", y="y", hue="line", hue_order=order, marker="o", markersize=5,
+                 palette=sns.color_palette("colorblind", len(order)), **band(long), ax=ax)
+    ax.set_xlabel("spawn step of the siblings (iterations)")
+    ax.set_ylabel("barrier on the group (train error, points)")
+    set_title(ax, f"Connectivity by example group ({replicates_note(long)})")
+    place_legend(ax, "group")
     return ax.figure

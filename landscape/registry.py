@@ -25,7 +25,7 @@ from typing import Any
 from imp.base import names, store
 from imp.base.config import LandscapeConfig, register_landscape_key
 from imp.base.results import Measured, read_measured
-from landscape import distance, measure, spectra
+from landscape import distance, groups, measure, spectra
 
 Tree = dict[str, Any]
 
@@ -89,6 +89,8 @@ REGISTRY: list[Measurement] = [
                 spectra.prune_check, spectra.prune_check_columns),
     Measurement("distance", "weight distance and mask overlap between levels L and L+1", distance.variants,
                 distance.compute, distance.columns, span=1, keys=distance.KEYS, command=True),
+    Measurement("groups", "barriers between sibling copies of level L on the lowest- and highest-score examples",
+                groups.variants, groups.compute, groups.columns, keys=groups.KEYS, command=True),
 ]
 PAIR = "pair"  # `lth barrier --between`: a measurement of two named networks, of no one level
 

@@ -177,7 +177,16 @@ def make_subset_levels() -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-FRAMES = {"levels": make_levels, "subset_levels": make_subset_levels, "measurements": make_measurements, "curves": make_curves, "barriers": make_barriers,
+def make_group_measurements() -> pd.DataFrame:
+    """Group barriers of siblings spawned at four steps (Paul et al. 2021, Fig. 4)."""
+    return pd.DataFrame([{"run_id": f"k{step}", "replicate": replicate, "level": 0, "kind": "groups",
+                          "variant": "dddd0000", "settings": "{}", "spawn_step": float(step),
+                          "group_barrier_low_train_error": 0.02 / (1 + step),
+                          "group_barrier_high_train_error": 0.2 / (1 + step / 100) + 0.01 * replicate}
+                         for step in (0, 10, 100, 1000) for replicate in REPLICATES])
+
+
+FRAMES = {"levels": make_levels, "subset_levels": make_subset_levels, "group_measurements": make_group_measurements, "measurements": make_measurements, "curves": make_curves, "barriers": make_barriers,
           "per_example": make_per_example, "scores": make_scores, "directions": make_directions,
           "metrics": make_metrics}
 # figure -> (x label fragment, log x axis)
@@ -189,9 +198,11 @@ EXPECTED = {"accuracy_vs_density": ("density", True), "rewind_comparison": ("den
             "barrier_curves": ("α", False), "barrier_vs_level": ("density", True),
             "instability_vs": ("rewind step", False), "per_example_histogram": ("B_i", False),
             "score_histogram": ("EL2N", False), "score_scatter": ("el2n@2ep", False),
-            "subset_pruning_curve": ("pruned", False), "subset_window": ("window start", False)}
+            "subset_pruning_curve": ("pruned", False), "subset_window": ("window start", False),
+            "group_barrier_vs_spawn": ("spawn step", False)}
 # figures whose synthetic data is another frame of the same schema
-SOURCE = {"subset_pruning_curve": "subset_levels", "subset_window": "subset_levels"}
+SOURCE = {"subset_pruning_curve": "subset_levels", "subset_window": "subset_levels",
+          "group_barrier_vs_spawn": "group_measurements"}
 
 
 @pytest.fixture(scope="module")
