@@ -91,9 +91,12 @@ def subset_window(levels: pd.DataFrame, ax=None):
     Fig. 2)."""
     figure = "subset_window"
     rows = _dense(levels, figure)
-    rows = rows[rows["subset.rule"] == "window"]
-    if rows.empty:
+    windows = rows[rows["subset.rule"] == "window"]
+    if windows.empty:
         raise ValueError(f"{figure}: no runs on a window of the ranking (subset.rule = 'window')")
+    # A window at offset 0 is the hardest examples, and its run id says "hardest".
+    top = rows[(rows["subset.rule"] == "hardest") & rows["subset.keep"].isin(set(windows["subset.keep"]))]
+    rows = pd.concat([windows, top])
     if rows["subset.offset"].nunique() < 2:
         raise ValueError(f"{figure}: every window starts at the same offset; the figure needs runs at two or "
                          "more values of subset.offset")

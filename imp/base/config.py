@@ -626,9 +626,11 @@ def canonical(config: Config, train_examples: int, test_examples: int) -> Config
 
 def _canonical_subset(subset: "SubsetConfig", per_epoch: int) -> "SubsetConfig":
     """Settings that select nothing are the defaults: every key of an inactive subset
-    (``keep = 1``), and the score keys of a random one."""
+    (``keep = 1``), and the score keys of a random one; a window at offset 0 is ``hardest``."""
     if not subset.active:
         return SubsetConfig()
+    if subset.rule == "window" and subset.offset == 0:  # a window at the top is the hardest examples
+        subset = dataclasses.replace(subset, rule="hardest")
     if subset.rule == "random":
         default = SubsetConfig()
         return dataclasses.replace(subset, score=default.score, score_step=default.score_step,

@@ -172,8 +172,9 @@ def make_subset_levels() -> pd.DataFrame:
         run(f"hard{keep}", keep, "hardest", accuracy=0.96 - 0.02 * (1 - keep))
         run(f"random{keep}", keep, "random", accuracy=0.96 - 0.06 * (1 - keep))
     for noise in (0.0, 0.1):
-        for offset in (0.0, 0.1, 0.3):
-            run(f"window{noise}{offset}", 0.4, "window", offset, noise, accuracy=0.9 + offset / 10 - noise)
+        for offset in (0.0, 0.1, 0.3):  # a window at offset 0 is stored as the hardest examples
+            run(f"window{noise}{offset}", 0.4, "window" if offset else "hardest", offset, noise,
+                accuracy=0.9 + offset / 10 - noise)
     return pd.DataFrame(rows)
 
 
@@ -410,7 +411,7 @@ def test_two_replicates_draw_their_range_and_say_so():
 
 def test_the_subset_curve_starts_every_method_at_the_whole_data_set(frames):
     levels = frames["subset_levels"]
-    fig = figures.subset_pruning_curve(levels)
+    fig = figures.subset_pruning_curve(levels[~levels["run_id"].str.startswith("window")])
     try:
         ax = fig.axes[0]
         legend = [t.get_text() for t in ax.get_legend().texts]

@@ -75,6 +75,8 @@ def test_settings_that_select_nothing_do_not_change_the_id():
     random = ["subset.keep=0.5", "subset.rule=random"]
     assert _id(*random, "subset.score=forgetting", "subset.score_step='9ep'") == _id(*random)
     assert _id("subset.keep=0.5", "subset.score=grand") != _id("subset.keep=0.5")  # a score rule needs them
+    assert _id("subset.keep=0.5", "subset.rule=window") == _id("subset.keep=0.5")  # offset 0: the hardest
+    assert _id("subset.keep=0.5", "subset.rule=window", "subset.offset=0.1") != _id("subset.keep=0.5")
 
 
 def test_different_work_keeps_different_ids():
