@@ -19,7 +19,7 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullForma
 
 from analysis.figures_limits import directional_curvature, loss_rise_ratio, prune_limit, spectrum_masses
 from analysis.figures_scores import per_example_histogram, score_histogram, score_scatter
-from analysis.figures_subsets import group_barrier_vs_spawn, subset_pruning_curve, subset_window
+from analysis.figures_subsets import group_barrier_vs_spawn, ntk_velocity, subset_pruning_curve, subset_window
 from analysis.figures_training import training_accuracy, training_loss
 from analysis.style import (FIGSIZE, band, new_axes, place_legend, replicates_note, require, run_names,
                             set_title, variant_suffix)
@@ -317,6 +317,7 @@ FIGURES = {
     "subset_pruning_curve": (subset_pruning_curve, "levels"),
     "subset_window": (subset_window, "levels"),
     "group_barrier_vs_spawn": (group_barrier_vs_spawn, "measurements"),
+    "ntk_velocity": (ntk_velocity, "ntk"),
 }
 
 __all__ = ["FIGURES", "FIGSIZE", "category_order", *FIGURES]

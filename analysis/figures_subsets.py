@@ -1,6 +1,6 @@
-"""Figures of training on a pruned data set (Paul, Ganguli and Dziugaite 2021, "Deep
-learning on a data diet"): the ``levels`` frame of :mod:`analysis.load`, the dense network
-(level 0 of the trunk) of each run, against the ``[subset]`` settings of its config.
+"""Figures of the experiments of Paul, Ganguli and Dziugaite 2021, "Deep learning on a
+data diet". The first two take the ``levels`` frame of :mod:`analysis.load`, the dense
+network (level 0 of the trunk) of each run, against the ``[subset]`` settings of its config.
 
 - :func:`subset_pruning_curve` is the paper's Fig. 1: test accuracy against the fraction
   of the training set pruned, one line per selection (score and rule, or random). Runs on
@@ -10,6 +10,8 @@ learning on a data diet"): the ``levels`` frame of :mod:`analysis.load`, the den
   level and kept fraction.
 - :func:`group_barrier_vs_spawn` is its Fig. 4, from the ``measurements`` frame: barriers
   between siblings on the lowest- and highest-score examples against the spawn step.
+- :func:`ntk_velocity` is its Fig. 3, from the ``ntk`` frame: the kernel velocity on the
+  low-score, high-score and random groups during training.
 
 Conventions as in :mod:`analysis.figures`.
 """
@@ -17,7 +19,7 @@ Conventions as in :mod:`analysis.figures`.
 import pandas as pd
 import seaborn as sns
 
-from analysis.style import band, new_axes, place_legend, replicates_note, require, set_title
+from analysis.style import band, new_axes, place_legend, replicates_note, require, run_names, set_title
 
 TRUNK = "imp"
 COLUMNS = ["subset.keep", "subset.rule", "subset.score", "subset.score_step", "subset.offset"]
@@ -145,5 +147,30 @@ def group_barrier_vs_spawn(measurements: pd.DataFrame, ax=None):
     ax.set_xlabel("spawn step of the siblings (iterations)")
     ax.set_ylabel("barrier on the group (train error, points)")
     set_title(ax, f"Connectivity by example group ({replicates_note(long)})")
+    place_legend(ax, "group")
+    return ax.figure
+
+
+NTK_GROUPS = {"low": "lowest scores", "high": "highest scores", "random": "random"}
+
+
+def ntk_velocity(ntk: pd.DataFrame, ax=None):
+    """Velocity of the empirical NTK (kernel distance per step between successive
+    checkpoints, :mod:`landscape.ntk`) against the training step, one line per example
+    group and level, one line style per run (e.g. with and without label noise); log y."""
+    figure = "ntk_velocity"
+    require(ntk, ["run_id", "replicate", "level", "group", "step", "velocity"], figure)
+    rows = ntk.assign(line=ntk["group"].map(lambda g: NTK_GROUPS.get(g, g)) + " (level " + ntk["level"].astype(str) + ")")
+    rows = rows.assign(run=run_names(rows))
+    order = sorted(rows["line"].unique(), key=lambda line: (line.split(" (")[1], line))
+    ax = new_axes(ax)
+    sns.lineplot(rows, x="step", y="velocity", hue="line", hue_order=order,
+                 style="run" if rows["run"].nunique() > 1 else None, marker="o", markersize=4,
+                 palette=sns.color_palette("colorblind", len(order)), **band(rows), ax=ax)
+    if (rows["velocity"] > 0).all():
+        ax.set_yscale("log")
+    ax.set_xlabel("training step (iterations)")
+    ax.set_ylabel("kernel velocity (distance per step)")
+    set_title(ax, f"Velocity of the empirical NTK ({replicates_note(rows)})")
     place_legend(ax, "group")
     return ax.figure

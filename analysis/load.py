@@ -178,6 +178,24 @@ def directions_frame(runs: Iterable[store.RunDir]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def ntk_frame(runs: Iterable[store.RunDir]) -> pd.DataFrame:
+    """The kernel velocities of the ``ntk`` measurements (:mod:`landscape.ntk`): a row per
+    group and pair of successive checkpoints, at the later checkpoint's ``step``."""
+    rows = []
+    for run in runs:
+        found = []
+        for measured in measurements(run):
+            if measured.measurement != "ntk":
+                continue
+            tree = store.read_h5(run.stage_file(measured.replicate, measured.stage))
+            base = {"replicate": measured.replicate, "level": measured.level, "variant": measured.settings_id}
+            for group, values in tree["groups"].items():
+                found += [{**base, "group": group, "step": int(step), "velocity": float(v), "distance": float(d)}
+                          for step, v, d in zip(tree["steps"][1:], values["velocity"], values["distance"])]
+        rows += _with_config(found, run)
+    return pd.DataFrame(rows)
+
+
 def score_files(runs: Iterable[store.RunDir]) -> list[Path]:
     """The score files in the results folders the runs live in."""
     folders = sorted({run.out / names.SCORES_DIR for run in runs})
@@ -200,5 +218,5 @@ def load_frames(run_names: Iterable[str], out: str | Path = "results") -> dict[s
     """Every frame of the given runs (and the score files beside them)."""
     runs = load_runs(run_names, out)
     return {"levels": levels_frame(runs), "metrics": metrics_frame(runs), "measurements": measurements_frame(runs),
-            "directions": directions_frame(runs), **landscape_frames(runs),
+            "directions": directions_frame(runs), "ntk": ntk_frame(runs), **landscape_frames(runs),
             "scores": scores_frame(score_files(runs))}

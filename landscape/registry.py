@@ -25,7 +25,7 @@ from typing import Any
 from imp.base import names, store
 from imp.base.config import LandscapeConfig, register_landscape_key
 from imp.base.results import Measured, read_measured
-from landscape import distance, groups, measure, spectra
+from landscape import distance, groups, measure, ntk, spectra
 
 Tree = dict[str, Any]
 
@@ -91,6 +91,8 @@ REGISTRY: list[Measurement] = [
                 distance.compute, distance.columns, span=1, keys=distance.KEYS, command=True),
     Measurement("groups", "barriers between sibling copies of level L on the lowest- and highest-score examples",
                 groups.variants, groups.compute, groups.columns, keys=groups.KEYS, command=True),
+    Measurement("ntk", "velocity of the empirical NTK on low-score, high-score and random examples while level L "
+                "trains", ntk.variants, ntk.compute, ntk.columns, keys=ntk.KEYS, command=True),
 ]
 PAIR = "pair"  # `lth barrier --between`: a measurement of two named networks, of no one level
 

@@ -187,7 +187,18 @@ def make_group_measurements() -> pd.DataFrame:
                          for step in (0, 10, 100, 1000) for replicate in REPLICATES])
 
 
-FRAMES = {"levels": make_levels, "subset_levels": make_subset_levels, "group_measurements": make_group_measurements, "measurements": make_measurements, "curves": make_curves, "barriers": make_barriers,
+def make_ntk() -> pd.DataFrame:
+    """Kernel velocities falling over training, faster on high-score examples, two runs
+    (clean and noisy labels)."""
+    return pd.DataFrame([{"run_id": run, "replicate": replicate, "level": 0, "variant": "eeee0000", "group": group,
+                          "step": step, "velocity": speed / step, "distance": speed, "data.label_noise": noise}
+                         for run, noise in (("clean", 0.0), ("noisy", 0.1)) for replicate in REPLICATES
+                         for group, speed in (("low", 0.5), ("high", 2.0), ("random", 1.0))
+                         for step in (10, 20, 40, 80)])
+
+
+FRAMES = {"levels": make_levels, "subset_levels": make_subset_levels, "group_measurements": make_group_measurements,
+          "ntk": make_ntk, "measurements": make_measurements, "curves": make_curves, "barriers": make_barriers,
           "per_example": make_per_example, "scores": make_scores, "directions": make_directions,
           "metrics": make_metrics}
 # figure -> (x label fragment, log x axis)
@@ -200,7 +211,7 @@ EXPECTED = {"accuracy_vs_density": ("density", True), "rewind_comparison": ("den
             "instability_vs": ("rewind step", False), "per_example_histogram": ("B_i", False),
             "score_histogram": ("EL2N", False), "score_scatter": ("el2n@2ep", False),
             "subset_pruning_curve": ("pruned", False), "subset_window": ("window start", False),
-            "group_barrier_vs_spawn": ("spawn step", False)}
+            "group_barrier_vs_spawn": ("spawn step", False), "ntk_velocity": ("step", False)}
 # figures whose synthetic data is another frame of the same schema
 SOURCE = {"subset_pruning_curve": "subset_levels", "subset_window": "subset_levels",
           "group_barrier_vs_spawn": "group_measurements"}

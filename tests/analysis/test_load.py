@@ -25,7 +25,7 @@ def test_frames_of_several_runs(results):
     hessians = measured[measured["kind"] == "hessian"]
     assert len(hessians) == 2 * 2 and set(hessians["level"]) == {1} and hessians["variant"].nunique() == 1
     assert json.loads(hessians["settings"].iloc[0])["examples"] == 100
-    assert set(measured["kind"]) == {"successive", "instability", "perturb", "hessian", "prune_check", "groups"}
+    assert set(measured["kind"]) == {"successive", "instability", "perturb", "hessian", "prune_check", "groups", "ntk"}
     assert set(barriers["split"]) == {"train", "test"} and set(barriers["metric"]) == {"error", "loss"}
     perturb = barriers[barriers["kind"] == "perturb"]
     assert set(perturb["size"]) == {0.5} and set(perturb["direction"]) == {"gaussian"}
