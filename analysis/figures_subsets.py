@@ -97,7 +97,9 @@ def subset_window(levels: pd.DataFrame, ax=None):
     if windows.empty:
         raise ValueError(f"{figure}: no runs on a window of the ranking (subset.rule = 'window')")
     # A window at offset 0 is the hardest examples, and its run id says "hardest".
-    top = rows[(rows["subset.rule"] == "hardest") & rows["subset.keep"].isin(set(windows["subset.keep"]))]
+    ranking = ["subset.keep", "subset.score", "subset.score_step"]
+    same = set(_joined(windows, ranking, "|"))
+    top = rows[(rows["subset.rule"] == "hardest") & _joined(rows, ranking, "|").isin(same)]
     rows = pd.concat([windows, top])
     if rows["subset.offset"].nunique() < 2:
         raise ValueError(f"{figure}: every window starts at the same offset; the figure needs runs at two or "
