@@ -222,6 +222,11 @@ def submit_sweep(sweep: Sweep, out: str | Path, executor, *, device: str = "auto
 
 def slurm_executor(out: str | Path, *, partition: str | None, gpus_per_job: int, cpus_per_job: int,
                    minutes: int):
+    import shutil
+
+    if shutil.which("sbatch") is None or shutil.which("srun") is None:
+        raise UserError("--executor slurm needs Slurm's sbatch and srun on PATH, and they are not here; "
+                        "run the sweep on a cluster's login node, or use --executor local or parallel")
     import submitit
 
     executor = submitit.AutoExecutor(folder=str(Path(out) / SWEEPS_DIR / "slurm"), cluster="slurm")

@@ -205,6 +205,8 @@ CASES = [
      write("grid.toml", '[sweep]\n"train.foo" = [1, 2]\n')),
     ("sweep-axis-misspelled", ["sweep", "{tmp}/grid.toml", "--out", "{out}"],
      ["unknown key 'prune.rewnd'; did you mean 'prune.rewind'?"], write("grid.toml", '[sweep]\n"prune.rewnd" = ["0it"]\n')),
+    ("sweep-slurm-without-slurm", ["sweep", "{tmp}/grid.toml", "--out", "{out}", "--executor", "slurm"],
+     ["--executor slurm needs Slurm's sbatch and srun on PATH"], write("grid.toml", SWEEP_AXES)),
     ("sweep-axis-empty", ["sweep", "{tmp}/grid.toml", "--out", "{out}"],
      ["sweep axis 'train.lr' needs a non-empty list of values"], write("grid.toml", '[sweep]\n"train.lr" = []\n')),
     ("sweep-axis-wrong-type", ["sweep", "{tmp}/grid.toml", "--out", "{out}"],

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+import landscape.registry  # noqa: F401 (registers the measurements' [landscape] keys, as `lth` does)
 from imp.base.config import load_config, run_id
 from runs.lth.sweep import load_sweep
 
