@@ -25,6 +25,7 @@ with ``landscape.ntk = true`` during ``lth run``; figure ``ntk_velocity``.
 """
 
 import copy
+import warnings
 
 import numpy as np
 import torch
@@ -85,7 +86,9 @@ def kernel(model: torch.nn.Module, x: torch.Tensor, mask: dict[str, torch.Tensor
         basis[torch.arange(len(rows)), rows] = 1.0
         (tangents,) = vmap(pull)(basis)  # J^T e_k, one per row
         tangents = {name: t if keep[name] is None else t * keep[name] for name, t in tangents.items()}
-        result[:, rows] = push(tangents).T.cpu()
+        with warnings.catch_warnings():  # forward-mode AD's one-time torch.jit.script: torch's matter
+            warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
+            result[:, rows] = push(tangents).T.cpu()
     return result
 
 
