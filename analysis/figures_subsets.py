@@ -42,6 +42,21 @@ def _joined(frame: pd.DataFrame, columns: list[str], separator: str, prefix: str
                      index=frame.index, dtype=object)
 
 
+def _lines(rows: pd.DataFrame, x: str, y: str, ax, labels: tuple[str, str, str, str], **extra):
+    """One line per value of ``rows["line"]`` (sorted, or ``order``), with markers and the
+    replicates' band; ``labels`` = x label, y label, title, legend title."""
+    order = extra.pop("order", None) or sorted(rows["line"].unique())
+    xlabel, ylabel, title, legend = labels
+    ax = new_axes(ax)
+    sns.lineplot(rows, x=x, y=y, hue="line", hue_order=order, marker="o", markersize=5,
+                 palette=sns.color_palette("colorblind", len(order)), **band(rows), ax=ax, **extra)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    set_title(ax, f"{title} ({replicates_note(rows)})")
+    place_legend(ax, legend)
+    return ax
+
+
 def _method(row: pd.Series) -> str:
     if row["subset.rule"] == "random":
         return "random"
@@ -76,14 +91,9 @@ def subset_pruning_curve(levels: pd.DataFrame, ax=None):
         raise ValueError(f"{figure}: every run prunes the same fraction ({lines['x'].iloc[0]:g}%); the curve "
                          "needs runs at two or more values of subset.keep")
     order = sorted(lines["method"].unique(), key=lambda m: (m == "random", m))
-    ax = new_axes(ax)
-    sns.lineplot(lines, x="x", y="y", hue="method", hue_order=order, marker="o", markersize=5,
-                 palette=sns.color_palette("colorblind", len(order)), **band(lines), ax=ax)
-    ax.set_xlabel("training examples pruned (%)")
-    ax.set_ylabel("test accuracy (%)")
-    set_title(ax, f"Training on a pruned data set ({replicates_note(lines)})")
-    place_legend(ax, "kept by")
-    return ax.figure
+    return _lines(lines.assign(line=lines["method"]), "x", "y", ax, (
+        "training examples pruned (%)", "test accuracy (%)", "Training on a pruned data set", "kept by"),
+        order=order).figure
 
 
 def subset_window(levels: pd.DataFrame, ax=None):
@@ -108,15 +118,9 @@ def subset_window(levels: pd.DataFrame, ax=None):
                        line=[f"{100 * noise:g}% noise, keep {100 * keep:g}%, {score}"
                              for noise, keep, score in zip(rows["data.label_noise"], rows["subset.keep"],
                                                            rows["subset.score"])])
-    order = sorted(rows["line"].unique())
-    ax = new_axes(ax)
-    sns.lineplot(rows, x="x", y="y", hue="line", hue_order=order, marker="o", markersize=5,
-                 palette=sns.color_palette("colorblind", len(order)), **band(rows), ax=ax)
-    ax.set_xlabel("window start: training examples skipped from the highest score (%)")
-    ax.set_ylabel("test accuracy (%)")
-    set_title(ax, f"A sliding window of the score ranking ({replicates_note(rows)})")
-    place_legend(ax, "labels, kept, score")
-    return ax.figure
+    return _lines(rows, "x", "y", ax, ("window start: training examples skipped from the highest score (%)",
+                                       "test accuracy (%)", "A sliding window of the score ranking",
+                                       "labels, kept, score")).figure
 
 
 GROUP_NAMES = {"low": "lowest scores", "high": "highest scores", "file": "index file"}
@@ -141,15 +145,10 @@ def group_barrier_vs_spawn(measurements: pd.DataFrame, ax=None):
     if long["spawn_step"].nunique() < 2:
         raise ValueError(f"{figure}: every measurement spawns its siblings at step {long['spawn_step'].iloc[0]:g}; "
                          "the figure needs runs at two or more rewind points")
-    order = sorted(long["line"].unique())
-    ax = new_axes(ax)
+    ax = _lines(long, "spawn_step", "y", ax, ("spawn step of the siblings (iterations)",
+                                              "barrier on the group (train error, points)",
+                                              "Connectivity by example group", "group"))
     ax.axhline(0, color="0.6", linewidth=0.8)
-    sns.lineplot(long, x="spawn_step", y="y", hue="line", hue_order=order, marker="o", markersize=5,
-                 palette=sns.color_palette("colorblind", len(order)), **band(long), ax=ax)
-    ax.set_xlabel("spawn step of the siblings (iterations)")
-    ax.set_ylabel("barrier on the group (train error, points)")
-    set_title(ax, f"Connectivity by example group ({replicates_note(long)})")
-    place_legend(ax, "group")
     return ax.figure
 
 
@@ -165,14 +164,9 @@ def ntk_velocity(ntk: pd.DataFrame, ax=None):
     rows = ntk.assign(line=ntk["group"].map(lambda g: NTK_GROUPS.get(g, g)) + " (level " + ntk["level"].astype(str) + ")")
     rows = rows.assign(run=run_names(rows))
     order = sorted(rows["line"].unique(), key=lambda line: (line.split(" (")[1], line))
-    ax = new_axes(ax)
-    sns.lineplot(rows, x="step", y="velocity", hue="line", hue_order=order,
-                 style="run" if rows["run"].nunique() > 1 else None, marker="o", markersize=4,
-                 palette=sns.color_palette("colorblind", len(order)), **band(rows), ax=ax)
+    ax = _lines(rows, "step", "velocity", ax, ("training step (iterations)", "kernel velocity (distance per step)",
+                                              "Velocity of the empirical NTK", "group"),
+                order=order, style="run" if rows["run"].nunique() > 1 else None)
     if (rows["velocity"] > 0).all():
         ax.set_yscale("log")
-    ax.set_xlabel("training step (iterations)")
-    ax.set_ylabel("kernel velocity (distance per step)")
-    set_title(ax, f"Velocity of the empirical NTK ({replicates_note(rows)})")
-    place_legend(ax, "group")
     return ax.figure

@@ -159,17 +159,21 @@ def landscape_frames(runs: Iterable[store.RunDir]) -> dict[str, pd.DataFrame]:
             "per_example": pd.DataFrame(per_example)}
 
 
+def _trees(run: store.RunDir, kind: str):
+    """``(row base, tree)`` for every measurement of ``kind`` in ``run``."""
+    for measured in measurements(run):
+        if measured.measurement == kind:
+            base = {"replicate": measured.replicate, "level": measured.level, "variant": measured.settings_id}
+            yield base, store.read_h5(run.stage_file(measured.replicate, measured.stage))
+
+
 def directions_frame(runs: Iterable[store.RunDir]) -> pd.DataFrame:
     rows = []
     for run in runs:
         found = []
-        for measured in measurements(run):
-            if measured.measurement != "prune_check":
-                continue
-            tree = store.read_h5(run.stage_file(measured.replicate, measured.stage))
+        for base, tree in _trees(run, "prune_check"):
             if "direction" not in tree:  # measured before directions were stored
                 continue
-            base = {"replicate": measured.replicate, "level": measured.level, "variant": measured.settings_id}
             for rule, values in tree["direction"].items():
                 found += [{**base, "rule": rule, "fraction": float(f),
                            **{key: values[key][i] for key in DIRECTION_KEYS if key in values}}
@@ -184,11 +188,7 @@ def ntk_frame(runs: Iterable[store.RunDir]) -> pd.DataFrame:
     rows = []
     for run in runs:
         found = []
-        for measured in measurements(run):
-            if measured.measurement != "ntk":
-                continue
-            tree = store.read_h5(run.stage_file(measured.replicate, measured.stage))
-            base = {"replicate": measured.replicate, "level": measured.level, "variant": measured.settings_id}
+        for base, tree in _trees(run, "ntk"):
             for group, values in tree["groups"].items():
                 found += [{**base, "group": group, "step": int(step), "velocity": float(v), "distance": float(d)}
                           for step, v, d in zip(tree["steps"][1:], values["velocity"], values["distance"])]
