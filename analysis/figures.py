@@ -31,6 +31,7 @@ TRUNK = "imp"
 BASELINE_ORDER = (TRUNK, "reinit", "random", "oneshot")
 BASELINE_COLOURS = dict(zip(BASELINE_ORDER, sns.color_palette("colorblind", 4)))
 KIND_NAMES = {"successive": "L → L+1", "instability": "instability"}
+DENSE_DASHES = ((4, 2), (1, 1), (6, 2, 1, 2), (2, 3))  # the dense lines of up to four runs
 CONFIG_NAMES = {"prune.rewind": "rewind step k", "diet.subset": "data-diet subset",
                 "diet.size": "subset size (examples)", "diet.pretrain": "pre-training length"}
 
@@ -54,7 +55,7 @@ def _density_axis(ax, percent: pd.Series) -> None:
     for tick in candidates:  # from the densest end: keep a tick when it is far enough from the last kept
         if not ticks or np.log10(ticks[-1] / tick) >= span / 7:
             ticks.append(float(tick))
-    ax.xaxis.set_major_locator(FixedLocator(ticks) if len(ticks) >= 2 else LogLocator(base=10, subs=mantissas))
+    ax.xaxis.set_major_locator(FixedLocator(ticks) if ticks else LogLocator(base=10, subs=mantissas))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
     ax.xaxis.set_minor_formatter(NullFormatter())
     if not ax.xaxis_inverted():
@@ -119,8 +120,8 @@ def category_order(values: pd.Series, iterations_per_epoch: int | None = None) -
 def accuracy_vs_density(levels: pd.DataFrame, ax=None, tolerance: float = 0.005):
     """Test accuracy of IMP and its baselines against density, with each run's dense
     network's accuracy (level 0 of its trunk, mean over replicates; one dash pattern per
-    run, at most four runs apart) ± ``tolerance`` (a fraction: 0.005 = 0.5 points) as
-    the matching band. Runs are named by how their configs differ."""
+    run, up to four runs, else thin lines with one legend entry) ± ``tolerance`` (a fraction: 0.005 =
+    0.5 points) as the matching band. Runs are named by how their configs differ."""
     figure = "accuracy_vs_density"
     require(levels, ["run_id", "replicate", "level", "baseline", "density", "test_accuracy"],
             figure)
@@ -135,7 +136,11 @@ def accuracy_vs_density(levels: pd.DataFrame, ax=None, tolerance: float = 0.005)
                  **band(frame), ax=ax)
     dense = frame[(frame["baseline"] == TRUNK) & (frame["level"] == 0)].groupby("run")["y"].mean()
     width = 100 * tolerance
-    for (run, mean), dashes in zip(dense.items(), ((4, 2), (1, 1), (6, 2, 1, 2), (2, 3))):
+    if len(dense) > len(DENSE_DASHES):  # too many to tell apart: thin lines, one legend entry
+        for i, mean in enumerate(dense):
+            ax.axhline(mean, color="0.5", linewidth=0.6, label="each run's dense network" if i == 0 else None)
+        dense = dense.iloc[:0]
+    for (run, mean), dashes in zip(dense.items(), DENSE_DASHES):
         name = f"dense {run} ({mean:.2f}%)" if len(dense) > 1 else f"dense network ({mean:.2f}%)"
         ax.axhline(mean, color="0.3", dashes=dashes, linewidth=1, label=name)
         ax.axhspan(mean - width, mean + width, color="0.5", alpha=0.15 / len(dense), linewidth=0,

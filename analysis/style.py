@@ -80,10 +80,14 @@ def variant_suffix(frame: pd.DataFrame) -> pd.Series:
     return (" [" + frame["variant"].astype(str) + "]").where(several, "")
 
 
+LONGEST_NAME = 40  # characters of a run's name by config difference; longer: its id
+
+
 def run_names(frame: pd.DataFrame) -> pd.Series:
     """Each row's run, named by how its config differs from the other runs' in the frame
     (``rewind=500it``, ``rewind=0it, lr=0.05``: the config columns ``section.key`` whose
-    values differ, by key), or by run id where the configs do not tell the runs apart."""
+    values differ, by key), or by run id where the configs do not tell the runs apart or
+    such a name would be over :data:`LONGEST_NAME` characters."""
     runs = frame.drop_duplicates("run_id")
     differing = [c for c in frame.columns if "." in c and runs[c].astype(str).nunique() > 1]
     if not differing or len(runs) < 2:
@@ -91,5 +95,7 @@ def run_names(frame: pd.DataFrame) -> pd.Series:
     names = {row["run_id"]: ", ".join(f"{c.split('.', 1)[1]}={row[c]}" for c in differing)
              for _, row in runs.iterrows()}
     if len(set(names.values())) < len(names):  # two runs with the same differing values: ids
+        return frame["run_id"].astype(str)
+    if max(map(len, names.values())) > LONGEST_NAME:  # a legend that would crowd out the axes
         return frame["run_id"].astype(str)
     return frame["run_id"].map(names)
