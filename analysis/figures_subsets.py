@@ -48,12 +48,16 @@ def _lines(rows: pd.DataFrame, x: str, y: str, ax, labels: tuple[str, str, str, 
     order = extra.pop("order", None) or sorted(rows["line"].unique())
     xlabel, ylabel, title, legend = labels
     ax = new_axes(ax)
-    sns.lineplot(rows, x=x, y=y, hue="line", hue_order=order, marker="o", markersize=5,
+    # With a style variable seaborn heads each part of the legend with its column's name.
+    if legend in rows.columns:
+        raise ValueError(f"the legend title {legend!r} is a column of the frame")
+    rows = rows.rename(columns={"line": legend})
+    sns.lineplot(rows, x=x, y=y, hue=legend, hue_order=order, marker="o", markersize=5,
                  palette=sns.color_palette("colorblind", len(order)), **band(rows), ax=ax, **extra)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     set_title(ax, f"{title} ({replicates_note(rows)})")
-    place_legend(ax, legend)
+    place_legend(ax, None if extra.get("style") else legend)
     return ax
 
 
@@ -147,7 +151,7 @@ def group_barrier_vs_spawn(measurements: pd.DataFrame, ax=None):
                          "the figure needs runs at two or more rewind points")
     ax = _lines(long, "spawn_step", "y", ax, ("spawn step of the siblings (iterations)",
                                               "barrier on the group (train error, points)",
-                                              "Connectivity by example group", "group"))
+                                              "Connectivity by example group", "example group"))
     ax.axhline(0, color="0.6", linewidth=0.8)
     return ax.figure
 
@@ -165,7 +169,7 @@ def ntk_velocity(ntk: pd.DataFrame, ax=None):
     rows = rows.assign(run=run_names(rows))
     order = sorted(rows["line"].unique(), key=lambda line: (line.split(" (")[1], line))
     ax = _lines(rows, "step", "velocity", ax, ("training step (iterations)", "kernel velocity (distance per step)",
-                                              "Velocity of the empirical NTK", "group"),
+                                              "Velocity of the empirical NTK", "example group"),
                 order=order, style="run" if rows["run"].nunique() > 1 else None)
     if (rows["velocity"] > 0).all():
         ax.set_yscale("log")
