@@ -51,7 +51,7 @@ from imp.base import store
 from imp.batched import train_levels_batched
 from imp.base.config import Config, TrainConfig, canonical_json, platform_json, run_id
 from imp.data import Dataset, load_dataset
-from imp.datasets import canonical_config
+from imp.datasets import DataNotFound, canonical_config
 from imp.diet import diet_pretrain, store_subset, subset_data, subset_line
 from imp.base.duration import Duration
 from imp.base.errors import UserError
@@ -464,9 +464,15 @@ def run_config(config: Config, out: str | Path, data_root: Path) -> Config:
     """``config`` written the one way its run id is made from (equal work, one id: "12it"
     and "1ep" alike at 12 iterations per epoch; :func:`imp.datasets.canonical_config`).
     A run under ``out`` still stored under the id of ``config`` as written (by a version
-    before equal work had one id) is refused, naming the `lth upgrade` that moves it."""
+    before equal work had one id) is refused, naming the `lth upgrade` that moves it.
+    Without the data (its size unknown) a run stored under the id as written is that run."""
     written = run_id(config)
-    config = canonical_config(config, data_root)
+    try:
+        config = canonical_config(config, data_root)
+    except DataNotFound:
+        if store.is_run(Path(out) / written):  # a finished run needs no data: as written, it is stored
+            return config
+        raise
     now = run_id(config)
     if now != written and store.is_run(Path(out) / written) and not store.is_run(Path(out) / now):
         raise UserError(f"this run is stored under {Path(out) / written}, its id before equal durations had one "

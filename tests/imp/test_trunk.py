@@ -241,3 +241,23 @@ def test_a_run_with_nothing_to_do_keeps_the_data_root_it_read(tmp_path):
     assert stored["data_root"] == str(tmp_path) and len(stored["data_fingerprint"]) == 16
     run_imp(config, tmp_path / "out", tmp_path / "never-read", CPU)  # finished: no data is loaded
     assert store.read_run(run)["data_root"] == str(tmp_path)
+
+
+def test_a_finished_run_is_found_without_its_data(tmp_path):
+    """The run id needs the training set's size (equal durations written one way), but a
+    finished run stored under the id of its config as written needs no data at all."""
+    import shutil
+
+    from imp.datasets import DataNotFound
+    from tests.imp.test_datasets import synthetic_idx, write_idx
+
+    write_idx(tmp_path / "data" / "MNIST" / "raw", synthetic_idx(n_train=40, n_test=10, height=28, width=28),
+              compressed=True)
+    config = load_config(None, ["data.dataset=mnist", "model.widths=[8]", "train.epochs='5it'",
+                                "train.eval_every='5it'", "data.batch_size=16"])  # 3 iterations per epoch
+    run = run_imp(config, tmp_path / "out", tmp_path / "data", CPU)
+    shutil.rmtree(tmp_path / "data")
+    assert run_imp(config, tmp_path / "out", tmp_path / "data", CPU).run_id == run.run_id
+    with pytest.raises(DataNotFound):  # not finished, or another spelling: the data is needed
+        run_imp(load_config(None, ["data.dataset=mnist", "train.epochs='3it'"]), tmp_path / "out",
+                tmp_path / "data", CPU)
