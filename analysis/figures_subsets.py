@@ -153,6 +153,10 @@ def group_barrier_vs_spawn(measurements: pd.DataFrame, ax=None):
                                               "barrier on the group (train error, points)",
                                               "Connectivity by example group", "example group"))
     ax.axhline(0, color="0.6", linewidth=0.8)
+    positive = long["spawn_step"][long["spawn_step"] > 0]
+    if len(positive) and positive.max() / positive.min() > 30:  # early spawn steps apart: symmetric log
+        ax.set_xscale("symlog", linthresh=float(positive.min()))
+        ax.set_xlabel("spawn step of the siblings (iterations, log scale above the first)")
     return ax.figure
 
 

@@ -157,6 +157,7 @@ def load_or_compute(config: Config, data: Dataset, spec: ScoreSpec, out: str | P
     config = canonical(config, len(data.train) + config.data.validation, len(data.test))
     spec = dataclasses.replace(spec, step=spec.step.canonical(data.iterations_per_epoch(config.data.batch_size)))
     path = scores_path(out, config, spec)
+    store.remove_orphans(path.parent)  # left by a writer killed mid-write
     if path.is_file():
         return read_scores(path, data), path
     store.check_writable(path.parent)

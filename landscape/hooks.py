@@ -17,7 +17,7 @@ from imp.base.record import TrainedLevel
 from imp.base.results import Measured, levels_done
 from imp.trunk import LevelDone, LevelHook
 from landscape.measure import Context
-from landscape.registry import REGISTRY, ready, run_measurement, wanted
+from landscape.registry import REGISTRY, check, ready, run_measurement, wanted
 
 Report = Callable[[str], None]
 
@@ -40,6 +40,7 @@ def measure_level(config: Config, data: Dataset, run: store.RunDir, replicate: i
 def level_hooks(config: Config, device: torch.device, report: Report | None = None) -> list[LevelHook]:
     """Hooks for :func:`imp.trunk.run_imp` (none when the section asks for nothing);
     ``report`` takes a line per network trained and measurement made."""
+    check(config, range(config.prune.levels + 1))
     if not wanted(config.landscape, range(config.prune.levels + 1)):
         return []
 
@@ -54,6 +55,7 @@ def measure_run(config: Config, data: Dataset, run: store.RunDir, device: torch.
     """Measure the finished levels (all, or ``levels``) of every replicate of ``run``; returns
     every measurement asked for (made now or found stored), so callers report exactly those."""
     chosen = None if levels is None else set(levels)
+    check(config, range(max((levels_done(run, r) for r in run.replicates()), default=0)))
     plan = []
     for replicate in run.replicates():
         context = Context(config, data, run, replicate, report=report)

@@ -24,6 +24,7 @@ from typing import Any
 
 from imp.base import names, store
 from imp.base.config import LandscapeConfig, register_landscape_key
+from imp.base.errors import UserError
 from imp.base.results import Measured, read_measured
 from landscape import distance, groups, measure, ntk, spectra
 
@@ -42,6 +43,7 @@ class Measurement:
     span: int = 0  # the measurement of level L needs levels L .. L + span finished
     keys: dict[str, tuple[type, Any]] = field(default_factory=dict)  # extra [landscape] keys: (type, default)
     command: bool = False  # `lth <kind> RUN [--levels ...]` turns on its first key and measures
+    whole_training_set: bool = False  # ranks the whole training set by score: not for a [subset] run
 
 
 def _at(levels: tuple[int, ...], level: int) -> bool:
@@ -90,9 +92,11 @@ REGISTRY: list[Measurement] = [
     Measurement("distance", "weight distance and mask overlap between levels L and L+1", distance.variants,
                 distance.compute, distance.columns, span=1, keys=distance.KEYS, command=True),
     Measurement("groups", "barriers between sibling copies of level L on the lowest- and highest-score examples",
-                groups.variants, groups.compute, groups.columns, keys=groups.KEYS, command=True),
+                groups.variants, groups.compute, groups.columns, keys=groups.KEYS, command=True,
+                whole_training_set=True),
     Measurement("ntk", "velocity of the empirical NTK on low-score, high-score and random examples while level L "
-                "trains", ntk.variants, ntk.compute, ntk.columns, keys=ntk.KEYS, command=True),
+                "trains", ntk.variants, ntk.compute, ntk.columns, keys=ntk.KEYS, command=True,
+                whole_training_set=True),
 ]
 PAIR = "pair"  # `lth barrier --between`: a measurement of two named networks, of no one level
 
@@ -103,6 +107,18 @@ for _measurement in REGISTRY:
 
 def by_kind(kind: str) -> Measurement:
     return next(m for m in REGISTRY if m.kind == kind)
+
+
+def check(config, levels: range) -> None:
+    """Refuse, before anything trains, a measurement the run cannot have: one that ranks
+    the whole training set, on a run that trains on a ``[subset]`` of it."""
+    if not config.subset.active:
+        return
+    for measurement in REGISTRY:
+        if measurement.whole_training_set and any(measurement.variants(config.landscape, level) for level in levels):
+            raise UserError(f"landscape.{next(iter(measurement.keys))}: the {measurement.kind} measurement ranks the "
+                            "whole training set by score and is not supported on a run with subset.keep < 1 yet; "
+                            "measure a run on the whole training set")
 
 
 def wanted(ls: LandscapeConfig, levels: range) -> bool:

@@ -182,6 +182,24 @@ def _injected_fault() -> None:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+def remove_orphans(folder: Path) -> int:
+    """Delete the temporary files in ``folder`` whose writer is dead (killed mid-write): for
+    a folder no lock guards, such as the scores cache, where a live writer's file must stay."""
+    removed = 0
+    for path in Path(folder).glob("." + "*" + names.TEMPORARY_SUFFIX) if Path(folder).is_dir() else ():
+        pid = path.name.removesuffix(names.TEMPORARY_SUFFIX).rpartition(".")[2]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            path.unlink(missing_ok=True)
+            removed += 1
+        except PermissionError:  # alive, another user's
+            pass
+    return removed
+
+
 def cannot_write(path: Path, error: OSError, instead: str = "another --out folder") -> UserError:
     """The one-line error for a file or folder that cannot be written."""
     if error.errno in (errno.ENOSPC, errno.EDQUOT):

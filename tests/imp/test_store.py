@@ -203,3 +203,18 @@ def test_a_waiter_never_works_in_a_folder_its_failed_creator_removed(tmp_path):
             raise RuntimeError("validation failed late")
     thread.join(timeout=10)
     assert held == {"lock file there": True, "locked": True}
+
+
+def test_orphaned_temporary_files_of_dead_writers_are_removed(tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    orphan = tmp_path / f".el2n_abc.h5.{int(dead.stdout)}{store.TEMPORARY_SUFFIX}"
+    live = tmp_path / f".el2n_abc.h5.{os.getppid()}{store.TEMPORARY_SUFFIX}"  # a live process's file stays
+    kept = tmp_path / "el2n_abc.h5"
+    for path in (orphan, live, kept):
+        path.write_bytes(b"x")
+    assert store.remove_orphans(tmp_path) == 1
+    assert not orphan.exists() and live.exists() and kept.exists()
+    assert store.remove_orphans(tmp_path / "absent") == 0

@@ -165,6 +165,8 @@ CASES = [
      ["subset.offset", "subset.keep + subset.offset <= 1"], None),
     ("subset-offset-without-window", bad_run("subset.keep=0.5", "subset.offset=0.1"),
      ["subset.offset only applies to subset.rule = 'window'"], None),
+    ("subset-and-groups", bad_run("subset.keep=0.5", "landscape.groups=true"),
+     ["landscape.groups: the groups measurement ranks the whole training set", "subset.keep < 1"], None),
     ("subset-and-diet", bad_run("subset.keep=0.5", "diet.pretrain='10it'"),
      ["cannot be combined with diet.pretrain"], None),
     ("subset-scores-file-missing", bad_run("subset.keep=0.5", "subset.scores_file='{tmp}/none.h5'"),

@@ -28,8 +28,11 @@ TINY = ["model.widths=[32, 16]", "train.epochs='6ep'", "train.eval_every='3ep'",
         "prune.levels=2", "prune.baselines=['reinit']",
         "landscape.successive=true", "landscape.siblings=2", "landscape.sibling_levels=[1]",
         "landscape.points=5", "landscape.examples=200"]
+# The measurements that rank the whole training set (not for the sweep's [subset] runs).
+RANKED = ["landscape.groups=true", "landscape.group_score_step='20it'", "landscape.ntk=true",
+          "landscape.ntk_examples=4", "landscape.ntk_points=3", "landscape.ntk_score_step='20it'"]
 DIET = ["diet.pretrain='10it'", "diet.subset='random'", "diet.size=300"]  # the run rewinds to a diet
-SETTINGS = [item for setting in TINY + DIET for item in ("--set", setting)]
+SETTINGS = [item for setting in TINY + RANKED + DIET for item in ("--set", setting)]
 SUBSET = ["subset.keep=0.5", "subset.score_step='10it'"]  # the sweep trains on the hardest half
 SWEEP = "\n".join(["[sweep]", '"train.lr" = [0.1, 0.05]'])  # the sweep rewinds to step 10
 TIMING = {"train_seconds", "provenance"}  # what may differ between two identical runs
