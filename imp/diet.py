@@ -11,6 +11,7 @@ data for steps P..T, and every later level rewinds to it. The subset, the scores
 and where they came from are stored in ``replicate_<r>/pretrain.h5``.
 """
 
+import math
 import time
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from imp.base.errors import UserError
 from imp.level import Start, copy_state
 from imp.models import build_initial_model
 from imp.scores import ScoreSpec, load_or_compute, read_scores
-from imp.subsets import keep, select
+from imp.subsets import ccs, keep, select
 from imp.base.seeds import Seeds
 from imp.train import train
 
@@ -52,10 +53,13 @@ def choose_subset(config: Config, data: Dataset, out: str | Path, progress: bool
     diet = config.diet
     labels = data.train.y.cpu().numpy()
     scores, source = None, ""
-    if diet.subset in ("easy", "hard"):
+    if diet.subset in ("easy", "hard", "ccs"):
         scores, source = _scores(config, data, out, score_spec(config), diet.scores_file, "diet", progress)
-    positions = select(scores, labels, diet.subset, diet.size, offset=diet.offset,
-                       class_balanced=diet.class_balanced, seed=diet.seed)
+    if diet.subset == "ccs":
+        positions = ccs(scores, diet.size, diet.ccs_hard_cut, diet.ccs_strata, diet.seed)
+    else:
+        positions = select(scores, labels, diet.subset, diet.size, offset=diet.offset,
+                           class_balanced=diet.class_balanced, seed=diet.seed)
     return {"positions": positions, "scores": scores, "source": str(source)}
 
 
@@ -146,7 +150,8 @@ def choose_kept(config: Config, data: Dataset, out: str | Path, progress: bool =
     count = len(data.train)
     tree = {"positions": positions, "index": data.train.index.cpu().numpy()[positions],
             "rule": subset.rule, "keep": subset.keep, "kept": len(positions), "examples": count,
-            "skipped": min(subset.skipped(count), count - len(positions)) if subset.rule == "window" else 0,
+            "skipped": (min(subset.skipped(count), count - len(positions)) if subset.rule == "window" else
+                        math.floor(subset.ccs_hard_cut * count + 0.5) if subset.rule == "ccs" else 0),
             "budget": subset.budget, "class_balanced": subset.class_balanced,
             "score": "" if scores is None else subset.score, "scores_source": source}
     if scores is not None:

@@ -35,13 +35,50 @@ def select(scores: np.ndarray | None, labels: np.ndarray, mode: str, size: int =
 RULES = {"hardest": "hard", "easiest": "easy", "random": "random", "window": "hard"}
 
 
+def ccs(scores: np.ndarray, size: int, hard_cut: float, strata: int, seed: int) -> np.ndarray:
+    """Coverage-centric coreset selection (Zheng et al. 2023, "Coverage-centric coreset
+    selection for high pruning rates", Algorithm 1): sorted positions of ``size`` examples.
+
+    1. Drop the round(``hard_cut`` x N) highest scores (the hardest, often mislabelled;
+       ties by position, as everywhere here).
+    2. Split the remaining scores' range [min, max] into ``strata`` bins of equal width
+       (bin b holds min + b w <= s < min + (b + 1) w, the maximum in the last bin).
+    3. Give the budget out bin by bin, from the fewest examples to the most (ties by bin
+       index): bin i of the B - i still to serve gets min(its size, floor(budget left /
+       (B - i))); the last bins take what the small ones could not, so the counts add up
+       to ``size`` whenever the kept examples are that many.
+    4. Sample each bin's count uniformly at random, seeded by ``seed``.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    count = len(scores)
+    cut = int(np.floor(hard_cut * count + 0.5))
+    if size > count - cut:
+        raise UserError(f"the coverage-centric subset keeps {size} examples but only {count - cut} remain after "
+                        f"dropping the {cut} hardest; lower the hard cut or keep fewer")
+    kept = np.sort(np.argsort(-scores, kind="stable")[cut:])
+    values = scores[kept]
+    low, high = values.min(), values.max()
+    width = (high - low) / strata if high > low else 1.0
+    bins = np.minimum(((values - low) / width).astype(np.int64), strata - 1)
+    sizes = np.bincount(bins, minlength=strata)
+    budgets = np.zeros(strata, dtype=np.int64)
+    left = size
+    for served, b in enumerate(np.argsort(sizes, kind="stable")):
+        budgets[b] = min(sizes[b], left // (strata - served))
+        left -= budgets[b]
+    rng = np.random.default_rng(seed)
+    chosen = [rng.permutation(kept[bins == b])[:budgets[b]] for b in range(strata) if budgets[b]]
+    return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=np.int64)
+
+
 def keep(config: SubsetConfig, scores: np.ndarray | None, labels: np.ndarray) -> np.ndarray:
     """Sorted positions of the examples a ``[subset]`` run trains on (Paul et al. 2021).
 
     With N training examples, K = ``config.kept(N)`` of them are kept: ``hardest`` the K
     highest scores, ``easiest`` the K lowest, ``random`` a uniform sample (seeded by
     ``config.seed``), ``window`` the K highest after skipping the S = ``config.skipped(N)``
-    highest (at most N - K), i.e. ranks S .. S+K-1 counted from the top. The paper's
+    highest (at most N - K), i.e. ranks S .. S+K-1 counted from the top; ``ccs`` the
+    coverage-centric selection of :func:`ccs`. The paper's
     offset counts from the lowest score instead: its window starting at ``o`` is this
     one with S = N - K - o. With ``class_balanced`` K and S are split over the classes
     as :func:`select` does.
@@ -49,6 +86,10 @@ def keep(config: SubsetConfig, scores: np.ndarray | None, labels: np.ndarray) ->
     labels = np.asarray(labels)
     count = len(labels)
     size = config.kept(count)
+    if config.rule == "ccs":
+        if scores is None or len(scores) != count:
+            raise ValueError("the coverage-centric rule needs one score per example")
+        return ccs(scores, size, config.ccs_hard_cut, config.ccs_strata, config.seed)
     offset = min(config.skipped(count), count - size) if config.rule == "window" else 0
     if config.rule != "random" and (scores is None or len(scores) != count):
         raise ValueError("score rules need one score per example")

@@ -167,7 +167,7 @@ class DietConfig:
     """
 
     pretrain: Duration = Duration()  # 0it = no data-diet pre-training
-    subset: Literal["all", "easy", "hard", "random"] = "all"  # easy = lowest scores, hard = highest
+    subset: Literal["all", "easy", "hard", "random", "ccs"] = "all"  # easy = lowest scores, hard = highest
     size: int = 0  # examples in the subset (0 with subset = "all": the whole training set)
     offset: int = 0  # skip this many of the sorted scores first: the window [offset, offset+size)
     class_balanced: bool = False  # split size and offset over the classes by their frequency
@@ -176,9 +176,17 @@ class DietConfig:
     score_runs: int = 1  # R: scores are averaged over R independent runs
     scores_file: str = ""  # a file from `lth scores`; "" = compute (cached under <out>/scores)
     seed: int = 0  # the random subset
+    ccs_hard_cut: float = 0.0  # ccs: drop this fraction of the highest scores first (imp.subsets.ccs)
+    ccs_strata: int = 50  # ccs: equal-width score bins sampled evenly
 
     def __post_init__(self):
         _check(self.size >= 0, "diet.size", "must be >= 0")
+        _check(0.0 <= self.ccs_hard_cut < 1.0, "diet.ccs_hard_cut", "must be in [0, 1)")
+        _check(1 <= self.ccs_strata <= 10000, "diet.ccs_strata", "must be from 1 to 10000")
+        _check(self.subset == "ccs" or (self.ccs_hard_cut == 0.0 and self.ccs_strata == 50), "diet.ccs_hard_cut",
+               "and diet.ccs_strata only apply to diet.subset = 'ccs'")
+        _check(self.subset != "ccs" or not self.class_balanced, "diet.class_balanced",
+               "does not apply to diet.subset = 'ccs' (its strata are by score)")
         _check(self.offset >= 0, "diet.offset", "must be >= 0")
         _check(self.score_runs >= 1, "diet.score_runs", "must be at least 1")
         _check(self.subset == "all" or self.size > 0, "diet.size", f"must be positive for diet.subset = {self.subset!r}")
@@ -198,7 +206,7 @@ class SubsetConfig:
     """
 
     keep: float = 1.0  # fraction of the training set kept (1 = all: no subset)
-    rule: Literal["hardest", "easiest", "random", "window"] = "hardest"  # hardest = highest scores
+    rule: Literal["hardest", "easiest", "random", "window", "ccs"] = "hardest"  # hardest = highest scores
     offset: float = 0.0  # window: skip this fraction of the ranking from the hardest down first
     class_balanced: bool = False  # keep (and skip) the same fraction of every class
     score: ScoreName = "el2n"
@@ -210,9 +218,19 @@ class SubsetConfig:
     # number of steps and the same schedule as without a subset (Paul et al. 2021, as their
     # public code does); "epochs" = passes over the kept examples (fewer steps).
     budget: Literal["iterations", "epochs"] = "iterations"
+    # ccs: coverage-centric selection (Zheng et al. 2023, see imp.subsets.ccs)
+    ccs_hard_cut: float = 0.0  # drop this fraction of the highest scores first
+    ccs_strata: int = 50  # equal-width score bins sampled evenly
 
     def __post_init__(self):
         _check(0.0 < self.keep <= 1.0, "subset.keep", "must be in (0, 1], e.g. 0.5")
+        _check(0.0 <= self.ccs_hard_cut < 1.0 and self.keep + self.ccs_hard_cut <= 1.0, "subset.ccs_hard_cut",
+               "must be in [0, 1) with subset.keep + subset.ccs_hard_cut <= 1")
+        _check(1 <= self.ccs_strata <= 10000, "subset.ccs_strata", "must be from 1 to 10000")
+        _check(self.rule == "ccs" or (self.ccs_hard_cut == 0.0 and self.ccs_strata == 50), "subset.ccs_hard_cut",
+               "and subset.ccs_strata only apply to subset.rule = 'ccs'")
+        _check(self.rule != "ccs" or not self.class_balanced, "subset.class_balanced",
+               "does not apply to subset.rule = 'ccs' (its strata are by score)")
         _check(0.0 <= self.offset < 1.0 and self.keep + self.offset <= 1.0, "subset.offset",
                "must be in [0, 1) with subset.keep + subset.offset <= 1")
         _check(self.offset == 0.0 or self.rule == "window", "subset.offset",

@@ -246,7 +246,7 @@ def _run(args) -> int:
         say(f"data diet: pre-train for {diet.pretrain} on "
             + ("all examples" if diet.subset == "all" else f"{diet.size} {diet.subset} examples")
             + (f" by {diet.score} after {diet.score_step} ({diet.score_runs} run(s))"
-               if diet.subset in ("easy", "hard") else ""))
+               if diet.subset in ("easy", "hard", "ccs") else ""))
     run = run_imp(config, args.out, root, device, replicates=args.replicates, threads=args.threads,
                   progress=measure.progress_bar(args), wait=args.wait,
                   report=report, hooks=level_hooks(config, device, report))

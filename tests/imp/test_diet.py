@@ -167,8 +167,32 @@ def test_subset_scores_of_other_data_are_refused(tmp_path):
     (["subset.budget=steps"], "subset.budget = 'steps' is not one of"),
     (["subset.keep=0.5", "diet.pretrain='10it'"], "cannot be combined with diet.pretrain"),
     (["subset.score_runs=0"], "subset.score_runs must be at least 1"),
+    (["subset.keep=0.5", "subset.ccs_hard_cut=0.1"], "only apply to subset.rule = 'ccs'"),
+    (["subset.keep=0.5", "subset.rule=ccs", "subset.ccs_hard_cut=0.6"], "subset.keep + subset.ccs_hard_cut <= 1"),
+    (["subset.keep=0.5", "subset.rule=ccs", "subset.ccs_strata=0"], "subset.ccs_strata must be from 1 to 10000"),
+    (["subset.keep=0.5", "subset.rule=ccs", "subset.class_balanced=true"], "does not apply to subset.rule = 'ccs'"),
+    (["diet.pretrain='10it'", "diet.subset=hard", "diet.size=9", "diet.ccs_strata=7"], "only apply to diet.subset"),
+    (["diet.pretrain='10it'", "diet.subset=ccs", "diet.size=9", "diet.ccs_hard_cut=1.5"], "diet.ccs_hard_cut must be"),
 ])
 def test_bad_subset_configs(overrides, message):
     with pytest.raises(UserError) as error:
         load_config(None, overrides)
     assert message in str(error.value)
+
+
+def test_coverage_centric_subsets_for_a_run_and_a_diet(tmp_path):
+    """[subset] and [diet] both take the coverage-centric rule (Zheng et al. 2023): the
+    stored choice is imp.subsets.ccs of the stored scores."""
+    from imp.subsets import ccs
+
+    config = load_config(None, TINY + SUBSET + ["subset.keep=0.2", "subset.rule=ccs", "subset.ccs_hard_cut=0.1",
+                                                "subset.ccs_strata=10", "prune.levels=0"])
+    run = run_imp(config, tmp_path, tmp_path, CPU)
+    stored = store.read_h5(run.path / "subset.h5")
+    assert stored["kept"] == 287 and stored["skipped"] == 144  # round(0.2 x 1437), round(0.1 x 1437)
+    assert stored["positions"].tolist() == ccs(stored["scores"], 287, 0.1, 10, seed=0).tolist()
+    diet = load_config(None, TINY + ["diet.pretrain='20it'", "diet.subset=ccs", "diet.size=300",
+                                     "diet.score_step='1ep'", "diet.ccs_strata=5"])
+    run = run_imp(diet, tmp_path / "diet", tmp_path, CPU)
+    pretrain = store.read_h5(run.stage_file(0, "pretrain"))
+    assert pretrain["positions"].tolist() == ccs(pretrain["scores"], 300, 0.0, 5, seed=0).tolist()

@@ -94,3 +94,37 @@ def test_class_balanced_subset_keeps_each_class_its_share_of_its_hardest():
     chosen = keep(_subset(keep=0.5, class_balanced=True), scores, labels)
     # 5 kept: 3 of class 0 (scores 5, 4, 3 at 0, 2, 4), 2 of class 1 (9, 8 at 6, 8)
     assert chosen.tolist() == [0, 2, 4, 6, 8]
+
+
+# ------------------------------------------------------------------ coverage-centric selection
+
+
+def test_ccs_gives_each_stratum_its_share_from_the_smallest_up():
+    """Zheng et al. 2023, Algorithm 1, counted by hand: strata of 4, 20 and 50 examples and a
+    budget of 30: the 4 first (min(4, 30 // 3)), then min(20, 26 // 2) = 13, then 13."""
+    from imp.subsets import ccs
+
+    rng = np.random.default_rng(0)
+    scores = np.concatenate([rng.uniform(0.0, 0.3, 4), rng.uniform(1.0, 1.9, 20), rng.uniform(2.1, 3.0, 50)])
+    scores[[0, 4, 24]] = [0.0, 1.5, 3.0]  # the range is exactly [0, 3]: bins [0, 1), [1, 2), [2, 3]
+    chosen = ccs(scores, 30, hard_cut=0.0, strata=3, seed=5)
+    assert len(chosen) == 30 == len(set(chosen.tolist())) and chosen.tolist() == sorted(chosen.tolist())
+    assert [int(np.sum((scores[chosen] >= lo) & (scores[chosen] < hi))) for lo, hi in ((0, 1), (1, 2), (2, 4))] == \
+        [4, 13, 13]
+    assert np.array_equal(chosen, ccs(scores, 30, 0.0, 3, seed=5))  # seeded
+    assert not np.array_equal(chosen, ccs(scores, 30, 0.0, 3, seed=6))
+
+
+def test_ccs_drops_the_hardest_first_and_refuses_a_budget_it_cannot_meet():
+    from imp.base.errors import UserError
+    from imp.subsets import ccs
+
+    scores = np.arange(100, dtype=float)
+    chosen = ccs(scores, 30, hard_cut=0.1, strata=3, seed=0)  # the 10 highest (90-99) go first
+    assert chosen.max() < 90 and len(chosen) == 30
+    # 0-89 in three bins of width 29.67: 30 examples each, 10 from each
+    assert [int(np.sum((chosen >= lo) & (chosen < hi))) for lo, hi in ((0, 30), (30, 60), (60, 90))] == [10, 10, 10]
+    assert ccs(scores, 90, 0.1, 3, seed=0).tolist() == list(range(90))  # everything left
+    with pytest.raises(UserError, match="only 90 remain after dropping the 10 hardest"):
+        ccs(scores, 91, 0.1, 3, seed=0)
+    assert len(ccs(np.ones(10), 4, 0.0, 50, seed=0)) == 4  # equal scores: one bin
