@@ -23,6 +23,17 @@ from analysis.style import band, new_axes, place_legend, replicates_note, requir
 
 TRUNK = "imp"
 COLUMNS = ["subset.keep", "subset.rule", "subset.score", "subset.score_step", "subset.offset"]
+# [subset] keys that mean something for some rules only (elsewhere they are the defaults)
+RULE_KEYS = {"subset.score_runs": ("hardest", "easiest", "window", "ccs"),
+             "subset.scores_file": ("hardest", "easiest", "window", "ccs"),
+             "subset.ccs_hard_cut": ("ccs",), "subset.ccs_strata": ("ccs",)}
+
+
+def _applies(rows: pd.DataFrame, column: str) -> pd.Series:
+    """Which rows' rule the config key ``column`` means something for."""
+    if column not in RULE_KEYS:
+        return pd.Series(True, index=rows.index)
+    return rows["subset.rule"].isin(RULE_KEYS[column])
 
 
 def _dense(levels: pd.DataFrame, figure: str) -> pd.DataFrame:
@@ -80,9 +91,15 @@ def subset_pruning_curve(levels: pd.DataFrame, ax=None):
     if pruned.empty:
         raise ValueError(f"{figure}: no runs on a pruned training set (subset.keep < 1)")
     # Other config differences (label noise, learning rate, ...) make lines of their own.
-    others = [c for c in rows.columns if "." in c and not c.startswith("subset.")
-              and pruned[c].astype(str).nunique() > 1]
-    pruned = pruned.assign(method=pruned.apply(_method, axis=1) + _joined(pruned, others, ", ", prefix=", "))
+    # So do the other [subset] settings that differ (a CCS hard cut, the budget, ...).
+    # (Keys of one rule, such as a CCS hard cut, are said only on that rule's lines.)
+    named = ("subset.keep", "subset.rule", "subset.score", "subset.score_step")
+    others = [c for c in rows.columns if "." in c and c not in named
+              and pruned[_applies(pruned, c)][c].astype(str).nunique() > 1]
+    labels = [_method(row) + "".join(f", {c.split('.', 1)[1]}={row[c]}" for c in others
+                                     if _applies(pruned.loc[[index]], c).iloc[0])
+              for index, row in pruned.iterrows()]
+    pruned = pruned.assign(method=labels)
     # A run on the whole training set is the 0% point of every method whose runs have its
     # config but for [subset]; a whole-set run of another config is no one's.
     fixed = [c for c in rows.columns if "." in c and not c.startswith("subset.")]
@@ -111,7 +128,7 @@ def subset_window(levels: pd.DataFrame, ax=None):
     if windows.empty:
         raise ValueError(f"{figure}: no runs on a window of the ranking (subset.rule = 'window')")
     # A window at offset 0 is the hardest examples, and its run id says "hardest".
-    ranking = ["subset.keep", "subset.score", "subset.score_step"]
+    ranking = [c for c in rows.columns if c.startswith("subset.") and c not in ("subset.rule", "subset.offset")]
     same = set(_joined(windows, ranking, "|"))
     top = rows[(rows["subset.rule"] == "hardest") & _joined(rows, ranking, "|").isin(same)]
     rows = pd.concat([windows, top])

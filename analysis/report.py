@@ -38,10 +38,10 @@ HOW = {
     "per_example_histogram": "measure per-example barriers (`lth barrier RUN --siblings 2 --per-example`)",
     "score_histogram": "compute example scores (`lth scores --score el2n`)",
     "score_scatter": "compute example scores of two kinds (`lth scores`)",
-    "subset_pruning_curve": "sweep over subset.keep and subset.rule (`lth sweep runs/subset_mnist.toml`)",
+    "subset_pruning_curve": "sweep over subset.keep and subset.rule (`lth sweep runs/subset_fashion_mnist.toml`)",
     "ntk_velocity": "measure the kernel velocity (`lth ntk RUN`)",
     "group_barrier_vs_spawn": "measure group barriers (`lth groups RUN`) of runs that differ in prune.rewind",
-    "subset_window": "sweep over subset.offset with subset.rule = 'window' (`lth sweep runs/subset_window_mnist.toml`)",
+    "subset_window": "sweep over subset.offset with subset.rule = 'window' (`lth sweep runs/subset_window_fashion_mnist.toml`)",
 }
 
 

@@ -32,7 +32,8 @@ from tqdm.auto import tqdm
 
 from imp.base import names, store
 from imp.base.runtime import DEFAULT_THREADS, set_threads
-from imp.base.config import Config, ScoreName, canonical, to_dict
+from imp.base.config import (Config, ScoreName, SubsetConfig, canonical, in_iterations, run_iterations_per_epoch,
+                             to_dict)
 from imp.data import Dataset, Split
 from imp.base.duration import Duration
 from imp.base.errors import Diverged, UserError
@@ -153,7 +154,11 @@ def load_or_compute(config: Config, data: Dataset, spec: ScoreSpec, out: str | P
     absent; sets torch's CPU threads to ``threads`` first (None leaves them alone)."""
     if threads is not None:
         set_threads(threads)
-    # Equal work, one file: durations and eval_examples written one way (imp.base.config.canonical).
+    # The scores train on the full training set, with the run's schedule in the run's own
+    # iterations (a [subset] run's epochs may count its kept examples), and equal work has
+    # one file: durations and eval_examples written one way (imp.base.config.canonical).
+    per_epoch = run_iterations_per_epoch(config, len(data.train))
+    config = dataclasses.replace(config, train=in_iterations(config.train, per_epoch), subset=SubsetConfig())
     config = canonical(config, len(data.train) + config.data.validation, len(data.test))
     spec = dataclasses.replace(spec, step=spec.step.canonical(data.iterations_per_epoch(config.data.batch_size)))
     path = scores_path(out, config, spec)

@@ -42,7 +42,8 @@ def ccs(scores: np.ndarray, size: int, hard_cut: float, strata: int, seed: int) 
     1. Drop the round(``hard_cut`` x N) highest scores (the hardest, often mislabelled;
        ties by position, as everywhere here).
     2. Split the remaining scores' range [min, max] into ``strata`` bins of equal width
-       (bin b holds min + b w <= s < min + (b + 1) w, the maximum in the last bin).
+       (bin b holds min + b w <= s < min + (b + 1) w, the maximum in the last bin; an
+       infinite score, forgetting's "never learned", in the last bin too).
     3. Give the budget out bin by bin, from the fewest examples to the most (ties by bin
        index): bin i of the B - i still to serve gets min(its size, floor(budget left /
        (B - i))); the last bins take what the small ones could not, so the counts add up
@@ -57,9 +58,11 @@ def ccs(scores: np.ndarray, size: int, hard_cut: float, strata: int, seed: int) 
                         f"dropping the {cut} hardest; lower the hard cut or keep fewer")
     kept = np.sort(np.argsort(-scores, kind="stable")[cut:])
     values = scores[kept]
-    low, high = values.min(), values.max()
+    finite = np.isfinite(values)  # forgetting scores +inf for examples never learned: the top stratum
+    low, high = (values[finite].min(), values[finite].max()) if finite.any() else (0.0, 0.0)
     width = (high - low) / strata if high > low else 1.0
-    bins = np.minimum(((values - low) / width).astype(np.int64), strata - 1)
+    bins = np.full(len(values), strata - 1, dtype=np.int64)
+    bins[finite] = np.minimum(((values[finite] - low) / width).astype(np.int64), strata - 1)
     sizes = np.bincount(bins, minlength=strata)
     budgets = np.zeros(strata, dtype=np.int64)
     left = size
@@ -94,11 +97,13 @@ def keep(config: SubsetConfig, scores: np.ndarray | None, labels: np.ndarray) ->
     if config.rule != "random" and (scores is None or len(scores) != count):
         raise ValueError("score rules need one score per example")
     scores = None if scores is None else np.asarray(scores, dtype=np.float64)
-    return _select(scores, labels, RULES[config.rule], size, offset, config.class_balanced, config.seed)
+    return _select(scores, labels, RULES[config.rule], size, offset, config.class_balanced, config.seed,
+                   "subset.keep + subset.offset", "subset.keep")
 
 
 def _select(scores: np.ndarray | None, labels: np.ndarray, mode: str, size: int, offset: int,
-            class_balanced: bool, seed: int) -> np.ndarray:
+            class_balanced: bool, seed: int, share: str = "diet.size + diet.offset",
+            smaller: str = "diet.size or offset") -> np.ndarray:
     count = len(labels)
     if mode in ("easy", "hard"):
         if scores is None or len(scores) != count:
@@ -110,8 +115,8 @@ def _select(scores: np.ndarray | None, labels: np.ndarray, mode: str, size: int,
     sizes, offsets = _split(size, counts), _split(offset, counts)
     for c, n, want in zip(classes, counts, sizes + offsets):
         if want > n:
-            raise UserError(f"class {c} has {n} examples, fewer than its share of diet.size + "
-                            f"diet.offset ({want}); choose a smaller diet.size or offset")
+            raise UserError(f"class {c} has {n} examples, fewer than its share of {share} ({want}); "
+                            f"choose a smaller {smaller}")
     parts = [_pick(np.flatnonzero(labels == c), scores, mode, sizes[i], offsets[i], seed + int(c))
              for i, c in enumerate(classes)]
     return np.sort(np.concatenate(parts))

@@ -626,8 +626,7 @@ def canonical(config: Config, train_examples: int, test_examples: int) -> Config
     if train <= 0:
         return config
     full = math.ceil(train / data.batch_size)  # scores train on the full training set
-    epoch = config.subset.kept(train) if config.subset.active and config.subset.budget == "epochs" else train
-    per_epoch = math.ceil(epoch / data.batch_size)
+    per_epoch = run_iterations_per_epoch(config, train)
     t, prune, diet = config.train, config.prune, config.diet
     whole = t.eval_examples >= max(train, test_examples, data.validation)
     return dataclasses.replace(
@@ -654,6 +653,24 @@ def _canonical_subset(subset: "SubsetConfig", per_epoch: int) -> "SubsetConfig":
         return dataclasses.replace(subset, score=default.score, score_step=default.score_step,
                                    score_runs=default.score_runs, scores_file=default.scores_file)
     return dataclasses.replace(subset, score_step=subset.score_step.canonical(per_epoch))
+
+
+def run_iterations_per_epoch(config: Config, train_examples: int) -> int:
+    """The iterations an epoch of ``config``'s durations counts, with ``train_examples``
+    training examples after the validation split: the kept examples' under
+    ``subset.budget = "epochs"``, else all of them."""
+    subset = config.subset
+    epoch = subset.kept(train_examples) if subset.active and subset.budget == "epochs" else train_examples
+    return math.ceil(epoch / config.data.batch_size)
+
+
+def in_iterations(train: TrainConfig, per_epoch: int) -> TrainConfig:
+    """``train`` with every duration as plain iterations at ``per_epoch`` iterations per epoch."""
+    def plain(duration: Duration) -> Duration:
+        return Duration(iterations=duration.iterations_at(per_epoch))
+    return dataclasses.replace(train, epochs=plain(train.epochs), warmup=plain(train.warmup),
+                               milestones=tuple(plain(m) for m in train.milestones),
+                               eval_every=plain(train.eval_every))
 
 
 def canonical_json(config: Config) -> str:

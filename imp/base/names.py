@@ -66,9 +66,10 @@ def stage_file(stage: str) -> str:
     return f"{stage}.h5"
 
 
-def temporary_file(name: str, pid: int) -> str:
-    """The hidden name a file is written under before it is renamed to ``name``."""
-    return f".{name}.{pid}{TEMPORARY_SUFFIX}"
+def temporary_file(name: str, pid: int, host: str = "") -> str:
+    """The hidden name a file is written under before it is renamed to ``name``, by process
+    ``pid`` on machine ``host`` (so a folder shared by a cluster's nodes tells whose it is)."""
+    return f".{name}.{host}.{pid}{TEMPORARY_SUFFIX}" if host else f".{name}.{pid}{TEMPORARY_SUFFIX}"
 
 
 # ---------------------------------------------------------------- networks

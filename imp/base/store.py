@@ -24,6 +24,7 @@ import errno
 import fcntl
 import functools
 import json
+import socket
 import os
 import signal
 import subprocess
@@ -147,7 +148,7 @@ def write_h5(path: str | Path, tree: Mapping[str, Any], provenance: Mapping[str,
     the attributes of the ``/provenance`` group.
     """
     path = Path(path)
-    temporary = path.with_name(names.temporary_file(path.name, os.getpid()))
+    temporary = path.with_name(names.temporary_file(path.name, os.getpid(), HOST))
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with h5py.File(temporary, "w") as file:
@@ -182,13 +183,17 @@ def _injected_fault() -> None:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+HOST = socket.gethostname()
+
+
 def remove_orphans(folder: Path) -> int:
-    """Delete the temporary files in ``folder`` whose writer is dead (killed mid-write): for
-    a folder no lock guards, such as the scores cache, where a live writer's file must stay."""
+    """Delete the temporary files in ``folder`` that a process of this machine was writing
+    and that process is dead (killed mid-write): for a folder no lock guards, such as the
+    scores cache, where a live writer's file, or another machine's, must stay."""
     removed = 0
     for path in Path(folder).glob("." + "*" + names.TEMPORARY_SUFFIX) if Path(folder).is_dir() else ():
-        pid = path.name.removesuffix(names.TEMPORARY_SUFFIX).rpartition(".")[2]
-        if not pid.isdigit() or int(pid) == os.getpid():
+        writer, _, pid = path.name.removesuffix(names.TEMPORARY_SUFFIX).rpartition(".")
+        if not writer.endswith("." + HOST) or not pid.isdigit() or int(pid) == os.getpid():
             continue
         try:
             os.kill(int(pid), 0)

@@ -440,6 +440,17 @@ def test_the_subset_curve_starts_every_method_at_the_whole_data_set(frames):
         assert list(fig.axes[0].lines[0].get_xdata()) == pytest.approx([0, 10, 30])
     finally:
         plt.close(fig)
+    # runs that differ in another [subset] setting are lines of their own, never pooled
+    cut = levels[levels["run_id"].isin(["all", "hard0.9", "hard0.5", "random0.5"])].copy()
+    cut["subset.ccs_hard_cut"] = 0.0
+    cut.loc[cut["run_id"].isin(["hard0.9", "hard0.5"]), "subset.rule"] = "ccs"
+    cut.loc[cut["run_id"] == "hard0.5", "subset.ccs_hard_cut"] = 0.1
+    fig = figures.subset_pruning_curve(cut)
+    try:
+        legend = [t.get_text() for t in fig.axes[0].get_legend().texts]
+        assert legend == ["el2n@2ep ccs, ccs_hard_cut=0.0", "el2n@2ep ccs, ccs_hard_cut=0.1", "random"]
+    finally:
+        plt.close(fig)
     with pytest.raises(ValueError, match="two or more values of subset.keep"):
         figures.subset_pruning_curve(levels[levels["subset.keep"] == 0.7])
 

@@ -111,3 +111,19 @@ def test_ranks_spearman_and_auc_match_scipy_and_sklearn():
     positive = rng.random(500) < 0.2
     finite = np.where(np.isinf(a), 1e9, a)
     assert roc_auc(a, positive) == pytest.approx(roc_auc_score(positive, finite), abs=1e-12)
+
+
+def test_a_subset_runs_scores_train_the_runs_own_schedule(tmp_path):
+    """Digits at batch 100: 15 iterations per epoch on all 1,437 examples, 8 on the 719 a
+    half keeps. With subset.budget = "epochs", "80it" and "10ep" are one run (80 steps);
+    its scores train with an 80-step cosine schedule, the one a run of "80it" on all the
+    data has, not a 150-step one."""
+    base = ["data.batch_size=100", "model.widths=[8]", "train.schedule=cosine", "train.eval_every='40it'"]
+    subset = ["subset.keep=0.5", "subset.budget=epochs"]
+    data = load_dataset(load_config(None, base).data, tmp_path)
+    spec = ScoreSpec("el2n", Duration(iterations=30))
+    paths = [load_or_compute(load_config(None, base + extra), data, spec, tmp_path)[1]
+             for extra in (subset + ["train.epochs='80it'"], subset + ["train.epochs='10ep'"],
+                           ["train.epochs='80it'"])]
+    assert paths[0] == paths[1] == paths[2]
+    assert load_or_compute(load_config(None, base + ["train.epochs='10ep'"]), data, spec, tmp_path)[1] != paths[0]

@@ -209,12 +209,16 @@ def test_orphaned_temporary_files_of_dead_writers_are_removed(tmp_path):
     import subprocess
     import sys
 
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    orphan = tmp_path / f".el2n_abc.h5.{int(dead.stdout)}{store.TEMPORARY_SUFFIX}"
-    live = tmp_path / f".el2n_abc.h5.{os.getppid()}{store.TEMPORARY_SUFFIX}"  # a live process's file stays
+    from imp.base.names import temporary_file
+
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)
+    orphan = tmp_path / temporary_file("el2n_abc.h5", dead, store.HOST)
+    live = tmp_path / temporary_file("el2n_abc.h5", os.getppid(), store.HOST)  # a live process's file stays
+    elsewhere = tmp_path / temporary_file("el2n_abc.h5", dead, "another-node")  # whose pids mean nothing here
     kept = tmp_path / "el2n_abc.h5"
-    for path in (orphan, live, kept):
+    for path in (orphan, live, elsewhere, kept):
         path.write_bytes(b"x")
     assert store.remove_orphans(tmp_path) == 1
-    assert not orphan.exists() and live.exists() and kept.exists()
+    assert not orphan.exists() and live.exists() and elsewhere.exists() and kept.exists()
     assert store.remove_orphans(tmp_path / "absent") == 0
