@@ -123,9 +123,15 @@ def schedule(config: Config, data: Dataset) -> Schedule:
 
 
 def check(config: Config, data: Dataset) -> None:
-    """Reject what does not fit the data: rewind or pre-training past the end of training,
-    exclusion patterns that match no tensor, a diet subset larger than the training set."""
-    schedule(config, data)
+    """Reject what does not fit the data: rewind or pre-training past the end of training
+    (of a ``[subset]`` run's schedule, too), exclusion patterns that match no tensor, a diet
+    subset larger than the training set."""
+    subset = config.subset
+    if subset.active:  # the schedule of the kept examples, before any score is computed for them
+        kept = subset.kept(len(data.train))
+        schedule(config, data.train_subset(torch.arange(kept), full_epochs=subset.budget == "iterations"))
+    else:
+        schedule(config, data)
     prunable_tensors(build_initial_model(config, data, 0), config.prune.exclude,
                      config.prune.layer_fractions)
     diet = config.diet

@@ -294,15 +294,20 @@ def _show(args) -> int:
 def _upgrade(args) -> int:
     from imp.base import store
     from imp.base.results import find_run
-    from imp.datasets import resolve_root
+    from imp.datasets import DataNotFound, resolve_root
     from imp.legacy import upgrade_canonical
     from landscape.upgrade import upgrade_run
 
     run = find_run(args.run, args.out, legacy=True)
+    root = resolve_root(str(store.read_run(run).get("data_root", "")), os.environ)
     converted, names = upgrade_run(run)
-    with store.RunLock(names.run):
-        moved = upgrade_canonical(names.run, resolve_root(str(store.read_run(names.run).get("data_root", "")),
-                                                          os.environ))
+    try:
+        with store.RunLock(names.run):
+            moved = upgrade_canonical(names.run, root)
+    except DataNotFound as error:  # the id's durations need the data set's size
+        moved = names.run
+        print(f"run {names.run.run_id} keeps its id: its data was not found to check it ({error}); rerun "
+              "`lth upgrade` where the data is")
     for old, new in converted:
         print(f"{old} -> {new.name}")
     for path in names.renamed:

@@ -196,3 +196,12 @@ def test_coverage_centric_subsets_for_a_run_and_a_diet(tmp_path):
     run = run_imp(diet, tmp_path / "diet", tmp_path, CPU)
     pretrain = store.read_h5(run.stage_file(0, "pretrain"))
     assert pretrain["positions"].tolist() == ccs(pretrain["scores"], 300, 0.0, 5, seed=0).tolist()
+
+
+def test_a_rewind_past_a_subsets_shorter_training_is_refused_before_scores(tmp_path):
+    """With subset.budget = "epochs", 3 epochs of the 719 kept examples at batch 64 are 36
+    steps: rewinding to step 40 is past the end, said before any score is computed."""
+    config = load_config(None, TINY + SUBSET + ["subset.budget=epochs", "prune.rewind='40it'"])
+    with pytest.raises(UserError, match="prune.rewind = 40it .40 iterations. is not before the end of training"):
+        run_imp(config, tmp_path, tmp_path, CPU)
+    assert not (tmp_path / "scores").exists()

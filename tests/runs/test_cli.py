@@ -299,3 +299,20 @@ def test_quiet_keeps_the_progress_lines_and_silent_hides_them(tmp_path, capsys):
     assert main(["distance", run_id, "--out", str(tmp_path / "silent"), "--silent"]) == 0
     measured = capsys.readouterr()
     assert measured.err == "" and "distance [" in measured.out
+
+
+def test_upgrade_without_the_data_keeps_the_id_and_says_so(tmp_path, capsys):
+    import shutil
+
+    from tests.imp.test_datasets import synthetic_idx, write_idx
+
+    write_idx(tmp_path / "data" / "MNIST" / "raw", synthetic_idx(n_train=40, n_test=10, height=28, width=28),
+              compressed=True)
+    assert main(["run", "--out", str(tmp_path / "out"), "--set", "data.dataset=mnist", "--set",
+                 f"data.root='{tmp_path / 'data'}'", "--set", "model.widths=[8]", "--set", "train.epochs='5it'",
+                 "--set", "train.eval_every='5it'", "--set", "data.batch_size=16", "--quiet"]) == 0
+    run_id = capsys.readouterr().out.split("run id ")[1].split(";")[0]
+    shutil.rmtree(tmp_path / "data")
+    assert main(["upgrade", run_id, "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert f"run {run_id} keeps its id: its data was not found" in out and (tmp_path / "out" / run_id).is_dir()
