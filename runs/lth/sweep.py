@@ -191,6 +191,8 @@ def run_sweep(sweep: Sweep, out: str | Path, *, workers: int = 1, device: str = 
         try:
             for line in pool.imap(_run_point, arguments):
                 report(line)
+            pool.close()  # the workers end by themselves, so what they hold (semaphores) is freed
+            pool.join()
         finally:
             signal.signal(signal.SIGTERM, previous)
 
