@@ -28,8 +28,8 @@ from imp.base.errors import UserError
 
 TRUNK = "imp"
 # Fixed colours, so that a baseline looks the same in every figure whatever else is shown.
-BASELINE_ORDER = (TRUNK, "reinit", "random", "oneshot")
-BASELINE_COLOURS = dict(zip(BASELINE_ORDER, sns.color_palette("colorblind", 4)))
+BASELINE_ORDER = (TRUNK, "reinit", "random", "oneshot", "snip", "grasp", "synflow")
+BASELINE_COLOURS = dict(zip(BASELINE_ORDER, sns.color_palette("colorblind", len(BASELINE_ORDER))))
 KIND_NAMES = {"successive": "L → L+1", "instability": "instability"}
 DENSE_DASHES = ((4, 2), (1, 1), (6, 2, 1, 2), (2, 3))  # the dense lines of up to four runs
 CONFIG_NAMES = {"prune.rewind": "rewind step k", "diet.subset": "data-diet subset",

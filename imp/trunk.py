@@ -46,7 +46,7 @@ from typing import NamedTuple
 
 import torch
 
-from imp import legacy
+from imp import legacy, pai
 from imp.base import store
 from imp.batched import train_levels_batched
 from imp.base.config import Config, TrainConfig, canonical_json, platform_json, run_id
@@ -55,7 +55,7 @@ from imp.datasets import DataNotFound, canonical_config
 from imp.diet import diet_pretrain, store_subset, subset_data, subset_line
 from imp.base.duration import Duration
 from imp.base.errors import UserError
-from imp.level import Start, copy_state, state_from_arrays, train_level
+from imp.level import Start, copy_state, start_model, state_from_arrays, train_level
 from imp.models import build_initial_model
 from imp.pruning import (Mask, density, full_mask, magnitude_prune, oneshot_prune, prunable_tensors,
                          random_mask)
@@ -278,6 +278,11 @@ class Replicate:
                                    layerwise=prune.random_strategy == "layerwise")
             elif baseline == "oneshot":
                 mask = oneshot_prune(dense.weights, dense.mask, mask, prune.strategy, prune.layer_fractions)
+            elif baseline in pai.METHODS:  # pruned at the rewind point, every weight kept, in one go
+                rewind = self.rewind_point()
+                model = start_model(self.config, self.data, self.seeds, rewind, dense.mask)
+                mask = pai.pai_mask(baseline, model, self.data, dense.mask, mask, prune.strategy,
+                                    prune.layer_fractions, generator(self.seeds.init, "pai", baseline, level))
             else:
                 raise ValueError(f"unknown baseline {baseline!r}; choose from {BASELINES}")
             start = self.start_after(dense)

@@ -120,7 +120,7 @@ class TrainConfig:
                "only applies to train.schedule = 'step'")
 
 
-Baseline = Literal["reinit", "random", "oneshot"]
+Baseline = Literal["reinit", "random", "oneshot", "snip", "grasp", "synflow"]
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ TEMPORARY_SUFFIX = ".tmp"
 SCORES_DIR = "scores"
 SWEEPS_DIR = "sweeps"
 
-BASELINES = ("reinit", "random", "oneshot")
+BASELINES = ("reinit", "random", "oneshot", "snip", "grasp", "synflow")
 REWIND_STAGE = "rewind"
 PRETRAIN_STAGE = "pretrain"
 SUBSET_FILE = "subset.h5"  # in a run's folder: the training examples a [subset] run keeps

@@ -261,3 +261,36 @@ def test_a_finished_run_is_found_without_its_data(tmp_path):
     with pytest.raises(DataNotFound):  # not finished, or another spelling: the data is needed
         run_imp(load_config(None, ["data.dataset=mnist", "train.epochs='3it'"]), tmp_path / "out",
                 tmp_path / "data", CPU)
+
+
+@pytest.mark.parametrize("strategy", ["global", "layerwise"])
+def test_pruning_at_initialisation_baselines_keep_the_trunks_count_at_the_rewind_point(tmp_path, strategy):
+    """SNIP, GraSP and SynFlow (imp.pai) at every level: the trunk's kept count in total
+    (global) or per tensor (layerwise), scored on the network at the rewind point."""
+    from imp import pai
+    from imp.base.seeds import Seeds, generator
+    from imp.data import load_dataset
+    from imp.level import Start, start_model
+
+    config = load_config(None, TINY + [f"prune.strategy={strategy}", "prune.levels=2", "prune.rewind='10it'",
+                                       "prune.baselines=['snip', 'grasp', 'synflow']"])
+    run = run_imp(config, tmp_path, tmp_path, CPU)
+    data = load_dataset(config.data, tmp_path)
+    rewind = store.read_h5(run.stage_file(0, "rewind"))
+    dense = store.read_h5(run.stage_file(0, level_stage(0)))["mask"]
+    dense = {k: torch.as_tensor(v) for k, v in dense.items()}
+    for level in (1, 2):
+        trunk = {k: torch.as_tensor(v) for k, v in store.read_h5(run.stage_file(0, level_stage(level)))["mask"].items()}
+        for method in pai.METHODS:
+            mask = {k: torch.as_tensor(v) for k, v in
+                    store.read_h5(run.stage_file(0, level_stage(level, method)))["mask"].items()}
+            if strategy == "global":
+                assert sum(int(m.sum()) for m in mask.values()) == sum(int(m.sum()) for m in trunk.values())
+            else:
+                assert all(int(mask[n].sum()) == int(trunk[n].sum()) for n in trunk)
+            seeds = Seeds.from_config(config.train, 0)
+            model = start_model(config, data, seeds, Start(state_from_arrays(rewind["weights"]), 10), dense)
+            ordered = {n: dense[n] for n in model.state_dict() if n in dense}  # ties go by model order
+            again = pai.pai_mask(method, model, data, ordered, trunk, strategy, {},
+                                 generator(seeds.init, "pai", method, level))
+            assert all(torch.equal(again[n], mask[n]) for n in mask), (method, level)
