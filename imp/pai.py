@@ -12,7 +12,8 @@ exactly as the trunk's level does. Importances, for the prunable weights w:
   :data:`PER_CLASS` training examples of every class.
 * **GraSP** (Wang et al. 2020, "Picking winning tickets before training by preserving
   gradient flow"): ``w * (H g)``, with g and the Hessian H of the mean cross-entropy on
-  such a batch, the logits divided by :data:`TEMPERATURE` as in the paper's code. The
+  such a batch over the weights of every convolution and linear layer, the logits
+  divided by :data:`TEMPERATURE` as in the paper's code. The
   paper's score ``S = -w * (H g)`` removes the highest; keeping the highest ``w * H g`` is
   the same.
 * **SynFlow** (Tanaka et al. 2020, "Pruning neural network without any data by
@@ -71,14 +72,18 @@ def snip(model: nn.Module, x: torch.Tensor, y: torch.Tensor, names: list[str]) -
 
 
 def grasp(model: nn.Module, x: torch.Tensor, y: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
-    """``w * (H g)`` of the prunable tensors ``names`` (float64), H and g over them."""
+    """``w * (H g)`` of the prunable tensors ``names`` (float64), with g and H over the
+    weights of every convolution and linear layer (pruned or not, as the paper's code
+    does), so leaving a layer unpruned does not change the others' scores."""
     model = copy.deepcopy(model).double()
-    weights = _weights(model, names)
+    every = [name for name, p in model.named_parameters() if name.endswith("weight") and p.dim() > 1]
+    weights = _weights(model, every)
     loss = F.cross_entropy(model(x.double()) / TEMPERATURE, y)
     grads = torch.autograd.grad(loss, weights, create_graph=True)
     fixed = [g.detach() for g in grads]
-    hessian_g = torch.autograd.grad(sum((g * f).sum() for g, f in zip(grads, fixed)), weights)
-    return {name: (w * hg).detach() for name, w, hg in zip(names, weights, hessian_g)}
+    hessian_g = dict(zip(every, torch.autograd.grad(sum((g * f).sum() for g, f in zip(grads, fixed)), weights)))
+    parameters = dict(model.named_parameters())
+    return {name: (parameters[name] * hessian_g[name]).detach() for name in names}
 
 
 def synflow_scores(model: nn.Module, input_shape: tuple[int, ...], mask: Mask) -> dict[str, torch.Tensor]:

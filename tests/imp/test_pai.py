@@ -110,3 +110,13 @@ def test_data_scores_are_float64_and_leave_the_model_untouched(method):
     got = (snip if method == "snip" else grasp)(model, x, y, NAMES)
     assert all(v.dtype == torch.float64 for v in got.values())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_grasp_counts_the_unpruned_layers_in_h_g():
+    """Scoring only the first layer (the output layer left unpruned) gives the first layer's
+    entries of the full product: g and H span every layer's weights."""
+    model, x, y = small(5), torch.randn(8, 4), torch.randint(0, 2, (8,))
+    both = grasp(model, x, y, NAMES)
+    first = grasp(model, x, y, NAMES[:1])
+    assert list(first) == NAMES[:1]
+    torch.testing.assert_close(first[NAMES[0]], both[NAMES[0]], rtol=0, atol=0)
