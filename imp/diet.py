@@ -11,7 +11,6 @@ data for steps P..T, and every later level rewinds to it. The subset, the scores
 and where they came from are stored in ``replicate_<r>/pretrain.h5``.
 """
 
-import math
 import time
 from pathlib import Path
 
@@ -150,8 +149,7 @@ def choose_kept(config: Config, data: Dataset, out: str | Path, progress: bool =
     count = len(data.train)
     tree = {"positions": positions, "index": data.train.index.cpu().numpy()[positions],
             "rule": subset.rule, "keep": subset.keep, "kept": len(positions), "examples": count,
-            "skipped": (min(subset.skipped(count), count - len(positions)) if subset.rule == "window" else
-                        math.floor(subset.ccs_hard_cut * count + 0.5) if subset.rule == "ccs" else 0),
+            "skipped": subset.skipped(count),
             "budget": subset.budget, "class_balanced": subset.class_balanced,
             "score": "" if scores is None else subset.score, "scores_source": source}
     if scores is not None:

@@ -93,7 +93,7 @@ def keep(config: SubsetConfig, scores: np.ndarray | None, labels: np.ndarray) ->
         if scores is None or len(scores) != count:
             raise ValueError("the coverage-centric rule needs one score per example")
         return ccs(scores, size, config.ccs_hard_cut, config.ccs_strata, config.seed)
-    offset = min(config.skipped(count), count - size) if config.rule == "window" else 0
+    offset = config.skipped(count)  # the window's S; 0 for the other rules
     if config.rule != "random" and (scores is None or len(scores) != count):
         raise ValueError("score rules need one score per example")
     scores = None if scores is None else np.asarray(scores, dtype=np.float64)

@@ -81,17 +81,22 @@ def read_indices(path: Path) -> np.ndarray:
     return values.astype(np.int64)
 
 
+def ranked(context, settings: dict, count: int) -> dict[str, np.ndarray]:
+    """Positions in the training split of the ``count`` lowest and highest scores of
+    ``settings`` (score, score_step, score_runs; cached under ``<out>/scores``), ties to the
+    earlier position (as :mod:`imp.subsets`). A ``[subset]`` run never gets here
+    (:func:`landscape.registry.check`): the scores rank the whole training set."""
+    spec = ScoreSpec(settings["score"], Duration.parse(settings["score_step"]), settings["score_runs"])
+    tree, _ = load_or_compute(context.config, context.data, spec, context.run.out, threads=None)
+    scores = np.asarray(tree["mean"], dtype=np.float64)
+    return {"low": np.sort(np.argsort(scores, kind="stable")[:count]),
+            "high": np.sort(np.argsort(-scores, kind="stable")[:count])}
+
+
 def groups(context, settings: dict) -> dict[str, np.ndarray]:
     """Positions in the run's training split of each group of ``settings``."""
     data = context.data
-    if data.epoch_examples:
-        raise UserError("group barriers of a [subset] run are not supported yet (the scores rank the full "
-                        "training set); measure a run on the whole training set")
-    spec = ScoreSpec(settings["score"], Duration.parse(settings["score_step"]), settings["score_runs"])
-    tree, _ = load_or_compute(context.config, data, spec, context.run.out, threads=None)
-    scores = np.asarray(tree["mean"], dtype=np.float64)
-    count = max(1, int(np.floor(settings["fraction"] * len(scores) + 0.5)))
-    found = {"low": np.sort(np.argsort(scores, kind="stable")[:count]), "high": _highest(scores, count)}
+    found = ranked(context, settings, max(1, int(np.floor(settings["fraction"] * len(data.train) + 0.5))))
     if "index_file" in settings:
         wanted = read_indices(Path(settings["index_file"]))
         index = data.train.index.cpu().numpy()
@@ -101,11 +106,6 @@ def groups(context, settings: dict) -> dict[str, np.ndarray]:
                             f"are not in this run's training split (0 .. {index.max()}, validation excluded)")
         found["file"] = positions
     return found
-
-
-def _highest(scores: np.ndarray, count: int) -> np.ndarray:
-    """The ``count`` highest scores, ties to the earlier position (as :mod:`imp.subsets`)."""
-    return np.sort(np.argsort(-scores, kind="stable")[:count])
 
 
 def compute(context, level: int, settings: dict) -> dict:

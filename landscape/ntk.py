@@ -36,9 +36,8 @@ from imp.base.errors import UserError
 from imp.base.seeds import derive_seed
 from imp.level import start_model
 from imp.pruning import MaskEnforcer
-from imp.scores import ScoreSpec, load_or_compute
 from imp.train import Hook, train
-from landscape.groups import SCORES
+from landscape.groups import SCORES, ranked
 
 KEYS = {"ntk": (bool, False), "ntk_examples": (int, 100), "ntk_points": (int, 11), "ntk_score": (str, "el2n"),
         "ntk_score_step": (str, "2ep"), "ntk_score_runs": (int, 1)}
@@ -100,20 +99,12 @@ def distance(a: torch.Tensor, b: torch.Tensor) -> float:
 def groups(context, settings: dict) -> dict[str, np.ndarray]:
     """Positions in the training split of the low, high and random groups."""
     data = context.data
-    if data.epoch_examples:
-        raise UserError("the kernel velocity of a [subset] run is not supported yet (the scores rank the full "
-                        "training set); measure a run on the whole training set")
     count = settings["examples"]
     if 2 * count > len(data.train):
         raise UserError(f"landscape.ntk_examples = {count}: the low and high groups need {2 * count} training "
                         f"examples, the run has {len(data.train)}; choose fewer")
-    spec = ScoreSpec(settings["score"], Duration.parse(settings["score_step"]), settings["score_runs"])
-    tree, _ = load_or_compute(context.config, data, spec, context.run.out, threads=None)
-    scores = np.asarray(tree["mean"], dtype=np.float64)
     rng = np.random.default_rng(derive_seed(context.config.train.seed, "ntk", "random"))
-    return {"low": np.sort(np.argsort(scores, kind="stable")[:count]),
-            "high": np.sort(np.argsort(-scores, kind="stable")[:count]),
-            "random": np.sort(rng.choice(len(scores), count, replace=False))}
+    return {**ranked(context, settings, count), "random": np.sort(rng.choice(len(data.train), count, replace=False))}
 
 
 def compute(context, level: int, settings: dict) -> dict:

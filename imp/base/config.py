@@ -246,8 +246,14 @@ class SubsetConfig:
         return max(1, min(examples, math.floor(self.keep * examples + 0.5)))
 
     def skipped(self, examples: int) -> int:
-        """Examples a window skips from the top of the ranking: ``round(offset x examples)``."""
-        return math.floor(self.offset * examples + 0.5)
+        """Examples skipped from the top of the ranking: a window's ``round(offset x
+        examples)`` (at most what leaves room for the kept ones), CCS's ``round(ccs_hard_cut
+        x examples)``, else 0."""
+        if self.rule == "window":
+            return min(math.floor(self.offset * examples + 0.5), examples - self.kept(examples))
+        if self.rule == "ccs":
+            return math.floor(self.ccs_hard_cut * examples + 0.5)
+        return 0
 
 
 Direction = Literal["gaussian", "pruned"]
