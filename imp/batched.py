@@ -60,7 +60,7 @@ from imp.base.config import Config, TrainConfig
 from imp.data import Batches, Dataset, flip_crop
 from imp.level import LevelRecord, Start, State, finite, start_model
 from imp.base.record import TrainedLevel
-from imp.pruning import Mask, Weights, groups, round_half_up
+from imp.pruning import Mask, Weights, groups, magnitude_prune, round_half_up
 from imp.base.seeds import Seeds, generator
 from imp.train import (FINITE_CHECK_EVERY, Hook, autocast, check_finite, check_weights, learning_rate,
                        make_optimizer, total_iterations, training_forward)
@@ -206,6 +206,10 @@ def prune_batched(weights: Sequence[Weights] | Mapping[str, torch.Tensor], masks
     the earlier position first among ties, exactly as the per-replicate function does.
     """
     names = list(masks[0])
+    if strategy in ("erk", "lamp"):  # per-replicate allocations: one replicate at a time
+        each = ([{n: weights[n][r] for n in names} for r in range(len(masks))] if isinstance(weights, Mapping)
+                else weights)
+        return [magnitude_prune(w, m, fraction, strategy, layer_fractions) for w, m in zip(each, masks)]
     if isinstance(weights, Mapping):
         stacked = {name: weights[name] for name in names}
     else:

@@ -2,8 +2,9 @@
 
 Each baseline of level L prunes the network at the rewind point (the weights w_k, every
 weight kept) in one go to the trunk's kept count of level L, in the groups the run prunes
-by (all prunable tensors together for ``prune.strategy = "global"``, each tensor on its
-own for ``"layerwise"``, and each ``prune.layer_fractions`` pattern apart), keeping the
+by (all prunable tensors together for ``prune.allocation = "global"``, each tensor on its
+own for ``"uniform"``, ``"erk"`` and ``"lamp"`` (the trunk's count per tensor), and each
+``prune.layer_fractions`` pattern apart), keeping the
 weights of highest importance (ties to the earlier position). The network then trains
 exactly as the trunk's level does. Importances, for the prunable weights w:
 
@@ -104,7 +105,9 @@ def synflow_scores(model: nn.Module, input_shape: tuple[int, ...], mask: Mask) -
 
 def group_counts(start: Mask, target: Mask, strategy: str, layer_fractions=None) -> list[tuple[list[str], int]]:
     """The groups of ``strategy`` (as :func:`imp.pruning.oneshot_prune`) and ``target``'s
-    kept count in each."""
+    kept count in each; under the ERK and LAMP allocations every tensor is a group, so a
+    baseline keeps the trunk's count per tensor."""
+    strategy = "layerwise" if strategy in ("erk", "lamp") else strategy
     return [(names, sum(int(target[n].sum()) for n in names))
             for names, _rate in groups(start, strategy, 0.5, layer_fractions)]
 

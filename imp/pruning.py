@@ -16,6 +16,23 @@ Definitions (Frankle & Carbin 2019; DESIGN.md §4):
   pruning makes each tensor its own group. A tensor with a rate override
   (``layer_fractions``, e.g. the output layer at half the rate as in the LTH paper) is
   always its own group, pruned at its own rate.
+* The *allocation* (``prune.allocation``) decides how many weights each tensor of a
+  shared group keeps; the rule names used here are ``"global"`` (one magnitude
+  threshold), ``"layerwise"`` (``prune.allocation = "uniform"``: every tensor loses the
+  same fraction), ``"erk"`` and ``"lamp"``:
+
+  - ERK (Evci et al. 2020, "Rigging the lottery: making all tickets winners", §3): the
+    density of a tensor of shape ``s`` is ``eps * sum(s) / prod(s)`` (for a convolution
+    ``(n_out + n_in + k_h + k_w) / (n_out n_in k_h k_w)``, for a linear layer the
+    Erdős-Rényi ``(n_out + n_in) / (n_out n_in)``), with ``eps`` chosen so that the group
+    keeps its count; a tensor whose density would exceed what it keeps now (1 when
+    dense) keeps everything it has and ``eps`` is solved again for the others
+    (:func:`erk_counts`). Each tensor then loses its smallest weights.
+  - LAMP (Lee et al. 2021, "Layer-adaptive sparsity for the magnitude-based pruning",
+    eq. 2): with a tensor's kept weights sorted by ``|w|`` ascending (ties by position),
+    ``score(u) = w_u^2 / sum_{v >= u} w_v^2``; the group loses the weights of lowest
+    score (ties by position). A tensor's largest weight scores 1, so no tensor is emptied
+    before every other weight is gone.
 * One-shot pruning goes from a start mask straight to the same number of kept weights
   per group as a target mask, by magnitude.
 * Random pruning keeps the same number of weights as a target mask, chosen uniformly
@@ -88,18 +105,23 @@ def density(mask: Mask) -> float:
     return kept(mask) / max(size(mask), 1)
 
 
+RULES = ("global", "layerwise", "erk", "lamp")
+SHARED = ("global", "erk", "lamp")  # rules that prune the tensors without an override as one group
+
+
 def groups(names: Iterable[str], strategy: str, fraction: float,
            layer_fractions: Mapping[str, float] | None = None) -> list[tuple[list[str], float]]:
     """The groups pruned together and each one's rate (see the module docstring).
 
-    A tensor matched by several override patterns takes the first pattern's rate.
+    ``strategy`` is one of :data:`RULES`. A tensor matched by several override patterns
+    takes the first pattern's rate.
     """
     overrides, shared = [], []
     for name in names:
         rate = next((r for p, r in (layer_fractions or {}).items() if fnmatchcase(name, p)), None)
         (overrides if rate is not None else shared).append((name, rate))
     out = [([name], rate) for name, rate in overrides]
-    if strategy == "global":
+    if strategy in SHARED:
         if shared:
             out.append(([name for name, _ in shared], fraction))
     elif strategy == "layerwise":
@@ -124,6 +146,71 @@ def _remove_smallest(weights: Weights, mask: Mask, names: list[str], count: int)
     return split_flat(flat_mask, names, mask)
 
 
+def erk_counts(shapes: list[tuple[int, ...]], total: int, caps: list[int]) -> list[int]:
+    """The ERK kept counts of tensors of ``shapes`` that keep ``total`` weights in all, none
+    more than its cap (what it keeps now).
+
+    Ideal counts ``c_i = min(cap_i, eps * sum(s_i))`` (``sum(s_i) = density factor x
+    size``), ``eps`` solved with the capped tensors set aside until none more is capped;
+    then each count is rounded down and the weights left over go one each to the largest
+    fractional parts (ties to the earlier tensor), so the counts sum to ``total`` exactly.
+    """
+    if not 0 <= total <= sum(caps):
+        raise ValueError(f"cannot keep {total} of {sum(caps)} weights")
+    raw = [float(sum(shape)) for shape in shapes]
+    capped: set[int] = set()
+    while True:
+        free = [i for i in range(len(shapes)) if i not in capped]
+        budget = total - sum(caps[i] for i in capped)
+        eps = budget / sum(raw[i] for i in free) if free else 0.0
+        over = {i for i in free if eps * raw[i] > caps[i]}
+        if not over:
+            break
+        capped |= over
+    ideal = [float(caps[i]) if i in capped else eps * raw[i] for i in range(len(shapes))]
+    counts = [min(math.floor(c), caps[i]) for i, c in enumerate(ideal)]
+    left = total - sum(counts)
+    by_remainder = sorted((i for i in range(len(shapes)) if counts[i] < caps[i]),
+                          key=lambda i: (-(ideal[i] - counts[i]), i))
+    for i in by_remainder[:left]:
+        counts[i] += 1
+    return counts
+
+
+def lamp_scores(weights: Weights, mask: Mask, name: str) -> torch.Tensor:
+    """LAMP scores (float64, flat, row-major) of tensor ``name``'s kept weights; pruned
+    positions score +inf (never candidates). See the module docstring."""
+    keep = mask[name].reshape(-1).cpu()
+    w = weights[name].detach().reshape(-1).cpu()
+    positions = keep.nonzero().squeeze(1)
+    order = positions[torch.argsort(w[positions].abs().float(), stable=True)]
+    squares = w[order].double() ** 2
+    below = squares.flip(0).cumsum(0).flip(0)  # sum over v >= u in the sorted order
+    out = torch.full((keep.numel(),), float("inf"), dtype=torch.float64)
+    out[order] = torch.where(below > 0, squares / below.clamp_min(1e-300), torch.zeros_like(squares))
+    return out
+
+
+def prune_group(weights: Weights, mask: Mask, names: list[str], count: int, strategy: str) -> Mask:
+    """Copy of ``mask`` for the group ``names`` with ``count`` kept weights removed as the
+    rule ``strategy`` allocates them (one tensor, or "global"/"layerwise": by magnitude)."""
+    if len(names) == 1 or strategy not in ("erk", "lamp"):
+        return _remove_smallest(weights, mask, names, count)
+    have = [int(mask[n].sum()) for n in names]
+    if strategy == "erk":
+        want = erk_counts([tuple(mask[n].shape) for n in names], sum(have) - count, have)
+        out: Mask = {}
+        for name, h, k in zip(names, have, want):
+            out.update(_remove_smallest(weights, mask, [name], h - k))
+        return out
+    if count > sum(have):
+        raise ValueError(f"cannot remove {count} of {sum(have)} kept weights")
+    score = torch.cat([lamp_scores(weights, mask, n) for n in names])
+    flat = torch.cat([mask[n].reshape(-1).cpu() for n in names]).clone()
+    flat[torch.argsort(score, stable=True)[:count]] = False
+    return split_flat(flat, names, mask)
+
+
 def split_flat(flat: torch.Tensor, names: list[str], like: Mask) -> Mask:
     """A flat bool vector over ``names`` (in order) back into tensors shaped like ``like``'s."""
     out, start = {}, 0
@@ -140,7 +227,7 @@ def magnitude_prune(weights: Weights, mask: Mask, fraction: float, strategy: str
     out: Mask = {}
     for names, rate in groups(mask, strategy, fraction, layer_fractions):
         remaining = sum(int(mask[n].sum()) for n in names)
-        out.update(_remove_smallest(weights, mask, names, round_half_up(rate * remaining)))
+        out.update(prune_group(weights, mask, names, round_half_up(rate * remaining), strategy))
     return {name: out[name] for name in mask}
 
 
@@ -150,13 +237,14 @@ def oneshot_prune(weights: Weights, start: Mask, target: Mask, strategy: str = "
 
     The groups are those of ``strategy`` and ``layer_fractions`` (rates do not matter
     here), so one-shot global pruning matches the trunk's total per group and one-shot
-    layerwise pruning its count per tensor.
+    layerwise pruning its count per tensor; ERK and LAMP allocate the group's total anew
+    from ``start`` (one-shot ERK and one-shot LAMP).
     """
     out: Mask = {}
     for names, _rate in groups(start, strategy, 0.5, layer_fractions):
         have = sum(int(start[n].sum()) for n in names)
         want = sum(int(target[n].sum()) for n in names)
-        out.update(_remove_smallest(weights, start, names, have - want))
+        out.update(prune_group(weights, start, names, have - want, strategy))
     return {name: out[name] for name in start}
 
 

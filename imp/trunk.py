@@ -277,11 +277,11 @@ class Replicate:
                 mask = random_mask(mask, generator(self.seeds.init, "random_mask", level),
                                    layerwise=prune.random_strategy == "layerwise")
             elif baseline == "oneshot":
-                mask = oneshot_prune(dense.weights, dense.mask, mask, prune.strategy, prune.layer_fractions)
+                mask = oneshot_prune(dense.weights, dense.mask, mask, prune.rule, prune.layer_fractions)
             elif baseline in pai.METHODS:  # pruned at the rewind point, every weight kept, in one go
                 rewind = self.rewind_point()
                 model = start_model(self.config, self.data, self.seeds, rewind, dense.mask)
-                mask = pai.pai_mask(baseline, model, self.data, dense.mask, mask, prune.strategy,
+                mask = pai.pai_mask(baseline, model, self.data, dense.mask, mask, prune.rule,
                                     prune.layer_fractions, generator(self.seeds.init, "pai", baseline, level))
             else:
                 raise ValueError(f"unknown baseline {baseline!r}; choose from {BASELINES}")
@@ -349,7 +349,7 @@ class Replicate:
     def prune(self, trained: TrainedLevel) -> Mask:
         """One level of the run's magnitude pruning applied to a trained level."""
         return magnitude_prune(trained.weights, trained.mask, self.config.prune.fraction,
-                               self.config.prune.strategy, self.config.prune.layer_fractions)
+                               self.config.prune.rule, self.config.prune.layer_fractions)
 
     def rewind_point(self) -> Start:
         """The stored rewind point ``w_k`` and its step k."""

@@ -11,7 +11,7 @@ coordinates that are never pruned (biases, excluded tensors). Pruning rule R
 *projection length* ``l_R(p)``: the norm of the weights it sets to zero.
 
 - magnitude: the ``round(p D_L)`` smallest-magnitude kept weights, in the run's strategy
-  (:func:`imp.pruning.magnitude_prune`): ``l^2`` is their sum of squares;
+  and allocation (global, uniform, ERK or LAMP: :func:`imp.pruning.magnitude_prune`): ``l^2`` is their sum of squares;
 - random (expected): a uniformly random subset of ``round(p D_L)`` kept weights, for
   which ``E l^2 = (round(p D_L) / D_L) sum_i w_i^2`` exactly (:func:`random_removal`);
 - random (sampled): one such subset, drawn as a seeded random order of the kept weights
@@ -84,7 +84,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from imp.pruning import Mask, groups, round_half_up
+from imp.pruning import Mask, erk_counts, groups, lamp_scores, round_half_up
 
 RULES = ("magnitude", "random")
 EPS_GRID = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
@@ -108,22 +108,41 @@ def kept_squares(weights: dict[str, torch.Tensor], mask: Mask) -> np.ndarray:
 
 def magnitude_removal(weights: dict[str, torch.Tensor], mask: Mask, strategy: str = "global",
                       layer_fractions: dict | None = None, grid: np.ndarray = GRID) -> Removal:
-    """Exactly the weights :func:`imp.pruning.magnitude_prune` removes at each p: per group,
-    the ``round(rate * kept)`` smallest (the same stable order of float32 magnitudes)."""
+    """Exactly the weights :func:`imp.pruning.magnitude_prune` removes at each p with the
+    rule ``strategy``: per group, the ``round(rate * kept)`` first in the rule's order (the
+    same stable order of float32 magnitudes; LAMP scores; under ERK, each tensor's
+    smallest, as many as :func:`imp.pruning.erk_counts` takes from it)."""
     count, squares = np.zeros(len(grid), dtype=np.int64), np.zeros(len(grid))
     cumulative = {}
     for names, _ in groups(mask, strategy, 0.5, layer_fractions):
-        kept = [weights[n].detach().reshape(-1).cpu()[mask[n].reshape(-1).cpu()] for n in names]
-        flat = torch.cat(kept)
-        order = torch.argsort(flat.abs().float(), stable=True)
-        cumulative[tuple(names)] = np.concatenate([[0.0], np.cumsum(flat.double()[order].numpy() ** 2)])
+        split = strategy == "erk" and len(names) > 1
+        cumulative[tuple(names)] = ([_cumulative(weights, mask, [n], "global") for n in names] if split
+                                    else _cumulative(weights, mask, names, strategy))
     for i, p in enumerate(grid):
         for names, rate in groups(mask, strategy, float(p), layer_fractions):
             sums = cumulative[tuple(names)]
-            removed = min(round_half_up(rate * (len(sums) - 1)), len(sums) - 1)
+            if isinstance(sums, list):  # ERK: each tensor's own smallest
+                have = [len(s) - 1 for s in sums]
+                removed = min(round_half_up(rate * sum(have)), sum(have))
+                want = erk_counts([tuple(mask[n].shape) for n in names], sum(have) - removed, have)
+                squares[i] += sum(s[h - k] for s, h, k in zip(sums, have, want))
+            else:
+                removed = min(round_half_up(rate * (len(sums) - 1)), len(sums) - 1)
+                squares[i] += sums[removed]
             count[i] += removed
-            squares[i] += sums[removed]
     return Removal(grid, count, squares)
+
+
+def _cumulative(weights: dict[str, torch.Tensor], mask: Mask, names: list[str], strategy: str) -> np.ndarray:
+    """0 then the running sum of squares of the kept weights of ``names`` in the order a
+    group pruned by ``strategy`` loses them."""
+    flat = torch.cat([weights[n].detach().reshape(-1).cpu()[mask[n].reshape(-1).cpu()] for n in names])
+    if strategy == "lamp" and len(names) > 1:
+        score = torch.cat([lamp_scores(weights, mask, n)[mask[n].reshape(-1).cpu()] for n in names])
+        order = torch.argsort(score, stable=True)
+    else:
+        order = torch.argsort(flat.abs().float(), stable=True)
+    return np.concatenate([[0.0], np.cumsum(flat.double()[order].numpy() ** 2)])
 
 
 def random_removal(squares: np.ndarray, seed: int | None = None, grid: np.ndarray = GRID) -> Removal:

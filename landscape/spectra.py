@@ -158,7 +158,7 @@ def measure_hessian(m: Context, level: int, settings: dict) -> dict:
 def _removals(m: Context, weights: dict, mask: dict) -> dict:
     squares = prunelimit.kept_squares(weights, mask)
     prune = m.config.prune
-    return {"magnitude": prunelimit.magnitude_removal(weights, mask, prune.strategy, prune.layer_fractions),
+    return {"magnitude": prunelimit.magnitude_removal(weights, mask, prune.rule, prune.layer_fractions),
             "random": prunelimit.random_removal(squares),
             "random_sampled": prunelimit.random_removal(squares, seed=_random_seed(m, 0))}
 
@@ -219,7 +219,7 @@ def _random_prune(mask: dict, order: np.ndarray, fraction: float) -> dict:
 
 def _masks(m: Context, trained, fraction: float, copies: int) -> dict:
     prune = m.config.prune
-    out = {"magnitude": [magnitude_prune(trained.weights, trained.mask, fraction, prune.strategy,
+    out = {"magnitude": [magnitude_prune(trained.weights, trained.mask, fraction, prune.rule,
                                          prune.layer_fractions)]}
     kept = int(sum(int(v.sum()) for v in trained.mask.values()))
     out["random"] = [_random_prune(trained.mask, prunelimit.random_order(kept, _random_seed(m, s)), fraction)

@@ -132,7 +132,12 @@ class PruneConfig:
     run id: rerunning with more levels or another baseline extends the same run.
     """
 
-    strategy: Literal["global", "layerwise"] = "global"
+    strategy: Literal["global", "layerwise"] = "global"  # the older spelling of allocation global / uniform
+    # How many weights each tensor keeps (imp.pruning): "global" = one magnitude threshold,
+    # "uniform" = every tensor the same fraction (written as strategy = "layerwise"),
+    # "erk" (Evci et al. 2020), "lamp" (Lee et al. 2021). The random and pruning-at-init
+    # baselines keep the trunk's count per tensor under uniform, erk and lamp.
+    allocation: Literal["global", "uniform", "erk", "lamp"] = "global"
     fraction: float = 0.2  # of the remaining weights removed per level
     levels: int = _extent(0)  # pruning levels after the dense level 0
     rewind: Duration = Duration()  # step k: rewinding goes back to w_k; the others retrain from k
@@ -144,6 +149,11 @@ class PruneConfig:
     allow_empty_layers: bool = _extent(False)  # let a level prune every weight of a tensor (else refused)
 
     def __post_init__(self):
+        _check(self.strategy == "global" or self.allocation in ("global", "uniform"), "prune.allocation",
+               f"= {self.allocation!r} decides each tensor's count itself; remove prune.strategy = 'layerwise'")
+        if self.allocation == "uniform":  # one config, one spelling: uniform is the layerwise strategy
+            object.__setattr__(self, "strategy", "layerwise")
+            object.__setattr__(self, "allocation", "global")
         _check(0.0 < self.fraction < 1.0, "prune.fraction", "must be in (0, 1), e.g. 0.2")
         _check(self.levels >= 0, "prune.levels", "must be >= 0")
         for pattern, rate in self.layer_fractions.items():
@@ -151,6 +161,11 @@ class PruneConfig:
         _check(len(set(self.baselines)) == len(self.baselines), "prune.baselines", "lists a baseline twice")
         _check(not self.baselines or self.levels >= 1, "prune.baselines",
                "are trained at pruning levels 1 and up, and prune.levels is 0; set prune.levels >= 1")
+
+    @property
+    def rule(self) -> str:
+        """The pruning rule of :mod:`imp.pruning`: "global", "layerwise", "erk" or "lamp"."""
+        return "layerwise" if self.strategy == "layerwise" else self.allocation
 
 
 ScoreName = Literal["el2n", "grand", "forgetting"]

@@ -353,9 +353,10 @@ def _layers(args) -> int:
                         widths=config.model.widths, width=config.model.width)
     pruned = prunable_tensors(model, prune.exclude, prune.layer_fractions)
     rule = {}
-    for names, rate in groups(pruned, prune.strategy, prune.fraction, prune.layer_fractions):
+    shared = {"global": "shared threshold", "erk": "ERK allocation", "lamp": "LAMP allocation"}
+    for names, rate in groups(pruned, prune.rule, prune.fraction, prune.layer_fractions):
         for name in names:
-            rule[name] = f"{rate:g} of remaining, " + ("shared threshold" if len(names) > 1 else "on its own")
+            rule[name] = f"{rate:g} of remaining, " + (shared[prune.rule] if len(names) > 1 else "on its own")
     parameters = dict(model.named_parameters())
     rows = [[name, "x".join(map(str, parameters[name].shape)), str(parameters[name].numel()),
              rule.get(name, "excluded")] for name in prunable_names(model)]

@@ -263,17 +263,20 @@ def test_a_finished_run_is_found_without_its_data(tmp_path):
                 tmp_path / "data", CPU)
 
 
-@pytest.mark.parametrize("strategy", ["global", "layerwise"])
-def test_pruning_at_initialisation_baselines_keep_the_trunks_count_at_the_rewind_point(tmp_path, strategy):
-    """SNIP, GraSP and SynFlow (imp.pai) at every level: the trunk's kept count in total
-    (global) or per tensor (layerwise), scored on the network at the rewind point."""
+@pytest.mark.parametrize("setting", ["prune.strategy=global", "prune.strategy=layerwise",
+                                     "prune.allocation=erk", "prune.allocation=lamp"])
+def test_pruning_at_initialisation_baselines_keep_the_trunks_count_at_the_rewind_point(tmp_path, setting):
+    """SNIP, GraSP and SynFlow (imp.pai) at every level, and the random baseline: the
+    trunk's kept count in total (global) or per tensor (uniform, ERK, LAMP), scored on the
+    network at the rewind point."""
     from imp import pai
     from imp.base.seeds import Seeds, generator
     from imp.data import load_dataset
     from imp.level import Start, start_model
 
-    config = load_config(None, TINY + [f"prune.strategy={strategy}", "prune.levels=2", "prune.rewind='10it'",
-                                       "prune.baselines=['snip', 'grasp', 'synflow']"])
+    config = load_config(None, TINY + [setting, "prune.levels=2", "prune.rewind='10it'",
+                                       "prune.baselines=['snip', 'grasp', 'synflow', 'random']"])
+    strategy = config.prune.rule
     run = run_imp(config, tmp_path, tmp_path, CPU)
     data = load_dataset(config.data, tmp_path)
     rewind = store.read_h5(run.stage_file(0, "rewind"))
@@ -281,13 +284,21 @@ def test_pruning_at_initialisation_baselines_keep_the_trunks_count_at_the_rewind
     dense = {k: torch.as_tensor(v) for k, v in dense.items()}
     for level in (1, 2):
         trunk = {k: torch.as_tensor(v) for k, v in store.read_h5(run.stage_file(0, level_stage(level)))["mask"].items()}
-        for method in pai.METHODS:
+        if strategy == "erk":
+            from imp.pruning import erk_counts
+            previous = store.read_h5(run.stage_file(0, level_stage(level - 1)))["mask"]
+            have = [int(previous[n].sum()) for n in trunk]
+            assert [int(trunk[n].sum()) for n in trunk] == erk_counts(
+                [tuple(trunk[n].shape) for n in trunk], sum(int(m.sum()) for m in trunk.values()), have)
+        for method in (*pai.METHODS, "random"):
             mask = {k: torch.as_tensor(v) for k, v in
                     store.read_h5(run.stage_file(0, level_stage(level, method)))["mask"].items()}
             if strategy == "global":
                 assert sum(int(m.sum()) for m in mask.values()) == sum(int(m.sum()) for m in trunk.values())
             else:
                 assert all(int(mask[n].sum()) == int(trunk[n].sum()) for n in trunk)
+            if method == "random":
+                continue
             seeds = Seeds.from_config(config.train, 0)
             model = start_model(config, data, seeds, Start(state_from_arrays(rewind["weights"]), 10), dense)
             ordered = {n: dense[n] for n in model.state_dict() if n in dense}  # ties go by model order

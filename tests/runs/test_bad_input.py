@@ -158,6 +158,10 @@ CASES = [
     *[(f"fraction-{value}", bad_run(f"prune.fraction={value}"), ["prune.fraction must be in (0, 1), e.g. 0.2"], None)
       for value in ("0", "1", "1.5", "-0.1")],
     ("negative-levels", bad_run("prune.levels=-1"), ["prune.levels must be >= 0"], None),
+    ("allocation-typo", bad_run("prune.allocation=erd"),
+     ["prune.allocation = 'erd' is not one of", "did you mean 'erk'?"], None),
+    ("allocation-with-layerwise-strategy", bad_run("prune.allocation=lamp", "prune.strategy=layerwise"),
+     ["prune.allocation = 'lamp' decides each tensor's count itself", "remove prune.strategy = 'layerwise'"], None),
     ("rewind-after-training", bad_run("prune.rewind='100ep'"),
      ["prune.rewind = 100ep (1200 iterations) is not before the end", "choose a smaller prune.rewind"], None),
     ("subset-keep-zero", bad_run("subset.keep=0"), ["subset.keep must be in (0, 1]"], None),
