@@ -17,6 +17,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter
 
+from analysis.figures_align import aligned_barriers, raw
 from analysis.figures_limits import directional_curvature, loss_rise_ratio, prune_limit, spectrum_masses
 from analysis.figures_scores import per_example_histogram, score_histogram, score_scatter
 from analysis.figures_subsets import group_barrier_vs_spawn, ntk_velocity, subset_pruning_curve, subset_window
@@ -185,7 +186,7 @@ def _select(barriers: pd.DataFrame, figure: str, kinds, split: str, metric: str,
     require(barriers, ["run_id", "replicate", "kind", "level", "split", "metric", convention],
             figure)
     rows = barriers[barriers["kind"].isin(kinds) & (barriers["split"] == split)
-                    & (barriers["metric"] == metric) & barriers[convention].notna()]
+                    & (barriers["metric"] == metric) & barriers[convention].notna() & raw(barriers)]
     if rows.empty:
         raise ValueError(f"{figure}: no {'/'.join(kinds)} barriers of {split} {metric}")
     scale = 100 if metric == "error" else 1
@@ -204,7 +205,7 @@ def barrier_curves(curves: pd.DataFrame, ax=None, split: str = "test", metric: s
     require(curves, ["run_id", "replicate", "kind", "level", "label", "alpha", "split",
                      "metric", "value"], figure)
     rows = curves[(curves["kind"] == "successive") & (curves["split"] == split)
-                  & (curves["metric"] == metric)]
+                  & (curves["metric"] == metric) & raw(curves)]
     if rows.empty:
         raise ValueError(f"{figure}: no successive-level curves of {split} {metric}")
     rows = rows.assign(y=(100 if metric == "error" else 1) * rows["value"])
@@ -315,6 +316,7 @@ FIGURES = {
     "loss_rise_ratio": (loss_rise_ratio, "directions"),
     "barrier_curves": (barrier_curves, "curves"),
     "barrier_vs_level": (barrier_vs_level, "barriers"),
+    "aligned_barriers": (aligned_barriers, "barriers"),
     "instability_vs": (instability_vs, "barriers"),
     "per_example_histogram": (per_example_histogram, "per_example"),
     "score_histogram": (score_histogram, "scores"),

@@ -129,6 +129,12 @@ def _pieces(kind: str, level: int, tree: dict):
         yield tree["networks"].replace(" ", " vs "), tree["curve"], tree["barrier"], {}
 
 
+def alignment(settings: dict) -> str:
+    """How a barrier's pair was taken: ``raw``, ``weights`` or ``activations`` (aligned
+    by :mod:`landscape.align`), with ``+repair`` under REPAIR."""
+    return str(settings.get("align", "raw")) + ("+repair" if settings.get("repair") else "")
+
+
 def landscape_frames(runs: Iterable[store.RunDir]) -> dict[str, pd.DataFrame]:
     """The ``curves``, ``barriers`` and ``per_example`` frames of the runs."""
     curves, barriers, per_example = [], [], []
@@ -139,7 +145,8 @@ def landscape_frames(runs: Iterable[store.RunDir]) -> dict[str, pd.DataFrame]:
             replicate, kind = measured.replicate, measured.measurement
             level = -1 if measured.level is None else measured.level
             base = {"replicate": replicate, "kind": kind, "variant": measured.settings_id,
-                    "settings": json.dumps(measured.settings, sort_keys=True), "level": level}
+                    "settings": json.dumps(measured.settings, sort_keys=True), "level": level,
+                    "alignment": alignment(measured.settings)}
             for label, curve, barrier, fields in _pieces(kind, level, tree):
                 for key, value in barrier.items():
                     split, metric = key.split("_", 1)

@@ -23,6 +23,7 @@ from imp.base.store import cannot_write, check_writable  # noqa: E402
 
 # What gives each figure its data, for the note on a figure that could not be drawn.
 HOW = {
+    "aligned_barriers": "measure barriers aligned and REPAIRed too (`lth barrier RUN --align weights --repair`)",
     "accuracy_vs_density": "train a run (`lth run`)",
     "rewind_comparison": "sweep over prune.rewind (runs that differ only in it)",
     "training_accuracy": "train a run (`lth run`)",

@@ -4,8 +4,9 @@ data diet: finding initializations with sparse trainable networks").
 With ``diet.pretrain = P`` (> 0), each replicate's dense network trains from its seeded
 initialisation for P iterations on a subset of the training set, with the run's
 optimiser and schedule (epochs in the schedule count full-data epochs). The subset is
-``diet.subset`` (``easy`` = lowest ``diet.score``, ``hard`` = highest, ``random``,
-``all``) of ``diet.size`` examples (:func:`imp.subsets.select`). The state after P
+``diet.subset`` (``easy`` = the least hard by ``diet.score``, ``hard`` = the most:
+highest EL2N, GraNd or forgetting, lowest margin or AUM, see :func:`imp.scores.hardness`;
+``random``, ``all``) of ``diet.size`` examples (:func:`imp.subsets.select`). The state after P
 iterations is the rewind point of every IMP level: level 0 continues from it on the full
 data for steps P..T, and every later level rewinds to it. The subset, the scores used
 and where they came from are stored in ``replicate_<r>/pretrain.h5``.
@@ -22,7 +23,7 @@ from imp.data import Dataset
 from imp.base.errors import UserError
 from imp.level import Start, copy_state
 from imp.models import build_initial_model
-from imp.scores import ScoreSpec, load_or_compute, read_scores
+from imp.scores import ScoreSpec, hardness, load_or_compute, read_scores
 from imp.subsets import ccs, keep, select
 from imp.base.seeds import Seeds
 from imp.train import train
@@ -35,16 +36,18 @@ def score_spec(config: Config) -> ScoreSpec:
 
 def _scores(config: Config, data: Dataset, out: str | Path, spec: ScoreSpec, scores_file: str,
             section: str, progress: bool) -> tuple[np.ndarray, str]:
-    """The mean scores of ``spec`` over the training split, from ``scores_file`` (checked to be
-    over this data and of this score) or computed and cached under ``out``; and their source."""
+    """The hardness of ``spec`` over the training split (:func:`imp.scores.hardness`: the mean
+    scores, negated for scores where high = easy, so higher = harder), from ``scores_file``
+    (checked to be over this data and of this score) or computed and cached under ``out``;
+    and their source."""
     if scores_file:
         tree = read_scores(scores_file, data)
         if tree["score"] != spec.score:
             raise UserError(f"{scores_file} holds {tree['score']} scores but {section}.score is "
                             f"{spec.score!r}; set {section}.score = {tree['score']!r} or use another file")
-        return tree["mean"], scores_file
+        return hardness(tree), scores_file
     tree, source = load_or_compute(config, data, spec, out, progress, threads=None)
-    return tree["mean"], str(source)
+    return hardness(tree), str(source)
 
 
 def choose_subset(config: Config, data: Dataset, out: str | Path, progress: bool = False) -> dict:

@@ -1,4 +1,5 @@
-"""Example scores: EL2N, GraNd (Paul et al. 2021) and forgetting events (Toneva et al. 2019).
+"""Example scores: EL2N, GraNd (Paul et al. 2021), forgetting events (Toneva et al. 2019),
+the margin and the area under the margin (AUM; Pleiss et al. 2020).
 
 For every training example (x_i, y_i), each of R independent runs r gives a score and the
 stored score is the mean over runs:
@@ -12,6 +13,21 @@ stored score is the mean over runs:
   goes from correctly to incorrectly classified between its successive presentations in
   training minibatches (training-mode logits, augmentation as configured); an example
   never classified correctly scores +inf.
+* ``margin``: ``z_y - max_{j != y} z_j`` of the logits z = f(x_i; w_t) at step t, eval
+  mode, no augmentation (the margin of Pleiss, Zhang, Elenberg & Weinberger 2020,
+  "Identifying mislabeled data using the area under the margin ranking").
+* ``aum``: the area under the margin (Pleiss et al. 2020): the mean, over every
+  presentation of the example in a training minibatch during the first t steps, of its
+  margin ``z_y - max_{j != y} z_j`` from the training-mode logits of that minibatch
+  (taken before the update, augmentation as configured). t must be at least one epoch,
+  so that every example is presented at least once (every epoch is a permutation of the
+  whole training set); a shorter t is refused rather than scoring unseen examples.
+
+Orientation: for ``el2n``, ``grand`` and ``forgetting`` a high score means a hard example
+(``"high_is_hard"``); for ``margin`` and ``aum`` a high score means an easy one
+(``"high_is_easy"``). Every scores tree stores its ``orientation`` (a file without one is
+``"high_is_hard"``), and whatever chooses examples by score ranks :func:`hardness`, the
+mean oriented so that higher = harder, so ``hardest`` on margins picks the lowest margins.
 
 Run r trains the run's model and data with its own seeds, derived from ``train.seed``,
 ``"scores"`` and r, so score runs are independent of the IMP replicates. Labels are the
@@ -42,7 +58,10 @@ from imp.pergrad import grad_norms
 from imp.base.seeds import Seeds, derive_seed
 from imp.train import train
 
-SCORES = ("el2n", "grand", "forgetting")
+SCORES = ("el2n", "grand", "forgetting", "margin", "aum")
+ORIENTATIONS = ("high_is_hard", "high_is_easy")
+ORIENTATION = {"el2n": "high_is_hard", "grand": "high_is_hard", "forgetting": "high_is_hard",
+               "margin": "high_is_easy", "aum": "high_is_easy"}
 
 
 @dataclass(frozen=True)
@@ -58,6 +77,9 @@ class ScoreSpec:
             raise UserError(f"unknown score {self.score!r}; choose one of {', '.join(SCORES)}")
         if self.runs < 1:
             raise UserError(f"score runs must be at least 1, got {self.runs}")
+        if self.score == "aum" and self.step.iterations_at(1) == 0:
+            raise UserError("aum averages margins over the first t steps of training and t = 0 has none; "
+                            "give a step of at least one epoch (e.g. --step 1ep)")
 
 
 def score_id(config: Config, spec: ScoreSpec) -> str:
@@ -72,19 +94,40 @@ def scores_path(out: str | Path, config: Config, spec: ScoreSpec) -> Path:
     return Path(out) / names.SCORES_DIR / names.scores_file(spec.score, score_id(config, spec))
 
 
+def margins(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``z_y - max_{j != y} z_j`` of each row z of ``logits`` (N, C) with label y (float64)."""
+    z = logits.double()
+    own = z.gather(1, labels[:, None]).squeeze(1)
+    others = z.scatter(1, labels[:, None], float("-inf")).amax(1)
+    return own - others
+
+
+def _el2n_of(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    logits = logits.double()
+    return (F.softmax(logits, dim=1) - F.one_hot(labels, logits.shape[1]).double()).norm(dim=1)
+
+
 @torch.no_grad()
-def el2n(model: torch.nn.Module, split: Split, batch_size: int = 2048) -> torch.Tensor:
-    """Per-example ``|| softmax(f(x)) - onehot(y) ||_2`` in eval mode (float64, CPU)."""
+def _in_eval_mode(model: torch.nn.Module, split: Split, of, batch_size: int) -> torch.Tensor:
+    """``of(logits, labels)`` over ``split`` in batches, the model in eval mode (CPU result)."""
     was_training = model.training
     model.eval()
     out = []
     for start in range(0, len(split), batch_size):
         x, y = split.x[start:start + batch_size], split.y[start:start + batch_size]
-        logits = model(x).double()
-        error = F.softmax(logits, dim=1) - F.one_hot(y, logits.shape[1]).double()
-        out.append(error.norm(dim=1).cpu())
+        out.append(of(model(x), y).cpu())
     model.train(was_training)
     return torch.cat(out)
+
+
+def el2n(model: torch.nn.Module, split: Split, batch_size: int = 2048) -> torch.Tensor:
+    """Per-example ``|| softmax(f(x)) - onehot(y) ||_2`` in eval mode (float64, CPU)."""
+    return _in_eval_mode(model, split, _el2n_of, batch_size)
+
+
+def margin(model: torch.nn.Module, split: Split, batch_size: int = 2048) -> torch.Tensor:
+    """Per-example margin ``f(x)_y - max_{j != y} f(x)_j`` in eval mode (float64, CPU)."""
+    return _in_eval_mode(model, split, margins, batch_size)
 
 
 class Forgetting:
@@ -107,28 +150,66 @@ class Forgetting:
         return out
 
 
+class AreaUnderMargin:
+    """The area under the margin (Pleiss et al. 2020) from the training minibatches
+    (``on_batch``): per example, the mean of :func:`margins` over its presentations."""
+
+    def __init__(self, count: int, device: torch.device | str = "cpu"):
+        self.total = torch.zeros(count, dtype=torch.float64, device=device)
+        self.presentations = torch.zeros(count, dtype=torch.int64, device=device)
+
+    def __call__(self, step: int, positions: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        self.total.index_add_(0, positions, margins(logits, labels))  # index_add_: repeats add up
+        self.presentations.index_add_(0, positions, torch.ones_like(positions))
+
+    def scores(self) -> torch.Tensor:
+        unseen = int((self.presentations == 0).sum())
+        if unseen:  # compute_scores trains at least an epoch, which presents every example
+            raise ValueError(f"{unseen} example(s) were never presented; the area under the margin is undefined")
+        return (self.total / self.presentations).cpu()
+
+
+TRACKERS = {"forgetting": Forgetting, "aum": AreaUnderMargin}
+
+
+def hardness(tree: dict) -> np.ndarray:
+    """The mean scores of a scores tree, oriented so that higher = harder: ``tree["mean"]``
+    for ``"high_is_hard"`` scores (and files without an orientation), its negation for
+    ``"high_is_easy"`` ones (margin, aum)."""
+    mean = np.asarray(tree["mean"], dtype=np.float64)
+    orientation = str(tree.get("orientation", "high_is_hard"))
+    if orientation not in ORIENTATIONS:
+        raise UserError(f"unknown score orientation {orientation!r}; it must be one of {', '.join(ORIENTATIONS)}")
+    return -mean if orientation == "high_is_easy" else mean
+
+
 def compute_scores(config: Config, data: Dataset, spec: ScoreSpec, progress: bool = False) -> dict:
     """Scores of every training example for each of ``spec.runs`` runs, and their mean.
 
     Returns the tree stored in a scores file (see docs/storage.md).
     """
     batch_size = config.data.batch_size
-    step = spec.step.iterations_at(data.iterations_per_epoch(batch_size))
+    iterations_per_epoch = data.iterations_per_epoch(batch_size)
+    step = spec.step.iterations_at(iterations_per_epoch)
+    if spec.score == "aum" and step < iterations_per_epoch:
+        raise UserError(f"aum after {spec.step} ({step} iterations) would leave examples never presented; "
+                        f"give a step of at least one epoch ({iterations_per_epoch} iterations, e.g. 1ep)")
     per_run = []
     for run in tqdm(range(spec.runs), disable=not progress, desc=f"{spec.score} runs", leave=False):
         train_config = dataclasses.replace(config.train, seed=derive_seed(config.train.seed, "scores", run),
                                            init_seed=None, order_seed=None, augment_seed=None)
         seeds = Seeds.from_config(train_config)
         model = build_initial_model(config, data, seeds.init)
-        tracker = Forgetting(len(data.train), data.train.x.device)
+        tracker = TRACKERS[spec.score](len(data.train), data.train.x.device) if spec.score in TRACKERS else None
         if step > 0:
-            train(model, data, config.train, batch_size, seeds, end_step=step,
-                  on_batch=tracker if spec.score == "forgetting" else None, progress=progress,
-                  label=f"score run {run}")
+            train(model, data, config.train, batch_size, seeds, end_step=step, on_batch=tracker,
+                  progress=progress, label=f"score run {run}")
         if spec.score == "el2n":
             values = el2n(model, data.train)
         elif spec.score == "grand":
             values = grad_norms(model, data.train.x, data.train.y)
+        elif spec.score == "margin":
+            values = margin(model, data.train)
         else:
             values = tracker.scores()
         per_run.append(values.numpy())
@@ -138,6 +219,7 @@ def compute_scores(config: Config, data: Dataset, spec: ScoreSpec, progress: boo
                        f"example(s): the training diverged; lower train.lr (now {config.train.lr:g})")
     return {
         "score": spec.score, "step": str(spec.step), "iterations": step, "runs": spec.runs,
+        "orientation": ORIENTATION[spec.score], "dataset": data.name,
         "per_run": per_run,
         "mean": per_run.mean(axis=0),
         "index": data.train.index.cpu().numpy(),  # positions in the original training set
@@ -181,6 +263,9 @@ def read_scores(path: str | Path, data: Dataset | None = None) -> dict:
     tree = store.read_h5(path)
     if "mean" not in tree or "index" not in tree:
         raise UserError(f"{path} is not a scores file written by `lth scores`")
+    if str(tree.get("orientation", "high_is_hard")) not in ORIENTATIONS:
+        raise UserError(f"{path} has an unknown orientation {tree['orientation']!r}; it must be one of "
+                        f"{', '.join(ORIENTATIONS)}")
     if data is not None and not np.array_equal(tree["index"], data.train.index.cpu().numpy()):
         raise UserError(f"{path} scores a different training set (other data set, validation split "
                         "or size) than this run; compute scores with this run's [data] section")

@@ -77,6 +77,9 @@ def ccs(scores: np.ndarray, size: int, hard_cut: float, strata: int, seed: int) 
 def keep(config: SubsetConfig, scores: np.ndarray | None, labels: np.ndarray) -> np.ndarray:
     """Sorted positions of the examples a ``[subset]`` run trains on (Paul et al. 2021).
 
+    ``scores`` are oriented so that higher = harder (:func:`imp.scores.hardness`), so
+    "highest" below means hardest for every score, margin and AUM included.
+
     With N training examples, K = ``config.kept(N)`` of them are kept: ``hardest`` the K
     highest scores, ``easiest`` the K lowest, ``random`` a uniform sample (seeded by
     ``config.seed``), ``window`` the K highest after skipping the S = ``config.skipped(N)``

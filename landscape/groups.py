@@ -10,7 +10,8 @@ on the examples of G alone, and its barrier is the maximum over alpha of the cur
 the straight line between its ends (:func:`landscape.lmc.curve_barriers`). The groups:
 
 * ``low`` and ``high``: the ``round(q N)`` training examples with the lowest and highest
-  scores, q = ``landscape.group_fraction`` (default 0.1), the scores
+  scores, oriented so that high = hard (:func:`imp.scores.hardness`: margin and AUM
+  negated), q = ``landscape.group_fraction`` (default 0.1), the scores
   ``landscape.group_score`` after ``landscape.group_score_step`` of training, mean of
   ``landscape.group_score_runs`` runs (cached under ``<out>/scores``; ties keep position
   order);
@@ -30,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from imp.base.errors import UserError
-from imp.scores import ScoreSpec, load_or_compute
+from imp.scores import ScoreSpec, hardness, load_or_compute
 from imp.base.duration import Duration
 from landscape.measure import Probe, compare, curve_settings, make_probe
 
@@ -82,13 +83,13 @@ def read_indices(path: Path) -> np.ndarray:
 
 
 def ranked(context, settings: dict, count: int) -> dict[str, np.ndarray]:
-    """Positions in the training split of the ``count`` lowest and highest scores of
+    """Positions in the training split of the ``count`` lowest and highest hardness of
     ``settings`` (score, score_step, score_runs; cached under ``<out>/scores``), ties to the
     earlier position (as :mod:`imp.subsets`). A ``[subset]`` run never gets here
     (:func:`landscape.registry.check`): the scores rank the whole training set."""
     spec = ScoreSpec(settings["score"], Duration.parse(settings["score_step"]), settings["score_runs"])
     tree, _ = load_or_compute(context.config, context.data, spec, context.run.out, threads=None)
-    scores = np.asarray(tree["mean"], dtype=np.float64)
+    scores = hardness(tree)  # higher = harder, whichever way the score points
     return {"low": np.sort(np.argsort(scores, kind="stable")[:count]),
             "high": np.sort(np.argsort(-scores, kind="stable")[:count])}
 

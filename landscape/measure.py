@@ -46,15 +46,36 @@ from imp.pruning import Mask
 from imp.base.record import TrainedLevel
 from imp.base.seeds import Seeds, derive_seed, generator
 from imp.trunk import Replicate
+from landscape import align
 from landscape.lmc import curve_barriers, evaluate_path, midpoint_barriers
+from landscape.repair import repaired_path
 
 
 def curve_settings(ls: LandscapeConfig) -> dict:
-    """The settings every curve's numbers depend on (bn_examples only when re-estimating)."""
+    """The settings every raw curve's numbers depend on (bn_examples only when re-estimating)."""
     out = {"points": ls.points, "examples": ls.examples, "bn": ls.bn}
     if ls.bn == "reestimate":
         out["bn_examples"] = ls.bn_examples
     return out
+
+
+def curve_variants(ls: LandscapeConfig) -> list[dict]:
+    """The settings of each curve asked for between two networks: the raw one; with
+    ``landscape.align`` also the aligned one; with ``landscape.repair`` also REPAIR's (of
+    the aligned pair, or of the raw one without alignment). Each is its own result; the
+    raw one's settings are those of :func:`curve_settings`, so earlier results still count."""
+    raw = curve_settings(ls)
+    out = [raw]
+    if ls.align != "none":
+        out.append({**raw, "align": ls.align, **({"bn_examples": ls.bn_examples} if ls.align == "activations" else {})})
+    if ls.repair:
+        out.append({**out[-1], "repair": True, "bn_examples": ls.bn_examples})
+    return out
+
+
+def variant_name(settings: dict) -> str:
+    """``raw``, ``weights``, ``activations``, ``raw+repair`` or e.g. ``weights+repair``."""
+    return settings.get("align", "raw") + ("+repair" if settings.get("repair") else "")
 
 
 @dataclass(frozen=True)
@@ -62,9 +83,11 @@ class Probe:
     """The fixed examples a curve is evaluated on, and how."""
 
     splits: dict[str, Split]
-    bn_examples: torch.Tensor
+    bn_examples: torch.Tensor  # also the batch of activation matching and REPAIR's statistics
     points: int
     bn: str
+    align: str = "none"  # align network B to A first: "weights" or "activations" (landscape.align)
+    repair: bool = False  # REPAIR the interpolated networks (landscape.repair)
 
 
 def make_probe(config: Config, data: Dataset, settings: dict | None = None) -> Probe:
@@ -75,18 +98,39 @@ def make_probe(config: Config, data: Dataset, settings: dict | None = None) -> P
               "test": fixed_subset(data.test, examples, derive_seed(seed, "lmc", "test"))}
     bn_count = settings.get("bn_examples", config.landscape.bn_examples)
     bn = fixed_subset(data.train, bn_count, derive_seed(seed, "lmc", "bn")).x
-    return Probe(splits, bn, settings["points"], settings["bn"])
+    return Probe(splits, bn, settings["points"], settings["bn"], settings.get("align", "none"),
+                 bool(settings.get("repair", False)))
 
 
 def compare(config: Config, data: Dataset, probe: Probe, a: State, b: State) -> dict:
-    """The curve and barriers on the linear path from network ``a`` to network ``b``."""
+    """The curve and barriers on the linear path from network ``a`` to network ``b`` (to
+    ``b`` aligned to ``a`` first, with ``probe.align``; REPAIRed, with ``probe.repair``)."""
     model = build_initial_model(config, data, 0)
     device = data.train.x.device
     a = {k: v.to(device) for k, v in a.items()}
-    b = {k: v.to(device) for k, v in b.items()}
-    curve = evaluate_path(model, a, b, probe.splits, points=probe.points, bn=probe.bn,
-                          bn_examples=probe.bn_examples)
-    return {"curve": curve, "barrier": curve_barriers(curve)}
+    b, tree = aligned(model, probe, a, {k: v.to(device) for k, v in b.items()})
+    if probe.repair:
+        curve = repaired_path(model, a, b, probe.splits, points=probe.points, bn=probe.bn,
+                              bn_examples=probe.bn_examples, repair_examples=probe.bn_examples)
+    else:
+        curve = evaluate_path(model, a, b, probe.splits, points=probe.points, bn=probe.bn,
+                              bn_examples=probe.bn_examples)
+    return {**tree, **({"repair": True} if probe.repair else {}), "curve": curve, "barrier": curve_barriers(curve)}
+
+
+def aligned(model: torch.nn.Module, probe: Probe, a: State, b: State) -> tuple[State, dict]:
+    """Network ``b`` with its hidden units permuted to match ``a``'s as ``probe.align``
+    says (:mod:`landscape.align`), and what to store of it: the method and, per
+    permutation group, the fraction of units moved. ``b`` itself with ``align = "none"``."""
+    if probe.align == "none":
+        return b, {}
+    spec = align.permutation_spec(model)
+    if probe.align == "weights":
+        perms = align.weight_matching(spec, a, b)
+    else:
+        perms = align.activation_matching(model, spec, a, b, probe.bn_examples)
+    moved = {group: float((perm.cpu() != torch.arange(len(perm))).double().mean()) for group, perm in perms.items()}
+    return align.permute_state(spec, b, perms), {"align": probe.align, "moved": moved}
 
 
 class Context:
@@ -160,8 +204,19 @@ def successive(context: Context, level: int, settings: dict) -> dict:
     return {"levels": np.array([level, level + 1]), **tree}
 
 
+def _variant(settings: dict) -> dict:
+    """What a result stores of its variant: the alignment method and REPAIR, when used."""
+    return {key: settings[key] for key in ("align", "repair") if key in settings}
+
+
+def _suffix(tree: dict) -> str:
+    """The ``lth show`` column suffix of a result's variant: "" raw, e.g. "_weights_repair"."""
+    parts = ([str(tree["align"])] if "align" in tree else []) + (["repair"] if bool(tree.get("repair", False)) else [])
+    return "".join(f"_{part}" for part in parts)
+
+
 def successive_columns(tree: dict) -> dict:
-    return {"barrier_to_next_test_error": tree["barrier"]["test_error"]["interpolated"]}
+    return {f"barrier_to_next_test_error{_suffix(tree)}": tree["barrier"]["test_error"]["interpolated"]}
 
 
 def instability(context: Context, level: int, settings: dict) -> dict:
@@ -175,12 +230,13 @@ def instability(context: Context, level: int, settings: dict) -> dict:
             pairs[f"{i}_{j}"] = compare(context.config, context.data, probe, states[i], states[j])
             if settings["per_example"]:
                 model = build_initial_model(context.config, context.data, 0)
-                per_example.append(midpoint_barriers(model, states[i], states[j], probe.splits["train"],
+                b, _ = aligned(model, probe, states[i], states[j])
+                per_example.append(midpoint_barriers(model, states[i], b, probe.splits["train"],
                                                      bn_examples=probe.bn_examples, bn=probe.bn))
     keys = next(iter(pairs.values()))["barrier"]
     mean = {key: {kind: float(np.mean([p["barrier"][key][kind] for p in pairs.values()]))
                   for kind in ("interpolated", "mean")} for key in keys}
-    tree = {"copies": copies, "barrier": mean, "pairs": pairs}
+    tree = {"copies": copies, "barrier": mean, "pairs": pairs, **_variant(settings)}
     if per_example:
         values = np.mean(per_example, axis=0)
         tau = settings["tau"]
@@ -191,9 +247,9 @@ def instability(context: Context, level: int, settings: dict) -> dict:
 
 
 def instability_columns(tree: dict) -> dict:
-    out = {"instability_test_error": tree["barrier"]["test_error"]["interpolated"]}
+    out = {f"instability_test_error{_suffix(tree)}": tree["barrier"]["test_error"]["interpolated"]}
     if "per_example" in tree:
-        out["fraction_at_most_tau"] = tree["per_example"]["fraction_at_most_tau"]
+        out[f"fraction_at_most_tau{_suffix(tree)}"] = tree["per_example"]["fraction_at_most_tau"]
     return out
 
 
@@ -215,7 +271,8 @@ def perturb(context: Context, level: int, settings: dict) -> dict:
 
 
 def perturb_columns(tree: dict) -> dict:
-    return {f"perturb_{tree['direction']}_{tree['size']:g}_test_error": tree["barrier"]["test_error"]["interpolated"]}
+    return {f"perturb_{tree['direction']}_{tree['size']:g}_test_error{_suffix(tree)}":
+            tree["barrier"]["test_error"]["interpolated"]}
 
 
 def pair_networks(context: Context, a: str, b: str) -> tuple[list[State], list[str]]:

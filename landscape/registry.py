@@ -51,21 +51,26 @@ def _at(levels: tuple[int, ...], level: int) -> bool:
 
 
 def _successive(ls: LandscapeConfig, level: int) -> list[dict]:
-    return [measure.curve_settings(ls)] if ls.successive else []
+    return measure.curve_variants(ls) if ls.successive else []
 
 
 def _instability(ls: LandscapeConfig, level: int) -> list[dict]:
+    """Per-example midpoint barriers are measured raw and aligned, not under REPAIR."""
     if not ls.siblings or not _at(ls.sibling_levels, level):
         return []
-    settings = {**measure.curve_settings(ls), "copies": ls.siblings, "per_example": ls.per_example}
-    return [{**settings, "tau": ls.tau} if ls.per_example else settings]
+    out = []
+    for curve in measure.curve_variants(ls):
+        per_example = ls.per_example and not curve.get("repair")
+        settings = {**curve, "copies": ls.siblings, "per_example": per_example}
+        out.append({**settings, "tau": ls.tau} if per_example else settings)
+    return out
 
 
 def _perturb(ls: LandscapeConfig, level: int) -> list[dict]:
     if not _at(ls.perturb_levels, level):
         return []
-    return [{**measure.curve_settings(ls), "direction": direction, "size": size}
-            for direction in ls.perturb_directions for size in ls.perturb_sizes]
+    return [{**curve, "direction": direction, "size": size}
+            for curve in measure.curve_variants(ls) for direction in ls.perturb_directions for size in ls.perturb_sizes]
 
 
 def _hessian(ls: LandscapeConfig, level: int) -> list[dict]:

@@ -16,7 +16,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 FOUNDATION = "imp.base"  # the package of the foundation's modules
 ENGINE_ONLY = {"imp.train", "imp.trunk", "imp.level", "imp.diet", "imp.pergrad", "imp.data", "imp.models", "imp.pai",
-               "imp.batched", "imp.pruning", "imp.scores", "imp.subsets", "imp.datasets", "imp.legacy",
+               "imp.batched", "imp.pruning", "imp.scores", "imp.scoreio", "imp.subsets", "imp.datasets", "imp.legacy",
                "imp.legacy_patterns"}
 FORBIDDEN = {
     "imp": {"landscape", "analysis", "runs"},

@@ -168,7 +168,7 @@ class PruneConfig:
         return "layerwise" if self.strategy == "layerwise" else self.allocation
 
 
-ScoreName = Literal["el2n", "grand", "forgetting"]
+ScoreName = Literal["el2n", "grand", "forgetting", "margin", "aum"]
 
 
 @dataclass(frozen=True)
@@ -182,7 +182,7 @@ class DietConfig:
     """
 
     pretrain: Duration = Duration()  # 0it = no data-diet pre-training
-    subset: Literal["all", "easy", "hard", "random", "ccs"] = "all"  # easy = lowest scores, hard = highest
+    subset: Literal["all", "easy", "hard", "random", "ccs"] = "all"  # easy = least hard (lowest EL2N, highest margin), hard = most
     size: int = 0  # examples in the subset (0 with subset = "all": the whole training set)
     offset: int = 0  # skip this many of the sorted scores first: the window [offset, offset+size)
     class_balanced: bool = False  # split size and offset over the classes by their frequency
@@ -191,7 +191,7 @@ class DietConfig:
     score_runs: int = 1  # R: scores are averaged over R independent runs
     scores_file: str = ""  # a file from `lth scores`; "" = compute (cached under <out>/scores)
     seed: int = 0  # the random subset
-    ccs_hard_cut: float = 0.0  # ccs: drop this fraction of the highest scores first (imp.subsets.ccs)
+    ccs_hard_cut: float = 0.0  # ccs: drop this fraction of the hardest examples first (imp.subsets.ccs)
     ccs_strata: int = 50  # ccs: equal-width score bins sampled evenly
 
     def __post_init__(self):
@@ -221,7 +221,7 @@ class SubsetConfig:
     """
 
     keep: float = 1.0  # fraction of the training set kept (1 = all: no subset)
-    rule: Literal["hardest", "easiest", "random", "window", "ccs"] = "hardest"  # hardest = highest scores
+    rule: Literal["hardest", "easiest", "random", "window", "ccs"] = "hardest"  # hardest = highest EL2N, GraNd, forgetting; lowest margin, AUM
     offset: float = 0.0  # window: skip this fraction of the ranking from the hardest down first
     class_balanced: bool = False  # keep (and skip) the same fraction of every class
     score: ScoreName = "el2n"
@@ -234,7 +234,7 @@ class SubsetConfig:
     # public code does); "epochs" = passes over the kept examples (fewer steps).
     budget: Literal["iterations", "epochs"] = "iterations"
     # ccs: coverage-centric selection (Zheng et al. 2023, see imp.subsets.ccs)
-    ccs_hard_cut: float = 0.0  # drop this fraction of the highest scores first
+    ccs_hard_cut: float = 0.0  # drop this fraction of the hardest examples first
     ccs_strata: int = 50  # equal-width score bins sampled evenly
 
     def __post_init__(self):
@@ -295,7 +295,12 @@ class LandscapeConfig:
     points: int = _extent(25)  # interpolation points, both ends included
     examples: int = _extent(10000)  # fixed train and test examples per curve (0 = all)
     bn: Literal["reestimate", "interpolate"] = _extent("reestimate")
-    bn_examples: int = _extent(2048)  # training examples for re-estimating BatchNorm statistics
+    bn_examples: int = _extent(2048)  # training examples for BatchNorm statistics, activation matching and REPAIR
+    # Every barrier raw and, beside it, after aligning network B's hidden units to A's
+    # (landscape.align: Git Re-Basin weight or activation matching) and with REPAIR
+    # (landscape.repair; of the aligned pair, or of the raw one without align)
+    align: Literal["none", "weights", "activations"] = _extent("none")
+    repair: bool = _extent(False)
     hessian: bool = _extent(False)  # Hessian spectrum and predicted prune limit after each level
     hessian_levels: tuple[int, ...] = _extent(())  # () = every level
     hessian_k: int = _extent(5)  # top eigenvalues by Lanczos

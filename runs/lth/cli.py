@@ -20,7 +20,9 @@ DEFAULT_OUT = "results"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    words = argv[:1] == ["scores"] and argv[1:2] in (["export"], ["import"])
+    parser = _scores_words_parser() if words else _parser()
     args = parser.parse_args(argv)
     try:
         return args.command(args)
@@ -65,9 +67,12 @@ def _parser() -> argparse.ArgumentParser:
                       help="print one JSON object; its `levels` list has one row per replicate, level and baseline")
     show.set_defaults(command=_show)
 
-    scores = commands.add_parser("scores", help="score every training example (EL2N, GraNd, forgetting)")
+    scores = commands.add_parser("scores", help="score every training example (EL2N, GraNd, forgetting, margin, "
+                                 "AUM); `lth scores export|import` convert scores files",
+                                 epilog="`lth scores export SCORES.h5 --format csv|npy|parquet` and `lth scores "
+                                 "import FILE --dataset NAME` move scores between tools (see --help of each)")
     _config_arguments(scores)
-    scores.add_argument("--score", required=True, choices=["el2n", "grand", "forgetting"])
+    scores.add_argument("--score", required=True, choices=["el2n", "grand", "forgetting", "margin", "aum"])
     scores.add_argument("--step", help="t, a duration: score after this much training, 0 = at init "
                         "(default: diet.score_step)")
     scores.add_argument("--runs", type=int, help="R independent runs to average (default: diet.score_runs)")
@@ -89,6 +94,7 @@ def _parser() -> argparse.ArgumentParser:
                          help="instead: the barrier between two stored networks (stage names such as "
                               "level_3 and level_3_reinit, or .h5 paths)")
     barrier.add_argument("--replicate", type=int, default=0, help="the replicate of --between (default: 0)")
+    _align_arguments(barrier)
     _measure_arguments(barrier)
     barrier.set_defaults(command=measure.barrier)
 
@@ -97,6 +103,7 @@ def _parser() -> argparse.ArgumentParser:
     perturb.add_argument("--sizes", required=True, type=float, nargs="+",
                          help="multiples of ||m_L w_k - m_(L+1) w_k||")
     perturb.add_argument("--directions", nargs="+", default=["gaussian"], choices=["gaussian", "pruned"])
+    _align_arguments(perturb)
     _measure_arguments(perturb)
     perturb.set_defaults(command=measure.perturb)
 
@@ -187,6 +194,14 @@ def _results_argument(parser: argparse.ArgumentParser) -> None:
                         help=f"the results folder, where run ids are looked up (default: {DEFAULT_OUT})")
 
 
+def _align_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--align", choices=["none", "weights", "activations"], default="none",
+                        help="also measure after permuting B's hidden units to A's (Git Re-Basin weight or "
+                             "activation matching); the raw barrier is measured too (default: none)")
+    parser.add_argument("--repair", action="store_true",
+                        help="also measure with REPAIR (Jordan et al. 2023) on the aligned (or raw) pair")
+
+
 def _measure_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--levels", type=int, nargs="+", help="only these levels (default: all finished)")
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"results folder (default: {DEFAULT_OUT})")
@@ -196,6 +211,30 @@ def _measure_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=1, help="CPU intra-op threads (default: 1)")
     parser.add_argument("--wait", action="store_true", help="wait if another process holds the run")
     parser.add_argument("--silent", action="store_true", help="no progress lines (results are still printed)")
+
+
+def _scores_words_parser() -> argparse.ArgumentParser:
+    """The parser of ``lth scores export`` and ``lth scores import`` (imp.scoreio), kept apart
+    from ``lth scores [CONFIG]``, whose optional config file would take the word."""
+    parser = argparse.ArgumentParser(prog="lth")
+    scores = parser.add_subparsers(required=True, metavar="COMMAND").add_parser("scores")
+    words = scores.add_subparsers(required=True, metavar="WORD")
+    export = words.add_parser("export", help="write a scores file as a CSV, .npy or Parquet table")
+    export.add_argument("file", help="a scores file written by `lth scores` (or imported)")
+    export.add_argument("--format", required=True, metavar="csv|npy|parquet", help="the table's format")
+    export.add_argument("--to", help="the table to write (default: beside FILE, with the format's suffix)")
+    export.set_defaults(command=measure.scores_export)
+    load = words.add_parser("import", help="check an exported table against a data set and store it as scores")
+    load.add_argument("file", help="a .csv, .npy (with its .npy.json) or .parquet table from `lth scores export`")
+    load.add_argument("--dataset", required=True, help="the data set it scores (data.dataset)")
+    load.add_argument("--set", dest="overrides", action="append", default=[], metavar="data.KEY=VALUE",
+                      help="a [data] setting the scores were computed with (repeatable)")
+    load.add_argument("--orientation", choices=["high_is_hard", "high_is_easy"],
+                      help="what a high score means, for a table that does not say")
+    load.add_argument("--out", default=DEFAULT_OUT, help=f"results folder; the file goes under its scores/ "
+                      f"(default: {DEFAULT_OUT})")
+    load.set_defaults(command=measure.scores_import)
+    return parser
 
 
 def _quiet_arguments(parser: argparse.ArgumentParser) -> None:

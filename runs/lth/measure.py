@@ -4,6 +4,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -26,7 +27,7 @@ def scores(args) -> int:
     from imp.data import load_dataset, resolve_root
     from imp.base.duration import Duration
     from imp.base.runtime import choose_device, set_threads
-    from imp.scores import ScoreSpec, load_or_compute, roc_auc, spearman
+    from imp.scores import ScoreSpec, hardness, load_or_compute, roc_auc, spearman
 
     config = load_config(args.config, args.overrides)
     step = config.diet.score_step
@@ -45,11 +46,42 @@ def scores(args) -> int:
     finite = mean[np.isfinite(mean)]
     print(f"{spec.score}: mean {finite.mean():.4g}, quartiles "
           + ", ".join(f"{q:.4g}" for q in np.quantile(finite, [0.25, 0.5, 0.75]))
-          + (f", {int((~np.isfinite(mean)).sum())} never learned (+inf)" if len(finite) < len(mean) else ""))
+          + (f", {int((~np.isfinite(mean)).sum())} never learned (+inf)" if len(finite) < len(mean) else "")
+          + ("; high = easy" if tree.get("orientation") == "high_is_easy" else ""))
     print(f"Spearman with the input norm: {spearman(mean, tree['input_norm']):.3f}")
     if tree["noisy"].any():
         print(f"ROC-AUC for finding the {int(tree['noisy'].sum())} permuted labels: "
-              f"{roc_auc(mean, tree['noisy']):.3f}")
+              f"{roc_auc(hardness(tree), tree['noisy']):.3f}")  # the hardest first, whichever way the score points
+    print(f"scores in {path}")
+    return 0
+
+
+def scores_export(args) -> int:
+    """``lth scores export``: a scores file as a CSV, .npy or Parquet table (imp.scoreio)."""
+    from imp.scoreio import export_scores
+
+    path = export_scores(args.file, args.format, args.to)
+    print(f"scores table in {path}" + (f" (metadata in {path.name}.json)" if args.format == "npy" else ""))
+    return 0
+
+
+def scores_import(args) -> int:
+    """``lth scores import``: an exported table, checked against the data set's training
+    split, as a scores file under ``--out`` (imp.scoreio)."""
+    from imp.base.config import load_config, to_dict
+    from imp.data import load_dataset, resolve_root
+    from imp.scoreio import check_dataset, import_table, read_table
+
+    other = [item for item in args.overrides if not item.strip().startswith("data.")]
+    if other:
+        raise UserError(f"`lth scores import` takes only [data] settings; drop --set {other[0]}")
+    config = load_config(None, [f"data.dataset={json.dumps(args.dataset)}", *args.overrides])
+    source = Path(args.file)
+    table = read_table(source, args.orientation)
+    check_dataset(table, config.data.dataset, source)  # before reading the data set's files
+    data = load_dataset(config.data, resolve_root(config.data.root, os.environ))
+    config_json = json.dumps({"data": to_dict(config.data, defaults=True)}, sort_keys=True)
+    path = import_table(table, source, data, args.out, config_json)
     print(f"scores in {path}")
     return 0
 
@@ -73,10 +105,15 @@ def correlate(args) -> int:
     return 0
 
 
+def _aligning(args) -> list[str]:
+    """The landscape overrides of ``--align`` and ``--repair``."""
+    return [f"landscape.align={args.align}"] + (["landscape.repair=true"] if args.repair else [])
+
+
 def barrier(args) -> int:
     if args.between:
-        return _on_run(args, [], between=args.between)
-    extra = ["landscape.successive=true"]
+        return _on_run(args, _aligning(args), between=args.between)
+    extra = ["landscape.successive=true", *_aligning(args)]
     if args.siblings:
         extra.append(f"landscape.siblings={args.siblings}")
     if args.per_example:
@@ -86,7 +123,7 @@ def barrier(args) -> int:
 
 def perturb(args) -> int:
     extra = [f"landscape.perturb_sizes={list(args.sizes)}",
-             f"landscape.perturb_directions={json.dumps(args.directions)}"]
+             f"landscape.perturb_directions={json.dumps(args.directions)}", *_aligning(args)]
     return _on_run(args, extra, kinds=("perturb",))
 
 
@@ -171,7 +208,7 @@ def _check_levels(run, levels: Sequence[int]) -> None:
 
 
 def _pair(config, data, run, replicate: int, between: Sequence[str]) -> int:
-    from landscape.measure import Context, curve_settings, pair, pair_networks
+    from landscape.measure import Context, curve_variants, pair, pair_networks, variant_name
     from landscape.registry import PAIR, store_measurement
     from runs.lth.tables import format_table
 
@@ -180,12 +217,15 @@ def _pair(config, data, run, replicate: int, between: Sequence[str]) -> int:
                         f"{', '.join(map(str, run.replicates())) or 'none'}")
     context = Context(config, data, run, replicate)
     states, network_names = pair_networks(context, *between)
-    settings = {**curve_settings(config.landscape), "networks": network_names}
-    measured = store_measurement(context, PAIR, None, settings, lambda: pair(context, settings, states))
-    tree = context.read(measured.stage)
-    rows = [[key, f"{value['interpolated']:.4f}", f"{value['mean']:.4f}"]
-            for key, value in sorted(tree["barrier"].items())]
+    rows, files = [], []
+    for curve in curve_variants(config.landscape):  # raw, then aligned, then REPAIRed: each its own result
+        settings = {**curve, "networks": network_names}
+        measured = store_measurement(context, PAIR, None, settings, lambda: pair(context, settings, states))
+        tree = context.read(measured.stage)
+        rows += [[variant_name(curve), key, f"{value['interpolated']:.4f}", f"{value['mean']:.4f}"]
+                 for key, value in sorted(tree["barrier"].items())]
+        files.append(str(run.stage_file(replicate, measured.stage)))
     print(f"barrier between {between[0]} and {between[1]}:")
-    print(format_table(["", "interpolated", "mean"], rows))
-    print(f"results in {run.stage_file(replicate, measured.stage)}")
+    print(format_table(["", "", "interpolated", "mean"], rows))
+    print("results in " + ", ".join(files))
     return 0

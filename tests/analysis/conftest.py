@@ -21,7 +21,7 @@ TINY = ["model.widths=[16]", "train.epochs='40it'", "train.eval_every='20it'", "
         "landscape.slq_runs=2", "landscape.slq_steps=5", "landscape.trace_samples=0", "landscape.prune_check=[0.5]",
         "landscape.hessian_deflate=4", "landscape.hessian_exact_limit=0", "landscape.groups=true",
         "landscape.group_score_step='20it'", "landscape.ntk=true", "landscape.ntk_examples=5", "landscape.ntk_points=3",
-        "landscape.ntk_score_step='20it'"]
+        "landscape.ntk_score_step='20it'", "landscape.align='weights'", "landscape.repair=true"]
 
 
 @pytest.fixture(scope="session")

@@ -126,10 +126,14 @@ def make_barriers() -> pd.DataFrame:
                                          "level": level, "label": label, "split": split,
                                          "metric": metric, "interpolated": value,
                                          "mean": value * 1.1, "density": 0.8 ** level,
-                                         "direction": None, "size": np.nan, **config(run_id)})
+                                         "direction": None, "size": np.nan, "alignment": "raw",
+                                         **config(run_id)})
             rows.append({**rows[-1], "kind": "perturb", "label": "gaussian 0.5",
                          "direction": "gaussian", "size": 0.5})
-    return pd.DataFrame(rows)
+    aligned = [{**row, "alignment": way, "interpolated": row["interpolated"] * shrink, "mean": row["mean"] * shrink}
+               for row in rows if row["run_id"] == next(iter(RUNS)) and row["level"] < 3
+               for way, shrink in (("weights", 0.5), ("weights+repair", 0.2))]
+    return pd.DataFrame(rows + aligned)
 
 
 def make_per_example(examples: int = 400) -> pd.DataFrame:
@@ -207,7 +211,7 @@ EXPECTED = {"accuracy_vs_density": ("density", True), "rewind_comparison": ("den
             "spectrum_masses": ("level", False), "directional_curvature": ("fraction", False),
             "training_accuracy": ("step", False), "training_loss": ("step", False),
             "loss_rise_ratio": ("fraction", False),
-            "barrier_curves": ("α", False), "barrier_vs_level": ("density", True),
+            "barrier_curves": ("α", False), "barrier_vs_level": ("density", True), "aligned_barriers": ("pair", False),
             "instability_vs": ("rewind step", False), "per_example_histogram": ("B_i", False),
             "score_histogram": ("EL2N", False), "score_scatter": ("el2n@2ep", False),
             "subset_pruning_curve": ("pruned", False), "subset_window": ("window start", False),
@@ -267,6 +271,29 @@ def test_draws_into_a_given_axes(frames):
         assert any(np.allclose(line.get_ydata(), dense) for line in ax.lines)
     finally:
         plt.close(fig)
+
+
+def test_aligned_barriers_stay_out_of_the_raw_figures_and_sit_beside_them_in_their_own(frames):
+    barriers = frames["barriers"]
+    raw_only = barriers[barriers["alignment"] == "raw"]
+    for name in ("barrier_vs_level", "instability_vs"):
+        drawn = []
+        for frame in (barriers, raw_only):
+            fig = FIGURES[name][0](frame)
+            drawn.append(sorted(np.round(np.concatenate([line.get_ydata() for line in fig.axes[0].lines]), 9)))
+            plt.close(fig)
+        assert drawn[0] == drawn[1], name
+    fig = figures.aligned_barriers(barriers)
+    try:
+        legend = [t.get_text() for t in fig.axes[0].get_legend().texts]
+        assert legend == ["raw", "weights", "weights+repair"]
+        pairs = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+        # only the pairs measured more than one way: run0's levels 0-2
+        assert set(pairs) == {"levels 0→1", "levels 1→2", "levels 2→3", "siblings, level 0", "siblings, level 2"}
+    finally:
+        plt.close(fig)
+    with pytest.raises(ValueError, match="aligned_barriers: no pair measured both raw and aligned"):
+        figures.aligned_barriers(raw_only)
 
 
 def test_missing_measurements_raise(frames):

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from analysis.load import config_columns, load_frames, load_runs
+from analysis.load import alignment, config_columns, load_frames, load_runs
 from imp.base import store
 from imp.base.errors import UserError
 
@@ -30,18 +30,26 @@ def test_frames_of_several_runs(results):
     perturb = barriers[barriers["kind"] == "perturb"]
     assert set(perturb["size"]) == {0.5} and set(perturb["direction"]) == {"gaussian"}
     run = store.RunDir(out, ids[0])
-    stored = store.read_h5(run.stage_file(1, next(s for s in run.stages(1) if s.startswith("successive_0_"))))
-    row = barriers[(barriers["run_id"] == ids[0]) & (barriers["replicate"] == 1) & (barriers["kind"] == "successive")
-                   & (barriers["level"] == 0) & (barriers["split"] == "test") & (barriers["metric"] == "error")]
-    assert row["interpolated"].item() == stored["barrier"]["test_error"]["interpolated"]
-    assert row["density"].item() == 1.0
-
+    assert set(barriers["alignment"]) == {"raw", "weights", "weights+repair"}  # the fixture measures all three
     curves = frames["curves"]
-    one = curves[(curves["run_id"] == ids[0]) & (curves["replicate"] == 1) & (curves["kind"] == "successive")
-                 & (curves["level"] == 0) & (curves["split"] == "test") & (curves["metric"] == "error")]
-    np.testing.assert_array_equal(one["alpha"], [0.0, 0.5, 1.0])
-    np.testing.assert_array_equal(one["value"], stored["curve"]["test_error"])
-    assert len(frames["per_example"]) == 2 * 2 * 100  # runs x replicates x examples (level 1 only)
+    files = [s for s in run.stages(1) if s.startswith("successive_0_")]
+    assert len(files) == 3
+    for stage in files:  # each variant's row is its own file's numbers
+        stored = store.read_h5(run.stage_file(1, stage))
+        way = alignment(json.loads(stored["settings"]))
+        pick = ((barriers["run_id"] == ids[0]) & (barriers["replicate"] == 1) & (barriers["kind"] == "successive")
+                & (barriers["level"] == 0) & (barriers["split"] == "test") & (barriers["metric"] == "error")
+                & (barriers["alignment"] == way))
+        row = barriers[pick]
+        assert row["interpolated"].item() == stored["barrier"]["test_error"]["interpolated"]
+        assert row["density"].item() == 1.0
+        one = curves[(curves["run_id"] == ids[0]) & (curves["replicate"] == 1) & (curves["kind"] == "successive")
+                     & (curves["level"] == 0) & (curves["split"] == "test") & (curves["metric"] == "error")
+                     & (curves["alignment"] == way)]
+        np.testing.assert_array_equal(one["alpha"], [0.0, 0.5, 1.0])
+        np.testing.assert_array_equal(one["value"], stored["curve"]["test_error"])
+    # runs x replicates x variants (raw and aligned; not REPAIR) x examples (level 1 only)
+    assert len(frames["per_example"]) == 2 * 2 * 2 * 100
 
     metrics = frames["metrics"]
     one_level = metrics[(metrics["run_id"] == ids[1]) & (metrics["replicate"] == 0) & (metrics["level"] == 1)

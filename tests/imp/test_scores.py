@@ -12,9 +12,10 @@ from imp.base.duration import Duration
 from imp.base.errors import UserError
 from imp.models import build_initial_model
 from imp.pergrad import grad_norms
-from imp.scores import (Forgetting, ScoreSpec, compute_scores, el2n, load_or_compute, ranks,
-                        read_scores, roc_auc, score_id, scores_path, spearman)
+from imp.scores import (ORIENTATION, SCORES, AreaUnderMargin, Forgetting, ScoreSpec, compute_scores, el2n, hardness,
+                        load_or_compute, margin, ranks, read_scores, roc_auc, score_id, scores_path, spearman)
 from imp.base.seeds import Seeds, derive_seed
+from imp.train import train
 
 TINY = ["model.widths=[32]", "data.batch_size=64", "train.momentum=0.9", "train.lr=0.05"]
 
@@ -127,3 +128,109 @@ def test_a_subset_runs_scores_train_the_runs_own_schedule(tmp_path):
                            ["train.epochs='80it'"])]
     assert paths[0] == paths[1] == paths[2]
     assert load_or_compute(load_config(None, base + ["train.epochs='10ep'"]), data, spec, tmp_path)[1] != paths[0]
+
+
+# ---------------------------------------------------------------- margin and AUM (Pleiss et al. 2020)
+
+
+def naive_margin(row: list[float], label: int) -> float:
+    """``z_y - max_{j != y} z_j`` of one example's logits, in plain Python."""
+    return row[label] - max(value for j, value in enumerate(row) if j != label)
+
+
+def test_margin_is_the_true_logit_minus_the_largest_other_one(setup):
+    config, data = setup
+    tree = compute_scores(config, data, ScoreSpec("margin", Duration(), runs=2))
+    assert tree["orientation"] == "high_is_easy" and tree["dataset"] == "digits"
+    for run in range(2):
+        model = score_run_model(config, data, run).eval()
+        expected = []
+        with torch.no_grad():
+            for i in range(len(data.train)):  # one example at a time
+                row = model(data.train.x[i:i + 1])[0].double().tolist()
+                expected.append(naive_margin(row, int(data.train.y[i])))
+        # float32 logits: a batch of 1 sums its matrix products in another order than a batch of 2048
+        np.testing.assert_allclose(tree["per_run"][run], expected, rtol=0, atol=1e-5)
+    assert (tree["mean"] < 0).any() and (tree["mean"] > 0).any()
+    assert margin(score_run_model(config, data, 0), data.train, batch_size=100).shape == (len(data.train),)
+
+
+def test_aum_tracker_averages_the_margins_of_each_presentation():
+    tracker = AreaUnderMargin(3)
+    labels = torch.tensor([0, 1, 2])
+    tracker(0, torch.tensor([0, 1]), torch.tensor([[3.0, 1.0, 2.0], [0.0, 1.0, 4.0]]), labels[:2])
+    tracker(1, torch.tensor([2, 0]), torch.tensor([[1.0, 1.0, 1.0], [0.0, 5.0, -1.0]]), labels[[2, 0]])
+    # example 0: margins 3 - 2 = 1 and 0 - 5 = -5; example 1: 1 - 4 = -3; example 2: 1 - 1 = 0
+    assert tracker.scores().tolist() == [-2.0, -3.0, 0.0]
+    unseen = AreaUnderMargin(2)
+    unseen(0, torch.tensor([1]), torch.tensor([[0.0, 1.0]]), torch.tensor([1]))
+    with pytest.raises(ValueError, match="never presented"):
+        unseen.scores()
+
+
+def test_aum_is_the_mean_margin_over_the_training_presentations_replayed(setup):
+    """AUM after 1 epoch + 5 steps against the same training replayed with a hook that keeps
+    every minibatch's logits, averaged per example in a plain loop."""
+    config, data = setup
+    spec = ScoreSpec("aum", Duration(epochs=1, iterations=5))
+    tree = compute_scores(config, data, spec)
+    steps = tree["iterations"]
+    assert steps == data.iterations_per_epoch(config.data.batch_size) + 5
+    train_config = dataclasses.replace(config.train, seed=derive_seed(config.train.seed, "scores", 0))
+    seeds = Seeds.from_config(train_config)
+    model = build_initial_model(config, data, seeds.init)
+    seen: dict[int, list[float]] = {}
+
+    def record(step, positions, logits, labels):
+        for position, row, label in zip(positions.tolist(), logits.double().tolist(), labels.tolist()):
+            seen.setdefault(position, []).append(naive_margin(row, label))
+
+    train(model, data, config.train, config.data.batch_size, seeds, end_step=steps, on_batch=record)
+    assert sorted(seen) == list(range(len(data.train))) and max(map(len, seen.values())) == 2
+    expected = [sum(seen[i]) / len(seen[i]) for i in range(len(data.train))]
+    np.testing.assert_allclose(tree["mean"], expected, rtol=1e-9, atol=1e-12)
+    assert tree["orientation"] == "high_is_easy"
+
+
+def test_aum_needs_at_least_one_epoch(setup):
+    config, data = setup
+    with pytest.raises(UserError, match="t = 0 has none"):
+        ScoreSpec("aum", Duration())
+    with pytest.raises(UserError, match="at least one epoch"):
+        compute_scores(config, data, ScoreSpec("aum", Duration(iterations=5)))
+
+
+def test_hardness_orients_the_mean_so_that_higher_is_harder():
+    mean = np.array([0.5, -1.0, 2.0])
+    assert hardness({"mean": mean}).tolist() == [0.5, -1.0, 2.0]  # files before orientations: high = hard
+    assert hardness({"mean": mean, "orientation": "high_is_hard"}).tolist() == [0.5, -1.0, 2.0]
+    assert hardness({"mean": mean, "orientation": "high_is_easy"}).tolist() == [-0.5, 1.0, -2.0]
+    with pytest.raises(UserError, match="unknown score orientation 'sideways'"):
+        hardness({"mean": mean, "orientation": "sideways"})
+    assert {score: ORIENTATION[score] for score in SCORES} == {
+        "el2n": "high_is_hard", "grand": "high_is_hard", "forgetting": "high_is_hard",
+        "margin": "high_is_easy", "aum": "high_is_easy"}
+
+
+def test_hardest_on_margins_keeps_the_lowest_margins(setup, tmp_path):
+    """A [subset] run and a diet choosing from a margin file: `hardest` / `hard` take the
+    lowest margins, `easiest` / `easy` the highest; on EL2N the highest and lowest values."""
+    from imp.base.config import load_config as load
+    from imp.diet import choose_kept, choose_subset
+
+    config, data = setup
+    paths = {score: load_or_compute(config, data, ScoreSpec(score, Duration(iterations=10)), tmp_path)[1]
+             for score in ("margin", "el2n")}
+    count = len(data.train)
+    kept = round(0.2 * count)
+    for score, path in paths.items():
+        mean = read_scores(path)["mean"]
+        low, high = np.sort(np.argsort(mean, kind="stable")[:kept]), np.sort(np.argsort(-mean, kind="stable")[:kept])
+        hard, easy = (low, high) if score == "margin" else (high, low)
+        for rule, expected in (("hardest", hard), ("easiest", easy)):
+            subset = load(None, [*TINY, "subset.keep=0.2", f"subset.rule={rule}", f"subset.score={score}",
+                                 f"subset.scores_file='{path}'"])
+            np.testing.assert_array_equal(choose_kept(subset, data, tmp_path)["positions"], expected)
+        diet = load(None, [*TINY, "diet.pretrain='5it'", "diet.subset=hard", f"diet.size={kept}",
+                           f"diet.score={score}", f"diet.scores_file='{path}'"])
+        np.testing.assert_array_equal(choose_subset(diet, data, tmp_path)["positions"], hard)

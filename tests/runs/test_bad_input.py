@@ -122,6 +122,30 @@ def manifest(name: str, text: str):
     return setup
 
 
+def score_table(name: str, dataset: str, count: int, label: int = 0):
+    """A CSV scores table (imp.scoreio) in ``{tmp}/in`` of ``count`` examples, all labelled
+    ``label``, that says it scores ``dataset``; well formed, its index_hash is right."""
+    def setup(out: Path, run_id: str, tmp: Path) -> None:
+        from imp.scoreio import index_hash
+
+        index = np.arange(count)
+        meta = {"dataset": dataset, "split": "train", "examples": count,
+                "index_hash": index_hash(index, np.full(count, label)), "score": "el2n", "step": "1ep", "runs": 1,
+                "orientation": "high_is_hard"}
+        (tmp / "in").mkdir(exist_ok=True)
+        (tmp / "in" / name).write_text("".join(f"# {k}: {v}\n" for k, v in meta.items()) + "index,label,score\n"
+                                       + "".join(f"{i},{label},0.5\n" for i in index))
+    return setup
+
+
+def write_in(name: str, text: str):
+    """A case setup writing a file into ``{tmp}/in`` (tables stay out of ``{tmp}`` itself)."""
+    def setup(out: Path, run_id: str, tmp: Path) -> None:
+        (tmp / "in").mkdir(exist_ok=True)
+        (tmp / "in" / name).write_text(text)
+    return setup
+
+
 IDX_HEADER = b"\x00\x00\x08\x03" + (60000).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2
 RUN = ["run", "--out", "{out}", *TINY]
 
@@ -243,10 +267,39 @@ CASES = [
      write_bytes("c.toml", b"# caf\xe9\n[train]\nlr = 0.1\n")),
     ("baselines-without-levels", bad_run("prune.levels=0", "prune.baselines=['reinit']"),
      ["prune.baselines are trained at pruning levels 1 and up", "set prune.levels >= 1"], None),
+    ("align-typo", ["barrier", "{run}", "--out", "{out}", "--set", "landscape.align=weight"],
+     ["landscape.align = 'weight' is not one of", "did you mean 'weights'?"], None),
+    ("repair-not-a-boolean", bad_run("landscape.repair=1"), ["landscape.repair must be true or false, got 1"], None),
     ("levels-not-finished", ["barrier", "{run}", "--out", "{out}", "--levels", "1", "7", "9"],
      ["has levels 0-1 finished; --levels 7 9 are not"], None),
     ("correlate-a-config", ["correlate", "{tmp}/c.toml"], ["c.toml is not a scores file (not HDF5 at all)"],
      write("c.toml", "[train]\nlr = 0.1\n")),
+    # scores: margin and AUM (Pleiss et al. 2020), and score interchange (imp.scoreio)
+    ("scores-aum-at-step-0", ["scores", "--score", "aum", "--step", "0", "--out", "{out}", *TINY],
+     ["aum averages margins over the first t steps", "t = 0 has none", "(e.g. --step 1ep)"], None),
+    ("scores-aum-shorter-than-an-epoch", ["scores", "--score", "aum", "--step", "5it", "--out", "{out}", *TINY],
+     ["aum after 5it (5 iterations) would leave examples never presented", "at least one epoch (12 iterations"],
+     None),
+    ("scores-export-unknown-format", ["scores", "export", "{tmp}/c.toml", "--format", "xlsx"],
+     ["unknown format 'xlsx'; give --format csv, npy or parquet"], write("c.toml", "x = 1\n")),
+    ("scores-export-not-a-scores-file", ["scores", "export", "{tmp}/c.toml", "--format", "csv"],
+     ["c.toml is not a scores file (not HDF5 at all)"], write("c.toml", "x = 1\n")),
+    ("scores-import-unknown-format", ["scores", "import", "{tmp}/in/t.txt", "--dataset", "digits", "--out", "{out}"],
+     ["cannot tell the format of", "t.txt from its name; name it .csv, .npy or .parquet"], write_in("t.txt", "1\n")),
+    ("scores-import-malformed", ["scores", "import", "{tmp}/in/t.csv", "--dataset", "digits", "--out", "{out}"],
+     ["t.csv is not a well-formed scores table: its metadata lacks dataset", "`lth scores export`"],
+     write_in("t.csv", "garbage\n")),
+    ("scores-import-another-dataset", ["scores", "import", "{tmp}/in/t.csv", "--dataset", "digits", "--out", "{out}"],
+     ["t.csv scores the data set 'mnist', not 'digits'; give --dataset mnist"], score_table("t.csv", "mnist", 3)),
+    ("scores-import-another-count", ["scores", "import", "{tmp}/in/t.csv", "--dataset", "digits", "--out", "{out}"],
+     ["t.csv scores 3 examples but the training set of digits here has 1437", "--set the [data] options"],
+     score_table("t.csv", "digits", 3)),
+    ("scores-import-other-labels", ["scores", "import", "{tmp}/in/t.csv", "--dataset", "digits", "--out", "{out}"],
+     ["t.csv scores other examples or labels", "--set the [data] options the scores were computed with"],
+     score_table("t.csv", "digits", 1437)),
+    ("scores-import-other-settings", ["scores", "import", "{tmp}/in/t.csv", "--dataset", "digits", "--out", "{out}",
+                                      "--set", "train.lr=1"],
+     ["`lth scores import` takes only [data] settings; drop --set train.lr=1"], score_table("t.csv", "digits", 1437)),
     ("hessian-k-too-large", ["hessian", "{run}", "--out", "{out}", "--k", "100000"],
      ["landscape.hessian_k must be from 1 to 200"], None),
     ("hessian-negative-examples", ["hessian", "{run}", "--out", "{out}", "--examples", "-1"],
@@ -262,8 +315,6 @@ CASES = [
      ["is a folder; give --html a file name"], None),
     ("export-of-nothing-measured", ["export", "{run}", "--out", "{out}", "--table", "barriers", "--file",
                                     "{tmp}/b.csv"], ["the runs have no barriers rows"], None),
-    ("export-parquet-without-pyarrow", ["export", "{run}", "--out", "{out}", "--table", "levels", "--format",
-                                        "parquet", "--file", "{tmp}/l.parquet"], ["needs pyarrow"], None),
     ("export-into-a-folder", ["export", "{run}", "--out", "{out}", "--table", "levels", "--file", "{tmp}"],
      ["is a folder; give --file a file name"], None),
     ("compare-by-a-typo", ["compare", "{run}", "--out", "{out}", "--by", "prune.rewnd"],
@@ -422,6 +473,15 @@ def test_a_real_full_disk_is_one_line_and_a_rerun_with_space_resumes(small_disk)
     assert resumed.returncode == 0, resumed.stderr
     assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in finished} == finished
     assert len(list(out.rglob("level_*.h5"))) == 4
+
+
+def test_parquet_without_pyarrow_is_one_line(finished, results, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # as where the optional extra is not installed
+    before = snapshot(results)
+    argv = ["export", "{run}", "--out", "{out}", "--table", "levels", "--format", "parquet", "--file", "{tmp}/l.parquet"]
+    assert main(fill(argv, results, finished[1], tmp_path)) == 2
+    assert_one_error_line(capsys.readouterr().err, "needs pyarrow")
+    assert snapshot(results) == before and not (tmp_path / "l.parquet").exists()
 
 
 def test_a_garbage_data_file_found_through_lth_data(results, tmp_path, capsys, monkeypatch):

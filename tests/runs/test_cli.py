@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from imp.base import store
 from runs.lth.cli import main
 
@@ -149,6 +151,34 @@ def test_scores_correlate_and_a_diet_run(tmp_path, capsys):
         "score": "el2n", "subset": "hard", "size": 500, "pretrain": "10it"}
 
 
+def test_scores_export_and_import_are_words_after_scores(tmp_path, capsys):
+    """`lth scores --score margin` as before, then the real command's `scores export` and
+    `scores import` words (exit codes as a user sees them), and a refusal in one line."""
+    from imp.scores import read_scores
+
+    assert main(["scores", "--score", "margin", "--step", "0", "--set", "model.widths=[16]", "--out", str(tmp_path),
+                 "--quiet"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("margin: mean ") and out[0].endswith("; high = easy")
+    computed = out[-1].removeprefix("scores in ")
+    exported = lth("scores", "export", computed, "--format", "csv", "--to", str(tmp_path / "m.csv"))
+    assert exported.returncode == 0, exported.stderr
+    assert exported.stdout == f"scores table in {tmp_path / 'm.csv'}\n"
+    imported = lth("scores", "import", str(tmp_path / "m.csv"), "--dataset", "digits", "--out", str(tmp_path / "in"))
+    assert imported.returncode == 0, imported.stderr
+    path = imported.stdout.strip().removeprefix("scores in ")
+    assert path.startswith(str(tmp_path / "in" / "scores" / "imported_digits_margin_"))
+    np.testing.assert_array_equal(read_scores(path)["mean"], read_scores(computed)["mean"])
+    again = lth("scores", "import", str(tmp_path / "m.csv"), "--dataset", "digits", "--out", str(tmp_path / "in"))
+    assert again.returncode == 2 and "Traceback" not in again.stderr
+    assert again.stderr.splitlines() == [f"lth: error: {path} exists (this file was imported before); use it as "
+                                         "diet.scores_file or subset.scores_file, or delete it to import again"]
+    assert main(["scores", "export", computed, "--format", "npy", "--to", str(tmp_path / "m.npy")]) == 0
+    assert capsys.readouterr().out == f"scores table in {tmp_path / 'm.npy'} (metadata in m.npy.json)\n"
+    assert main(["scores", "import", str(tmp_path / "m.npy"), "--dataset", "digits", "--out", str(tmp_path / "in"),
+                 "--orientation", "high_is_easy", "--set", "data.augment=none"]) == 0
+
+
 def test_a_subset_run_is_shown_and_measured_on_its_kept_examples(tmp_path, capsys):
     """A [subset] run (Paul et al. 2021) keeps half of digits' 1,437 training examples;
     `lth show --json` reports the subset, and a measurement evaluates the kept examples:
@@ -197,7 +227,8 @@ def test_barrier_and_perturb_on_a_finished_run(tmp_path, capsys):
     assert main(["barrier", run_id, "--out", str(tmp_path), "--between", "level_2", "sibling_1_1", *small]) == 0
     table = [line.split() for line in capsys.readouterr().out.splitlines()]
     assert table[0] == ["barrier", "between", "level_2", "and", "sibling_1_1:"]
-    assert [row[0] for row in table[2:6]] == ["test_error", "test_loss", "train_error", "train_loss"]
+    assert [row[:2] for row in table[2:6]] == [["raw", "test_error"], ["raw", "test_loss"], ["raw", "train_error"],
+                                              ["raw", "train_loss"]]
     assert table[-1][0] == "results" and table[-1][-1].split("/")[-1].startswith("pair_")
     elsewhere = tmp_path / run_id / "replicate_0" / "level_0.h5"
     copy = tmp_path / "other" / "abc" / "replicate_1" / "level_0.h5"
@@ -222,6 +253,48 @@ def test_barrier_and_perturb_on_a_finished_run(tmp_path, capsys):
     assert capsys.readouterr().out.startswith(f"run {run_id} ")
     assert main(["barrier", run_id, "--out", str(tmp_path), "--set", "train.lr=1"]) == 2
     assert "only landscape.* settings can change" in capsys.readouterr().err
+
+
+def test_a_permuted_copy_has_barrier_zero_once_aligned_each_variant_stored_apart(tmp_path, capsys):
+    """`lth barrier --between A B --align weights --repair` with B a copy of A with its
+    hidden units shuffled: the same function, a raw barrier above 0, exactly 0 aligned;
+    raw, aligned and aligned+REPAIR stored as three results, the raw one as before."""
+    import torch
+
+    from landscape.align import permutation_spec, permute_state
+    from imp.models import build_model
+
+    small = ["--set", "landscape.points=5", "--set", "landscape.examples=300"]
+    assert main(["run", "--out", str(tmp_path), "--set", "model.widths=[32, 16]", "--set", "train.epochs='60it'",
+                 "--quiet"]) == 0
+    run_id = capsys.readouterr().out.split("run id ")[1].split(";")[0]
+    stage = tmp_path / run_id / "replicate_0" / "level_0.h5"
+    tree = store.read_h5(stage)
+    state = {k: torch.from_numpy(v) for k, v in tree["weights"].items()}
+    spec = permutation_spec(build_model("mlp", (1, 8, 8), 10, widths=(32, 16)))
+    g = torch.Generator().manual_seed(1)
+    perms = {group: torch.randperm(size, generator=g) for group, size in spec.sizes.items()}
+    shuffled = tmp_path / "elsewhere" / "x" / "replicate_0" / "shuffled.h5"
+    shuffled.parent.mkdir(parents=True)
+    store.write_h5(shuffled, {"weights": {k: v.numpy() for k, v in permute_state(spec, state, perms).items()}}, {})
+    assert main(["barrier", run_id, "--out", str(tmp_path), "--between", "level_0", str(shuffled), *small]) == 0
+    raw_only = capsys.readouterr().out
+    assert main(["barrier", run_id, "--out", str(tmp_path), "--between", "level_0", str(shuffled),
+                 "--align", "weights", "--repair", *small]) == 0
+    out = capsys.readouterr().out
+    rows = {(row[0], row[1]): float(row[2]) for row in (line.split() for line in out.splitlines()[2:-1])}
+    assert rows[("raw", "train_loss")] > 0.05  # shuffled units: the midpoint is another network
+    assert rows[("weights", "train_loss")] == 0.0 and rows[("weights", "test_error")] == 0.0
+    assert rows[("weights+repair", "train_loss")] < 1e-9  # REPAIR between equal networks changes nothing
+    files = out.splitlines()[-1].removeprefix("results in ").split(", ")
+    assert len(set(files)) == 3 and raw_only.splitlines()[-1].removeprefix("results in ") == files[0]
+    aligned = store.read_h5(files[1])
+    assert aligned["align"] == "weights" and min(aligned["moved"].values()) > 0.5
+    assert store.read_h5(files[2])["repair"]
+    assert main(["barrier", run_id, "--out", str(tmp_path), "--between", "level_0", str(shuffled),
+                 "--align", "activations", *small]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:-1]]
+    assert all(float(row[2]) == 0.0 for row in rows if row[0] == "activations")
 
 
 def test_hessian_on_a_finished_run(tmp_path, capsys):
