@@ -159,6 +159,14 @@ def run_measurement(context: measure.Context, measurement: Measurement, level: i
     return done
 
 
+def measured_all(run: store.RunDir, replicate: int, ls: LandscapeConfig, levels: range) -> bool:
+    """Whether every measurement ``ls`` asks for at ``levels`` whose levels are finished is
+    stored (one that needs an unfinished level does not count against it)."""
+    return all(run.has_stage(replicate, names.measurement_stage(m.kind, level, settings))
+               for m in REGISTRY for level in levels if ready(run, replicate, m, level)
+               for settings in m.variants(ls, level))
+
+
 def ready(run: store.RunDir, replicate: int, measurement: Measurement, level: int) -> bool:
     """Whether the levels ``measurement`` of ``level`` needs are finished."""
     return all(run.has_stage(replicate, names.level_stage(level + i)) for i in range(measurement.span + 1))

@@ -170,17 +170,33 @@ def _parser() -> argparse.ArgumentParser:
                        help="override one value of the sweep's base config, as for `lth run` (repeatable)")
     sweep.add_argument("--out", default=DEFAULT_OUT, help=f"results folder (default: {DEFAULT_OUT})")
     sweep.add_argument("--executor", default="local", choices=["local", "parallel", "slurm"],
-                       help="local: one run after another; parallel: --workers processes; slurm: one job per run")
+                       help="local: one run after another; parallel: --workers processes; slurm: a job array, "
+                            "one task per run")
     sweep.add_argument("--workers", type=int, default=max(1, os.cpu_count() or 1),
                        help="worker processes for --executor parallel (default: one per core)")
     sweep.add_argument("--threads", type=int, default=0,
                        help="CPU threads per worker (default: the cores divided between the workers)")
     sweep.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     _quiet_arguments(sweep)
-    sweep.add_argument("--partition", help="Slurm partition")
-    sweep.add_argument("--gpus-per-job", type=int, default=0, help="Slurm GPUs per job (default: 0)")
-    sweep.add_argument("--cpus-per-job", type=int, default=1, help="Slurm CPUs per job (default: 1)")
-    sweep.add_argument("--minutes", type=int, default=24 * 60, help="Slurm time limit per job (default: 1440)")
+    slurm = sweep.add_argument_group("Slurm (--executor slurm; each also a key of the sweep file's [slurm] table, "
+                                     "which these override)")
+    slurm.add_argument("--partition", help="partition (default: the cluster's default)")
+    slurm.add_argument("--gpus-per-job", type=int, help="GPUs per job (default: 0)")
+    slurm.add_argument("--cpus-per-job", type=int, help="CPUs per job, also its torch threads (default: 1)")
+    slurm.add_argument("--minutes", type=int, help="time limit per job (default: 1440)")
+    slurm.add_argument("--mem", help="memory per job, e.g. 16G (default: the partition's)")
+    slurm.add_argument("--account", help="account to charge")
+    slurm.add_argument("--qos", help="quality of service")
+    slurm.add_argument("--constraint", help="node features, e.g. a100")
+    slurm.add_argument("--sbatch", action="append", default=[], metavar="KEY=VALUE",
+                       help="any other sbatch option, e.g. --sbatch exclude=node07 (repeatable)")
+    slurm.add_argument("--setup", action="append", default=[], metavar="LINE",
+                       help="a shell line run before the job's Python, e.g. \"module load cuda\" (repeatable)")
+    slurm.add_argument("--array-parallelism", type=int, help="array tasks running at once (default: no limit)")
+    slurm.add_argument("--array-chunk", type=int, help="most tasks per job array (default: all in one)")
+    slurm.add_argument("--follow", action="store_true",
+                       help="wait for the jobs, showing each run's state; exit 1 if any failed")
+    slurm.add_argument("--poll", type=float, default=30.0, help="seconds between --follow's looks (default: 30)")
     sweep.set_defaults(command=_sweep)
 
     ls = commands.add_parser("ls", help="list the runs in a results folder and their progress")
@@ -441,12 +457,19 @@ def _ls(args) -> int:
             ",".join(info["baselines"]) or "-",
             state,
         ])
-    if not lines:
+    if lines:
+        print(format_table(["run", "model", "data", "levels", "replicates", "baselines", "state"], lines))
+    else:
         print(f"no runs in {out}")
-        return 0
-    print(format_table(["run", "model", "data", "levels", "replicates", "baselines", "state"], lines))
     states = {line[0]: line[-1] for line in lines}
     for manifest in read_manifests(out):
+        if manifest.get("jobs"):  # a Slurm sweep: its jobs' states, from the queue and the files
+            from runs.lth.slurm import table_rows
+
+            rows = table_rows(manifest, lambda run_id: states.get(run_id) == "done")
+            print(f"sweep {manifest['name']} (Slurm):")
+            print(format_table(["point", "run", "job", "state"], rows))
+            continue
         done = sum(states.get(run_id) == "done" for run_id in manifest["runs"])
         running = sum(states.get(run_id) == "running" for run_id in manifest["runs"])
         print(f"sweep {manifest['name']}: {done}/{len(manifest['runs'])} runs done, {running} running")

@@ -18,7 +18,18 @@ The grid is the product of the axes, in the order written. Every point is an ord
 run (its own id); running the sweep again resumes it, since finished stages are never
 recomputed. A run that another process is writing (its lock is held, on any machine
 sharing the file system) is skipped and reported, never written twice. The sweep's
-list of runs is kept in ``OUT/sweeps/<name>.json`` for ``lth ls``.
+list of runs (with each point's label, e.g. ``rewind=500it``, and its Slurm job) is
+kept in ``OUT/sweeps/<name>.json`` for ``lth ls``.
+
+An optional ``[slurm]`` table holds the cluster's settings for ``--executor slurm``
+(:mod:`runs.lth.slurm`)::
+
+    [slurm]
+    partition = "gpu"
+    gpus_per_job = 1
+    mem = "16G"
+    setup = ["module load cuda/12.4", "source /shared/lth/.venv/bin/activate"]
+    sbatch = { exclude = "node07" }
 """
 
 import copy
@@ -44,6 +55,8 @@ class Sweep:
     name: str
     configs: list[Config]
     replicates: int
+    labels: list[str] = dataclasses.field(default_factory=list)  # per point, e.g. "rewind=500it, lr=0.05"
+    slurm: dict[str, Any] = dataclasses.field(default_factory=dict)  # the file's [slurm] table
 
 
 def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> Sweep:
@@ -52,6 +65,9 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> Sweep:
     path = Path(path)
     raw = read_toml(path, "sweep file")
     grid = raw.pop("sweep", None)
+    slurm = raw.pop("slurm", {})
+    if not isinstance(slurm, dict):
+        raise UserError(f"{path}: slurm must be a table of keys, e.g. [slurm] with partition = \"gpu\"")
     if isinstance(grid, dict):
         for override in overrides:  # --set: like `lth run`, on the file's base config
             key = override.partition("=")[0].strip()
@@ -65,7 +81,7 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> Sweep:
     if isinstance(replicates, bool) or not isinstance(replicates, int) or replicates < 1:
         raise UserError(f"{path}: sweep.replicates must be a positive integer, got {replicates!r}")
     axes = [_axis(path, raw, axis, values) for axis, values in grid.items()]
-    configs = []
+    configs, labels = [], []
     for point in itertools.product(*(values for _, values in axes)):
         point_raw = copy.deepcopy(raw)
         settings = [(key, value) for (keys, _), values in zip(axes, point) for key, value in zip(keys, values)]
@@ -77,7 +93,12 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> Sweep:
         except UserError as error:
             at = ", ".join(f"{key} = {value!r}" for key, value in settings)
             raise UserError(f"{path}: {error}" + (f" (at the sweep point {at})" if at else "")) from None
-    return Sweep(path.stem, configs, replicates)
+        labels.append(", ".join(f"{key.split('.', 1)[1]}={_label(value)}" for key, value in settings))
+    return Sweep(path.stem, configs, replicates, labels, slurm)
+
+
+def _label(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":")) if isinstance(value, (list, dict)) else str(value)
 
 
 def _axis(path: Path, raw: dict, axis: str, values: Any) -> tuple[list[str], list[list[Any]]]:
@@ -107,9 +128,11 @@ def _axis(path: Path, raw: dict, axis: str, values: Any) -> tuple[list[str], lis
 
 
 def run_point(config_data: dict[str, Any], out: str, replicates: int, device: str, threads: int,
-              silent: bool = False) -> str:
+              silent: bool = False, gpu: bool = False) -> str:
     """Run (or resume) one point of a sweep in this process; returns how it ended.
-    Its progress lines go to stderr, each starting with the run id, unless ``silent``.
+    Its progress lines go to stderr, each starting with the run id, unless ``silent``
+    (in a Slurm job they are its log). With ``gpu`` (a job that asked Slurm for GPUs) a
+    GPU must be visible, and ``device = "auto"`` means it.
 
     The argument is plain data, so the same function runs in a worker process or a
     Slurm job.
@@ -123,6 +146,11 @@ def run_point(config_data: dict[str, Any], out: str, replicates: int, device: st
     config = from_dict(config_data)
     check_files(RunDir(out, run_id(config)))
     set_threads(threads)
+    if gpu:
+        from runs.lth.slurm import require_gpu
+
+        require_gpu()
+        device = "cuda" if device == "auto" else device
     chosen = choose_device(device)
     try:
         name = run_id(config)
@@ -134,11 +162,19 @@ def run_point(config_data: dict[str, Any], out: str, replicates: int, device: st
     return f"{run.run_id}: done"
 
 
-def write_manifest(sweep: Sweep, out: str | Path) -> Path:
+def write_manifest(sweep: Sweep, out: str | Path, jobs: dict[str, str] | None = None) -> Path:
+    """The sweep's manifest: its runs, each point's label and, for Slurm, each run's job
+    (``jobs``: run id -> job id; those of an earlier submission are kept for runs not
+    submitted again)."""
     from imp.base.store import cannot_write
 
     path = Path(out) / SWEEPS_DIR / sweep_manifest(sweep.name)
-    manifest = {"name": sweep.name, "replicates": sweep.replicates, "runs": [run_id(c) for c in sweep.configs]}
+    ids = [run_id(c) for c in sweep.configs]
+    manifest = {"name": sweep.name, "replicates": sweep.replicates, "runs": ids,
+                "labels": dict(zip(ids, sweep.labels))}
+    if jobs is not None:
+        before = _read_manifest(path).get("jobs", {}) if path.is_file() else {}
+        manifest["jobs"] = {i: job for i, job in {**before, **jobs}.items() if i in ids}
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -212,31 +248,36 @@ def _stop(pool):
 
 
 def submit_sweep(sweep: Sweep, out: str | Path, executor, *, device: str = "auto", threads: int = 1,
-                 report: Callable[[str], None] = print) -> list:
-    """Submit one job per point to a submitit executor (Slurm, or its local executor)."""
-    write_manifest(sweep, out)
-    jobs = [executor.submit(run_point, _plain(c), str(Path(out).resolve()), sweep.replicates, device, threads)
-            for c in sweep.configs]
-    for config, job in zip(sweep.configs, jobs):
-        report(f"{run_id(config)}: submitted as job {job.job_id}")
+                 gpu: bool = False, chunk: int = 0, report: Callable[[str], None] = print,
+                 in_queue: Callable[[list[str]], dict[str, str]] = lambda jobs: {}) -> list:
+    """Submit the points with work left as job arrays to a submitit executor (Slurm, or
+    its local executor), ``chunk`` tasks per array at most (0 = one). Points already
+    finished, or queued or running under the sweep's earlier jobs, are not submitted
+    again (``in_queue``: job id -> Slurm state of the jobs still queued). The job ids go
+    into the manifest. Returns the jobs submitted now."""
+    from runs.lth import slurm
+
+    path = Path(out) / SWEEPS_DIR / sweep_manifest(sweep.name)
+    earlier = _read_manifest(path).get("jobs", {}) if path.is_file() else {}
+    queue = in_queue(list(earlier.values())) if earlier else {}
+    labels = dict(zip((run_id(c) for c in sweep.configs), sweep.labels))
+    todo = []
+    for config in sweep.configs:
+        name = run_id(config)
+        label = f"{labels[name]} ({name})" if labels.get(name) else name
+        if finished(config, out, sweep.replicates):
+            report(f"{label}: already finished, not submitted")
+        elif queue.get(earlier.get(name, ""), "") in slurm.QUEUED | slurm.RUNNING:
+            report(f"{label}: still {queue[earlier[name]].lower()} as job {earlier[name]}, not submitted again")
+        else:
+            todo.append(config)
+    calls = [(_plain(c), str(Path(out).resolve()), sweep.replicates, device, threads, False, gpu) for c in todo]
+    jobs = slurm.submit(executor, run_point, calls, chunk) if calls else []
+    write_manifest(sweep, out, {run_id(c): str(job.job_id) for c, job in zip(todo, jobs)})
+    for config, job in zip(todo, jobs):
+        name = run_id(config)
+        report((f"{labels[name]} ({name})" if labels.get(name) else name) + f": submitted as job {job.job_id}")
     return jobs
-
-
-def slurm_executor(out: str | Path, *, partition: str | None, gpus_per_job: int, cpus_per_job: int,
-                   minutes: int):
-    import shutil
-
-    if shutil.which("sbatch") is None or shutil.which("srun") is None:
-        raise UserError("--executor slurm needs Slurm's sbatch and srun on PATH, and they are not here; "
-                        "run the sweep on a cluster's login node, or use --executor local or parallel")
-    import submitit
-
-    executor = submitit.AutoExecutor(folder=str(Path(out) / SWEEPS_DIR / "slurm"), cluster="slurm")
-    params = {"timeout_min": minutes, "cpus_per_task": cpus_per_job, "gpus_per_node": gpus_per_job}
-    if partition:
-        params["slurm_partition"] = partition
-    executor.update_parameters(**params)
-    return executor
 
 
 def check_points(sweep: Sweep, out: str | Path, report: Callable[[str], None] = print) -> Sweep:
@@ -251,7 +292,7 @@ def check_points(sweep: Sweep, out: str | Path, report: Callable[[str], None] = 
     from imp.legacy import names_model
     from imp.trunk import run_config
 
-    loaded, configs, ids = set(), [], {}
+    loaded, configs, labels, ids = set(), [], [], {}
     for point, config in enumerate(sweep.configs, start=1):
         root = resolve_root(config.data.root, os.environ)
         data = json.dumps(to_dict(config.data), sort_keys=True)
@@ -270,12 +311,55 @@ def check_points(sweep: Sweep, out: str | Path, report: Callable[[str], None] = 
         else:
             ids[run_id(canonical)] = point
             configs.append(canonical)
-    return dataclasses.replace(sweep, configs=configs)
+            labels.append(sweep.labels[point - 1] if point <= len(sweep.labels) else "")
+    return dataclasses.replace(sweep, configs=configs, labels=labels)
+
+
+def finished(config: Config, out: str | Path, replicates: int) -> bool:
+    """Whether every stage and measurement of ``replicates`` replicates of the run of
+    ``config`` is stored: a point with nothing left to do."""
+    from imp.base.store import RunDir
+    from imp.trunk import is_complete
+    from landscape.registry import measured_all
+
+    run = RunDir(out, run_id(config))
+    if not run.path.is_dir():
+        return False
+    levels = range(config.prune.levels + 1)
+    return all(is_complete(run, config, r) and measured_all(run, r, config.landscape, levels)
+               for r in range(replicates))
+
+
+def _submit_and_follow(sweep: Sweep, args, opts) -> int:
+    """Submit what is left to do as job arrays, and with ``--follow`` wait for the jobs
+    (exit 1 if any point failed)."""
+    from runs.lth import slurm
+
+    made = slurm.executor(args.out, sweep.name, opts)
+    submit_sweep(sweep, args.out, made, device=args.device, threads=opts.cpus_per_job, gpu=opts.gpus_per_job > 0,
+                 chunk=opts.array_chunk, report=print, in_queue=slurm.queue_states)
+    manifest = _read_manifest(Path(args.out) / SWEEPS_DIR / sweep_manifest(sweep.name))
+    if not args.follow:
+        print(f"follow with `lth sweep {args.file} --executor slurm --follow` (it submits nothing more) "
+              f"or `lth ls {args.out}`")
+        return 0
+    configs = {run_id(c): c for c in sweep.configs}
+    return slurm.follow(manifest, args.out, lambda name: finished(configs[name], args.out, sweep.replicates),
+                        poll=args.poll)
 
 
 def main_sweep(args) -> int:
-    """``lth sweep``: expand the file, check every point, then run or submit them."""
+    """``lth sweep``: expand the file, check the cluster (Slurm) and every point, then
+    run or submit them."""
+    from runs.lth import slurm
+
+    if args.follow and args.executor != "slurm":
+        raise UserError("--follow follows Slurm jobs (--executor slurm); a local or parallel sweep runs in the "
+                        "foreground already")
     sweep = load_sweep(args.file, args.overrides)
+    opts = slurm.options(sweep.slurm, args if args.executor == "slurm" else None)  # a bad [slurm] table is said
+    if args.executor == "slurm":
+        slurm.preflight(opts, args.device)
     print(f"sweep {sweep.name}: {len(sweep.configs)} point(s) x {sweep.replicates} replicate(s), "
           f"executor {args.executor}", file=sys.stderr)
     points = len(sweep.configs)
@@ -283,11 +367,7 @@ def main_sweep(args) -> int:
     if len(sweep.configs) < points:
         print(f"sweep {sweep.name}: {len(sweep.configs)} distinct run(s)", file=sys.stderr)
     if args.executor == "slurm":
-        executor = slurm_executor(args.out, partition=args.partition, gpus_per_job=args.gpus_per_job,
-                                  cpus_per_job=args.cpus_per_job, minutes=args.minutes)
-        submit_sweep(sweep, args.out, executor, device=args.device, threads=args.cpus_per_job)
-        print(f"follow with `lth ls {args.out}`")
-        return 0
+        return _submit_and_follow(sweep, args, opts)
     workers = args.workers if args.executor == "parallel" else 1
     run_sweep(sweep, args.out, workers=workers, device=args.device, threads=args.threads, silent=args.silent)
     return 0
