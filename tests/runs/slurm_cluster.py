@@ -193,6 +193,8 @@ class LocalSlurm:
     # -- starting ---------------------------------------------------------------------
 
     def __enter__(self) -> "LocalSlurm":
+        if self._entered:  # already running (e.g. `with` on a cluster entered before): the same one
+            return self
         if os.geteuid() != 0:
             raise SlurmUnavailable("a local Slurm needs root (slurmd runs jobs as their users)")
         missing = [name for name in DAEMONS + CLIENTS if not _which(name)]

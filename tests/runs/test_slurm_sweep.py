@@ -75,9 +75,10 @@ def test_a_sweep_runs_as_one_array_survives_a_cancel_and_matches_a_local_sweep(s
     jobs = [manifest["jobs"][i] for i in ids]
     assert len({job.split("_")[0] for job in jobs}) == 1 and [job.split("_")[1] for job in jobs] == ["0", "1"]
     assert f"lr=0.05 ({ids[1]}): submitted as job {jobs[1]}" in said
-    names = subprocess.run(["squeue", "-h", "-r", "-t", "all", "-j", jobs[0].split("_")[0], "-o", "%j"],
-                           capture_output=True, text=True, env=slurm_cluster.env).stdout.split()
-    assert set(names) == {"lth:grid"}
+    base = jobs[0].split("_")[0]  # squeue -j also matches an earlier array task whose raw id is base
+    listed = subprocess.run(["squeue", "-h", "-r", "-t", "all", "-j", base, "-o", "%i|%j"],
+                            capture_output=True, text=True, env=slurm_cluster.env).stdout.split()
+    assert {line.split("|")[1] for line in listed if line.startswith(f"{base}_")} == {"lth:grid"}
 
     # The second task (it runs after the first: parallelism 1) is cancelled once level 0 is
     # stored. Its step gets SIGTERM, which submitit ignores (Slurm's warning before
