@@ -1,0 +1,101 @@
+"""The prepared device check runs end to end on the CPU with tiny settings (issue 16).
+
+Offline: a fake data folder (MNIST idx .gz files of random images, a small
+cifar10-jpeg.zip of random JPEGs in the real layout) is built in tmp_path.
+"""
+
+import gzip
+import io
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[2]
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """MNIST's idx format: 0, 0, type 0x08 (uint8), ndim, big-endian int32 sizes, data; gzipped."""
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    path.write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes()))
+
+
+def fake_data(folder: Path, train_per_class: int = 6, test_per_class: int = 3) -> Path:
+    rng = np.random.default_rng(0)
+    raw = folder / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for prefix, count in (("train", 300), ("t10k", 100)):
+        write_idx(raw / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (count, 28, 28)))
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte.gz", rng.integers(0, 10, count))
+    with zipfile.ZipFile(folder / "cifar10-jpeg.zip", "w") as archive:
+        for split, per_class in (("train", train_per_class), ("test", test_per_class)):
+            index = 0
+            for label in CLASSES:
+                for _ in range(per_class):
+                    image = Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+                    buffer = io.BytesIO()
+                    image.save(buffer, format="JPEG", quality=75)
+                    archive.writestr(f"cifar10-jpeg/{split}/{label}/{index:05d}.jpg", buffer.getvalue())
+                    index += 1
+    return folder
+
+
+# The run itself must not need pyhessian or submitit (absent on the GPU image): block them.
+BLOCKED = ("import sys, runpy; sys.modules['pyhessian'] = None; sys.modules['submitit'] = None; "
+           "sys.argv[0] = 'gpu_check'; runpy.run_module('runs.gpu_check', run_name='__main__')")
+
+
+def gpu_check(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", BLOCKED, *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=300, env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1",
+                                                       "PYTHONPATH": str(REPO), "HOME": "/nonexistent"})
+
+
+def test_runs_end_to_end_on_the_cpu(tmp_path):
+    data, out = fake_data(tmp_path / "data"), tmp_path / "out"
+    done = gpu_check("--data", str(data), "--out", str(out), "--device", "cpu", "--tiny")
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads((out / "gpu_check.json").read_text())
+    assert report["passed"] and report["wall_seconds"] > 0
+    assert all(stage["ok"] and stage["seconds"] >= 0 for stage in report["stages"].values())
+    sections = report["sections"]
+    rows = {row["variant"]: row for row in sections["epoch_time"]["rows"]}
+    assert set(rows) == {"fp32", "bf16", "channels_last", "compiled", "batched x1", "batched x4", "batched x8"}
+    assert all(row["epoch_seconds"] > 0 and row["iterations_timed"] > 0 for row in rows.values())
+    assert [r["replicates"] for r in sections["epoch_time"]["batching"]] == [1, 4, 8]
+    networks = {(n["level"], n["baseline"]) for n in sections["imp"]["networks"]}
+    assert networks == {(0, "trunk"), (1, "trunk"), (1, "reinit"), (1, "random")}
+    measured = {m["measurement"]: m for m in sections["imp"]["measurements"]}
+    assert "barrier_to_next_test_error" in measured["successive"]["columns"]
+    assert len(measured["hessian"]["eigenvalues"]) == 5
+    assert "predicted_limit_magnitude" in measured["hessian"]["columns"]
+    assert sections["imp"]["el2n"]["finite"]
+    assert set(sections["correctness"]) == {"pruned_zero_bf16", "pruned_zero_compiled", "rewind_restored",
+                                            "batched_agrees", "same_seeds"}
+    assert all(check["passed"] for check in sections["correctness"].values())
+    assert len(sections["projections"]) == 3
+    assert all(row["projected_hours_sequential"] > 0 for row in sections["projections"])
+    markdown = (out / "gpu_check.md").read_text()
+    assert "PROJECTED" in markdown and "## 3. Correctness" in markdown
+
+
+def test_missing_data_is_one_line_exit_2(tmp_path):
+    done = gpu_check("--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out"), "--device", "cpu",
+                     "--tiny")
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gpu_check: error: ") and "cifar10-jpeg.zip" in lines[0]
+
+
+@pytest.mark.parametrize("module", ["runs.gpu_check", "runs.gpu_check.__main__", "runs.gpu_check.correctness"])
+def test_imports_without_pyhessian_or_submitit(module):
+    code = ("import sys; sys.modules['pyhessian'] = None; sys.modules['submitit'] = None; "
+            f"import importlib; importlib.import_module({module!r})")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
