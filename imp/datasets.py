@@ -310,6 +310,17 @@ def resolve_root(configured: str, environ: Mapping[str, str]) -> Path:
     return Path(configured or environ.get("LTH_DATA") or "data")
 
 
+def stored_root(stored: str, environ: Mapping[str, str]) -> Path:
+    """Where a finished run's data is read from by later commands: the root it was last
+    read from (``data_root`` in ``run.h5``) while that folder exists, else
+    :func:`resolve_root` of no ``data.root`` (``$LTH_DATA``, else ``./data``), e.g. after
+    the run was copied to another machine. Either way the data's fingerprint is checked
+    against the run's before it is used."""
+    if stored and Path(stored).is_dir():
+        return Path(stored)
+    return resolve_root("", environ)
+
+
 def canonical_config(config: Config, root: Path) -> Config:
     """``config`` written the one way its run id is made from
     (:func:`imp.base.config.canonical`), with the data set's sizes under ``root`` (the

@@ -513,7 +513,8 @@ def _plan(run: store.RunDir, config: Config, replicates: int, data_root: Path, d
     old = store.read_run(run) if store.is_run(run.path) else {}
     baselines = set(filter(None, str(old.get("baselines", "")).split(","))) | set(config.prune.baselines)
     fingerprint = data.fingerprint if data is not None and data.fingerprint else old.get(DATA_FINGERPRINT, "")
-    root = str(data_root) if data is not None or "data_root" not in old else str(old["data_root"])
+    # absolute, so that a later command from another folder finds it
+    root = str(Path(data_root).resolve()) if data is not None or "data_root" not in old else str(old["data_root"])
     return {
         DATA_FINGERPRINT: str(fingerprint),
         "data_root": root,  # the folder the data was last read from (not one never read)

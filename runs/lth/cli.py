@@ -349,12 +349,12 @@ def _show(args) -> int:
 def _upgrade(args) -> int:
     from imp.base import store
     from imp.base.results import find_run
-    from imp.datasets import DataNotFound, resolve_root
+    from imp.datasets import DataNotFound, stored_root
     from imp.legacy import upgrade_canonical
     from landscape.upgrade import upgrade_run
 
     run = find_run(args.run, args.out, legacy=True)
-    root = resolve_root(str(store.read_run(run).get("data_root", "")), os.environ)
+    root = stored_root(str(store.read_run(run).get("data_root", "")), os.environ)
     converted, names = upgrade_run(run)
     try:
         with store.RunLock(names.run):

@@ -151,7 +151,8 @@ def _on_run(args, extra: list[str], kinds: Sequence[str] = (), between: Sequence
     ``between``) under its lock, and print exactly the measurements asked for."""
     from imp.base import store
     from imp.base.config import with_overrides
-    from imp.data import load_dataset, resolve_root
+    from imp.data import load_dataset
+    from imp.datasets import stored_root
     from imp.legacy import check_run
     from imp.base.results import find_run, run_info
     from imp.base.runtime import choose_device, set_threads
@@ -168,7 +169,7 @@ def _on_run(args, extra: list[str], kinds: Sequence[str] = (), between: Sequence
     config = with_overrides(info["config"], extra + list(args.overrides))
     set_threads(args.threads)
     device = choose_device(args.device)
-    root = resolve_root(str(store.read_run(run).get("data_root", "")), os.environ)
+    root = stored_root(str(store.read_run(run).get("data_root", "")), os.environ)
     with store.RunLock(run, wait=args.wait):
         if args.levels and not between:  # under the lock: with --wait, what the writer finished counts
             _check_levels(run, args.levels)

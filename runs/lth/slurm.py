@@ -111,7 +111,7 @@ def _coerce(key: str, value: Any) -> Any:
         return value
     if key == "sbatch":
         if not isinstance(value, dict):
-            raise UserError(f"slurm.sbatch must be a table of sbatch options, e.g. {{ exclude = \"node07\" }}")
+            raise UserError("slurm.sbatch must be a table of sbatch options, e.g. { exclude = \"node07\" }")
         return tuple((str(k).lstrip("-"), str(v)) for k, v in value.items())
     if isinstance(value, str):  # setup: one line or a list of lines
         return (value,)

@@ -305,3 +305,23 @@ def test_pruning_at_initialisation_baselines_keep_the_trunks_count_at_the_rewind
             again = pai.pai_mask(method, model, data, ordered, trunk, strategy, {},
                                  generator(seeds.init, "pai", method, level))
             assert all(torch.equal(again[n], mask[n]) for n in mask), (method, level)
+
+
+def test_the_data_root_is_stored_absolute_and_found_again_from_elsewhere(tmp_path, monkeypatch):
+    """A relative data root (e.g. LTH_DATA=../shared/data) is stored as the folder it named,
+    so a later command from another folder reads the same data; a stored root that no
+    longer exists (a run copied elsewhere) falls back to LTH_DATA."""
+    from imp.base import store
+    from imp.datasets import stored_root
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    config = load_config(None, ["model.widths=[8]", "train.epochs='4it'", "train.eval_every='4it'"])
+    run = run_imp(config, tmp_path / "out", Path("../data"), CPU)
+    stored = store.read_run(run)["data_root"]
+    assert stored == str(tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    assert stored_root(stored, {}) == tmp_path / "data"
+    assert stored_root(str(tmp_path / "moved"), {"LTH_DATA": "/elsewhere"}) == Path("/elsewhere")
+    assert stored_root("", {}) == Path("data")
