@@ -16,28 +16,7 @@ from landscape.align import (activation_matching, identity_perms, matching_objec
                              permute_mask, permute_state, weight_matching)
 from landscape.lmc import curve_barriers, evaluate_path, interpolate
 from landscape.repair import corrected, point_statistics, repair_corrections, repair_points, repaired_path
-
-
-def seeded(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def state(model) -> dict:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def randomised(model, seed):
-    """``model`` in float64 with seeded random weights, BN affine parameters and running statistics."""
-    model = model.double()
-    g = seeded(seed)
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            if name.endswith("running_var"):
-                tensor.copy_(0.5 + torch.rand(tensor.shape, generator=g))
-            elif tensor.is_floating_point():
-                is_scale = name.endswith("weight") and tensor.dim() == 1
-                tensor.copy_(0.3 * torch.randn(tensor.shape, generator=g) + is_scale)
-    return model.eval()
+from tests.landscape.conftest import randomised, seeded, state
 
 
 def random_perms(spec, seed) -> dict:

@@ -17,34 +17,13 @@ from imp.train import evaluate
 from landscape import fastpath
 from landscape.lmc import (alphas, barriers, curve_barriers, evaluate_path, example_losses, interpolate,
                            midpoint_barriers, reestimate_batchnorm)
-
-
-def seeded(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+from tests.landscape.conftest import randomised, seeded, state
 
 
 def split(shape, count, classes=5, seed=0, dtype=torch.float64) -> Split:
     g = seeded(seed)
     x = torch.randn(count, *shape, generator=g).to(dtype)
     return Split(x, torch.randint(0, classes, (count,), generator=g), torch.arange(count))
-
-
-def state(model) -> dict:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def randomised(model, seed, dtype=torch.float64):
-    """``model`` in ``dtype`` with seeded random weights, BN affine parameters and running statistics."""
-    model = model.to(dtype)
-    g = seeded(seed)
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            if name.endswith("running_var"):
-                tensor.copy_(0.5 + torch.rand(tensor.shape, generator=g))
-            elif tensor.is_floating_point():
-                tensor.copy_(0.3 * torch.randn(tensor.shape, generator=g) + (name.endswith("weight") and
-                                                                         tensor.dim() == 1))
-    return model.eval()
 
 
 def conv_bn() -> nn.Module:
