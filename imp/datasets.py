@@ -13,8 +13,8 @@ Layouts under the data root (torchvision's own, so a torchvision download works)
 - ``cifar10``: ``cifar-10-batches-py/{data_batch_1..5,test_batch}`` (the python pickles)
 - ``cifar100``: ``cifar-100-python/{train,test}`` (fine labels)
 - ``imagefolder``: the root itself holds ``train/<class>/*`` and ``test/<class>/*``
-  images, all of one size; decoded once and cached in ``<root>/.lth-cache.npz`` when the
-  folder is writable. Examples are in ImageFolder order (class, then file name), except
+  images, all of one size; decoded once and cached in ``<root>/.lth-cache.npz``, or in
+  the folder ``$LTH_CACHE`` names (:func:`cache_path`). Examples are in ImageFolder order (class, then file name), except
   when every file of a split is named by a distinct integer (``00042.jpg``): then they
   are in that number's order, so a re-encoded CIFAR-10 keeps its canonical indices.
 """
@@ -23,6 +23,7 @@ import gzip
 import hashlib
 import os
 import pickle
+import sys
 import zipfile
 import zlib
 from collections.abc import Callable, Mapping
@@ -156,10 +157,12 @@ def read_cifar100(root: Path) -> RawData:
 def read_imagefolder(root: Path) -> RawData:
     """Read ``root/train`` and ``root/test`` ImageFolder trees; cache the decoded bytes.
 
-    The cache ``<root>/.lth-cache.npz`` records a signature of the files it was decoded
-    from (every path, size and modification time); a cache whose files changed, or that
-    cannot be read (a copy cut short), is decoded again and replaced, atomically."""
-    cache = root / ".lth-cache.npz"
+    The cache (:func:`cache_path`: ``<root>/.lth-cache.npz``, or under ``$LTH_CACHE``)
+    records a signature of the files it was decoded from (every path, size and
+    modification time); a cache whose files changed, or that cannot be read (a copy cut
+    short), is decoded again and replaced, atomically. A cache that cannot be written (a
+    read-only tree) is said once on stderr, with the fix."""
+    cache = cache_path(root)
     present = all((root / split).is_dir() for split in ("train", "test"))
     signature = _tree_signature(root) if present else ""
     arrays = _read_cache(cache)
@@ -177,15 +180,28 @@ def read_imagefolder(root: Path) -> RawData:
         raise UserError(f"imagefolder: test images are {x_test.shape[1:]}, train {x_train.shape[1:]}")
     temporary = cache.with_name(f".lth-cache.{os.getpid()}.tmp")
     try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
         with open(temporary, "wb") as handle:
             np.savez(handle, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
                      num_classes=len(classes), signature=signature)
         os.replace(temporary, cache)
-    except OSError:
-        pass  # a read-only tree is fine; it is decoded again next time
+    except OSError as error:  # a read-only tree still works: it is decoded again next time
+        print(f"lth: note: cannot keep the decoded images in {cache} ({error.strerror}); every run decodes "
+              f"{root} again: set LTH_CACHE to a writable folder", file=sys.stderr)
     finally:
         temporary.unlink(missing_ok=True)
     return RawData(x_train, y_train, x_test, y_test, len(classes), 255.0, True)
+
+
+def cache_path(root: Path) -> Path:
+    """Where an image tree's decoded arrays are kept: ``$LTH_CACHE/imagefolder-<16 hex of
+    sha256 of the tree's absolute path>.npz`` when ``LTH_CACHE`` is set (for a read-only
+    or shared data folder), else ``<root>/.lth-cache.npz``."""
+    folder = os.environ.get("LTH_CACHE")
+    if not folder:
+        return root / ".lth-cache.npz"
+    name = hashlib.sha256(str(Path(root).resolve()).encode()).hexdigest()[:16]
+    return Path(folder) / f"imagefolder-{name}.npz"
 
 
 def _tree_signature(root: Path) -> str:
@@ -297,7 +313,7 @@ def split_sizes(name: str, root: Path) -> tuple[int, int]:
         if all((root / split).is_dir() for split in ("train", "test")):
             return len(_image_tree(root / "train")), len(_image_tree(root / "test"))
         try:
-            with np.load(root / ".lth-cache.npz") as file:
+            with np.load(cache_path(root)) as file:
                 return len(file["y_train"]), len(file["y_test"])
         except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError):
             pass

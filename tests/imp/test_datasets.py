@@ -341,6 +341,33 @@ def test_imagefolder_uses_its_cache_only_while_the_files_are_unchanged(tmp_path,
     assert np.array_equal(read_imagefolder(tmp_path).x_train, third.x_train) and len(decoded) == 6
 
 
+def test_imagefolder_cache_goes_where_lth_cache_says_and_a_cache_that_cannot_be_written_is_said(
+        tmp_path, monkeypatch, capsys):
+    import imp.datasets
+
+    root = tmp_path / "tree"
+    image_tree(root, np.random.default_rng(3))
+    monkeypatch.setenv("LTH_CACHE", str(tmp_path / "cache" / "sub"))  # made when first written
+    first = read_imagefolder(root)
+    (cache,) = (tmp_path / "cache" / "sub").iterdir()
+    assert cache == imp.datasets.cache_path(root) and cache.name.startswith("imagefolder-")
+    assert not (root / ".lth-cache.npz").exists()
+    monkeypatch.setattr(imp.datasets, "_decode_tree", lambda folder: pytest.fail("decoded again"))
+    np.testing.assert_array_equal(read_imagefolder(root).x_train, first.x_train)  # from $LTH_CACHE
+    monkeypatch.undo()
+    monkeypatch.delenv("LTH_CACHE", raising=False)
+
+    def refuse(*args, **kwargs):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(np, "savez", refuse)
+    np.testing.assert_array_equal(read_imagefolder(root).x_train, first.x_train)  # still read, not kept
+    assert capsys.readouterr().err.strip() == (
+        f"lth: note: cannot keep the decoded images in {root / '.lth-cache.npz'} (Read-only file system); "
+        f"every run decodes {root} again: set LTH_CACHE to a writable folder")
+    assert not (root / ".lth-cache.npz").exists()
+
+
 def test_imagefolder_images_of_different_sizes_raise(tmp_path):
     image_tree(tmp_path, np.random.default_rng(2))
     write_png(tmp_path / "train" / "dog" / "999.png", np.zeros((6, 7, 3), np.uint8))
