@@ -32,7 +32,7 @@ from torch.func import functional_call
 from imp.base.errors import UserError
 from imp.level import State
 from imp.models import MLP, VGG, BasicBlock, ConvNet, ResNet
-from landscape.lmc import _preserved
+from landscape.lmc import preserved
 
 Perms = dict[str, torch.Tensor]
 _BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d)
@@ -377,7 +377,7 @@ def activation_matching(model: nn.Module, spec: PermutationSpec, state_a: State,
     _check_pair(spec, state_a, state_b)
     names = [name for points in spec.activations.values() for name in points]
     moments = {name: _CrossMoments() for name in names}
-    with _preserved(model):
+    with preserved(model):
         model.eval()
         for chunk in x.split(batch_size):
             found_a = _activations(model, state_a, chunk, names)

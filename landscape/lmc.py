@@ -66,7 +66,7 @@ def batchnorm_layers(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, _BATCHNORM) and m.running_mean is not None]
 
 
-class _Moments:
+class Moments:
     """Per-channel count, mean and sum of squared deviations of a BatchNorm layer's inputs,
     pooled over batches exactly (Chan et al.'s parallel update, in float64)."""
 
@@ -114,7 +114,7 @@ def reestimate_batchnorm(model: nn.Module, x: torch.Tensor, batch_size: int = 51
     model.eval()
     if not layers:
         return
-    moments = [_Moments() for _ in layers]
+    moments = [Moments() for _ in layers]
     hooks = [layer.register_forward_pre_hook(moment) for layer, moment in zip(layers, moments)]
     chunks = max(1, math.ceil(len(x) / batch_size))
     try:
@@ -135,7 +135,7 @@ def reestimate_batchnorm(model: nn.Module, x: torch.Tensor, batch_size: int = 51
 
 
 @contextlib.contextmanager
-def _preserved(model: nn.Module) -> Iterator[None]:
+def preserved(model: nn.Module) -> Iterator[None]:
     """Restore the model's state dict and every module's train/eval mode on exit."""
     saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
     modes = [(module, module.training) for module in model.modules()]
@@ -153,7 +153,7 @@ def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
                         + did_you_mean(value, choices))
 
 
-def _needs_reestimation(model: nn.Module, bn: str, bn_examples: torch.Tensor | None) -> bool:
+def needs_reestimation(model: nn.Module, bn: str, bn_examples: torch.Tensor | None) -> bool:
     _choice("bn", bn, BN_MODES)
     reestimate = bn == "reestimate" and bool(batchnorm_layers(model))
     if reestimate and bn_examples is None:
@@ -211,11 +211,11 @@ def evaluate_path(model: nn.Module, state_a: State, state_b: State, splits: dict
     train/eval modes are restored afterwards.
     """
     grid = alphas(points)
-    reestimate = _needs_reestimation(model, bn, bn_examples)
+    reestimate = needs_reestimation(model, bn, bn_examples)
     method = _resolve_method(method, model, reestimate)
     if any(len(split) == 0 for split in splits.values()):
         raise UserError("cannot evaluate on an empty split")
-    with _preserved(model):
+    with preserved(model):
         if method == "mlp":
             sums = mlp_sums(model, state_a, state_b, splits, grid, batch_size)
         elif method == "vmap":
@@ -265,8 +265,8 @@ def example_losses(model: nn.Module, state: State, split: Split, *, bn_examples:
     """Per-example cross-entropy (float64, (N,)) of the network ``state`` on ``split``, in eval
     mode, BatchNorm re-estimated on ``bn_examples`` first when ``bn="reestimate"`` (as
     :func:`evaluate_path` does at each point). The model's state and modes are restored."""
-    reestimate = _needs_reestimation(model, bn, bn_examples)
-    with _preserved(model):
+    reestimate = needs_reestimation(model, bn, bn_examples)
+    with preserved(model):
         model.load_state_dict(state)
         if reestimate:
             reestimate_batchnorm(model, bn_examples, batch_size)

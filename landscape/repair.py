@@ -34,7 +34,7 @@ from imp.data import Split
 from imp.level import State
 from landscape.align import permutation_spec
 from landscape.fastpath import forward_sums, mix
-from landscape.lmc import _Moments, _needs_reestimation, _preserved, alphas, interpolate, reestimate_batchnorm
+from landscape.lmc import Moments, needs_reestimation, preserved, alphas, interpolate, reestimate_batchnorm
 
 EPS = 1e-5  # smallest standard deviation divided by (activation units)
 _BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d)
@@ -59,7 +59,7 @@ def repair_points(model: nn.Module) -> list[str]:
     return points
 
 
-def _finish(moments: _Moments) -> tuple[torch.Tensor, torch.Tensor]:
+def _finish(moments: Moments) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and population standard deviation (float64) from pooled moments."""
     return moments.mean, (moments.m2 / moments.count).sqrt()
 
@@ -94,7 +94,7 @@ def point_statistics(model: nn.Module, names: list[str], x: torch.Tensor, batch_
     """Mean and population std of each channel of each point's output over ``x`` (all
     examples and spatial positions, pooled over chunks exactly, float64), as the model is
     (no correction; mode as set by the caller)."""
-    moments = {name: _Moments() for name in names}
+    moments = {name: Moments() for name in names}
 
     def measure(name: str, output: torch.Tensor) -> None:
         moments[name](None, (output,))
@@ -114,7 +114,7 @@ def repair_corrections(model: nn.Module, names: list[str], goals: Statistics, x:
     chunks = _chunks(x, batch_size)
     corrections: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     while len(corrections) < len(names):
-        measuring: dict[str, _Moments] = {}
+        measuring: dict[str, Moments] = {}
 
         def finish(name: str) -> None:
             mean, std = _finish(measuring.pop(name))
@@ -126,7 +126,7 @@ def repair_corrections(model: nn.Module, names: list[str], goals: Statistics, x:
             if name not in corrections:
                 if measuring and name not in measuring:
                     return None  # a point earlier in this pass is being measured
-                measuring.setdefault(name, _Moments())(None, (output,))
+                measuring.setdefault(name, Moments())(None, (output,))
                 if len(chunks) > 1:
                     return None
                 finish(name)
@@ -177,13 +177,13 @@ def repaired_path(model: nn.Module, state_a: State, state_b: State, splits: dict
     pass. The model's state and train/eval modes are restored afterwards.
     """
     grid = alphas(points)
-    reestimate = _needs_reestimation(model, bn, bn_examples)
+    reestimate = needs_reestimation(model, bn, bn_examples)
     if any(len(split) == 0 for split in splits.values()):
         raise UserError("cannot evaluate on an empty split")
     names = repair_points(model)
     loss = {name: np.zeros(len(grid)) for name in splits}
     wrong = {name: np.zeros(len(grid)) for name in splits}
-    with _preserved(model):
+    with preserved(model):
         ends = [_endpoint_statistics(model, state, names, reestimate, bn_examples, repair_examples, batch_size)
                 for state in (state_a, state_b)]
         for i, alpha in enumerate(grid.tolist()):

@@ -286,20 +286,25 @@ def follow(manifest: dict, out: str | Path, finished: Callable[[str], bool], *, 
     failed = [run_id for run_id, (state, _) in now.items() if state != "done"]
     for run_id in (r for r in failed if r in jobs):
         tail = log_tail(out, jobs[run_id])
-        report(f"{_name(run_id, labels)} job {jobs[run_id]} ended without finishing"
+        report(f"{point_name(run_id, labels)} job {jobs[run_id]} ended without finishing"
                + (": its log ends" if tail else "") + "".join(f"\n    {line}" for line in tail))
     done = len(now) - len(failed)
     report(f"sweep {manifest['name']}: {done}/{len(now)} runs done" + (f", {len(failed)} not" if failed else ""))
     return 1 if failed else 0
 
 
-def _name(run_id: str, labels: dict) -> str:
+def point_name(run_id: str, labels: dict) -> str:
+    """A point as the sweep's lines name it: ``lr=0.05 (<run id>)``, or the run id alone."""
     return f"{labels[run_id]} ({run_id})" if labels.get(run_id) else run_id
 
 
+def _shown(state: str, word: str) -> str:
+    """``state`` with Slurm's word where it says more (not for done runs, nor RUNNING for running)."""
+    return state + (f" ({word})" if state != "done" and word and word.lower() != state else "")
+
+
 def _line(run_id: str, labels: dict, jobs: dict, state: tuple[str, str]) -> str:
-    word = f" ({state[1]})" if state[0] != "done" and state[1] and state[1].lower() != state[0] else ""
-    return f"{_name(run_id, labels)} job {jobs.get(run_id, '-')}: {state[0]}{word}"
+    return f"{point_name(run_id, labels)} job {jobs.get(run_id, '-')}: {_shown(*state)}"
 
 
 def require_gpu() -> None:
@@ -317,6 +322,5 @@ def table_rows(manifest: dict, finished: Callable[[str], bool]) -> list[list[str
     labels, jobs = manifest.get("labels", {}), manifest.get("jobs", {})
     rows = []
     for run_id, (state, word) in states(manifest, finished).items():
-        rows.append([labels.get(run_id, "") or "-", run_id, jobs.get(run_id, "-"),
-                     state + (f" ({word})" if word and word.lower() not in (state, "finished") else "")])
+        rows.append([labels.get(run_id, "") or "-", run_id, jobs.get(run_id, "-"), _shown(state, word)])
     return rows

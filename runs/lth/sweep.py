@@ -264,7 +264,7 @@ def submit_sweep(sweep: Sweep, out: str | Path, executor, *, device: str = "auto
     todo = []
     for config in sweep.configs:
         name = run_id(config)
-        label = f"{labels[name]} ({name})" if labels.get(name) else name
+        label = slurm.point_name(name, labels)
         if finished(config, out, sweep.replicates):
             report(f"{label}: already finished, not submitted")
         elif queue.get(earlier.get(name, ""), "") in slurm.QUEUED | slurm.RUNNING:
@@ -275,8 +275,7 @@ def submit_sweep(sweep: Sweep, out: str | Path, executor, *, device: str = "auto
     jobs = slurm.submit(executor, run_point, calls, chunk) if calls else []
     write_manifest(sweep, out, {run_id(c): str(job.job_id) for c, job in zip(todo, jobs)})
     for config, job in zip(todo, jobs):
-        name = run_id(config)
-        report((f"{labels[name]} ({name})" if labels.get(name) else name) + f": submitted as job {job.job_id}")
+        report(f"{slurm.point_name(run_id(config), labels)}: submitted as job {job.job_id}")
     return jobs
 
 
