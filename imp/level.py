@@ -100,7 +100,7 @@ def finite(trained: TrainedLevel, config: TrainConfig, label: str) -> TrainedLev
 def start_model(config: Config, data: Dataset, seeds: Seeds, start: Start, mask: Mask) -> torch.nn.Module:
     """The config's model holding ``start.state`` with the weights ``mask`` prunes set to zero."""
     model = build_initial_model(config, data, seeds.init)
-    model.load_state_dict({k: v.to(data.train.x.device) for k, v in start.state.items()})
+    model.load_state_dict({k: v.to(data.train.device) for k, v in start.state.items()})
     apply_mask(model, mask)
     return model
 

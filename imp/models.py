@@ -333,4 +333,4 @@ def build_initial_model(config: "Config", data: "Dataset", init_seed: int) -> nn
     generator = torch.Generator().manual_seed(init_seed)
     model = build_model(config.model.name, data.input_shape, data.num_classes,
                         widths=config.model.widths, width=config.model.width, generator=generator)
-    return model.to(data.train.x.device)
+    return model.to(data.train.device)

@@ -55,8 +55,8 @@ def batch(data: Dataset, generator: torch.Generator) -> tuple[torch.Tensor, torc
     for label in labels.unique():
         positions = (labels == label).nonzero().squeeze(1)
         chosen.append(positions[torch.randperm(len(positions), generator=generator)[:PER_CLASS]])
-    positions = torch.cat(chosen).sort().values.to(data.train.x.device)
-    return data.train.x[positions], data.train.y[positions]
+    positions = torch.cat(chosen).sort().values.to(data.train.device)
+    return data.train.batch(positions), data.train.y[positions]
 
 
 def _weights(model: nn.Module, names: list[str]) -> list[torch.Tensor]:

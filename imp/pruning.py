@@ -287,6 +287,6 @@ class MaskEnforcer:
                       for name, keep in mask.items() if not bool(keep.all())]
 
     def __call__(self, model: nn.Module) -> None:
-        with torch.no_grad():
-            for parameter, keep in self.pairs:
-                parameter.mul_(keep)
+        if self.pairs:  # one multi-tensor kernel for all of them (a launch per tensor on a GPU otherwise)
+            with torch.no_grad():
+                torch._foreach_mul_([parameter for parameter, _ in self.pairs], [keep for _, keep in self.pairs])

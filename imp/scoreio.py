@@ -366,6 +366,6 @@ def import_table(table: ScoreTable, source: Path, data: Dataset, out: str | Path
         raise UserError(f"{path} exists (this file was imported before); use it as diet.scores_file or "
                         "subset.scores_file, or delete it to import again")
     store.check_writable(path.parent)
-    store.write_h5(path, tree_of(table, data, source), store.provenance(config_json, data.train.x.device))
+    store.write_h5(path, tree_of(table, data, source), store.provenance(config_json, data.train.device))
     return path
 

@@ -113,8 +113,7 @@ def _in_eval_mode(model: torch.nn.Module, split: Split, of, batch_size: int) -> 
     was_training = model.training
     model.eval()
     out = []
-    for start in range(0, len(split), batch_size):
-        x, y = split.x[start:start + batch_size], split.y[start:start + batch_size]
+    for x, y in split.chunks(batch_size):
         out.append(of(model(x), y).cpu())
     model.train(was_training)
     return torch.cat(out)
@@ -200,7 +199,7 @@ def compute_scores(config: Config, data: Dataset, spec: ScoreSpec, progress: boo
                                            init_seed=None, order_seed=None, augment_seed=None)
         seeds = Seeds.from_config(train_config)
         model = build_initial_model(config, data, seeds.init)
-        tracker = TRACKERS[spec.score](len(data.train), data.train.x.device) if spec.score in TRACKERS else None
+        tracker = TRACKERS[spec.score](len(data.train), data.train.device) if spec.score in TRACKERS else None
         if step > 0:
             train(model, data, config.train, batch_size, seeds, end_step=step, on_batch=tracker,
                   progress=progress, label=f"score run {run}")
@@ -249,7 +248,7 @@ def load_or_compute(config: Config, data: Dataset, spec: ScoreSpec, out: str | P
         return read_scores(path, data), path
     store.check_writable(path.parent)
     tree = compute_scores(config, data, spec, progress)
-    store.write_h5(path, tree, store.provenance(json.dumps(to_dict(config), sort_keys=True), data.train.x.device))
+    store.write_h5(path, tree, store.provenance(json.dumps(to_dict(config), sort_keys=True), data.train.device))
     return tree, path
 
 

@@ -18,8 +18,8 @@ from tqdm.auto import tqdm
 
 from imp.base.config import TrainConfig
 from imp.base.errors import Diverged
-from imp.base.seeds import Seeds, generator
-from imp.data import Batches, Dataset, Split, flip_crop
+from imp.base.seeds import Seeds
+from imp.data import Augmentation, Batches, Dataset, Split
 
 
 def total_iterations(config: TrainConfig, iterations_per_epoch: int) -> int:
@@ -106,10 +106,9 @@ def evaluate(model: nn.Module, split: Split, batch_size: int = 2048) -> dict[str
     """
     was_training = model.training
     model.eval()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=split.x.device)
-    correct = torch.zeros((), dtype=torch.int64, device=split.x.device)
-    for start in range(0, len(split), batch_size):
-        x, y = split.x[start:start + batch_size], split.y[start:start + batch_size]
+    loss_sum = torch.zeros((), dtype=torch.float64, device=split.device)
+    correct = torch.zeros((), dtype=torch.int64, device=split.device)
+    for x, y in split.chunks(batch_size):
         logits = model(x).float()
         loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
         correct += (logits.argmax(1) == y).sum()
@@ -178,8 +177,9 @@ def train(
     if not 0 <= start_step <= end_step:
         raise ValueError(f"need 0 <= start_step ({start_step}) <= end_step ({end_step})")
     hooks = list(hooks)
-    device = data.train.x.device
+    device = data.train.device
     batches = Batches(len(data.train), batch_size, seeds.order, device)
+    augmentation = Augmentation(seeds.augment, batches, data.fill) if data.augment else None
     optimizer = make_optimizer(model.parameters(), config)
     forward = training_forward(model, config)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
@@ -192,9 +192,9 @@ def train(
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, config, iterations_per_epoch)
         positions = batches.at(step)
-        x, y = data.train.x[positions], data.train.y[positions]
-        if data.augment:
-            x = flip_crop(x, data.fill, generator(seeds.augment, "augment", step))
+        x, y = data.train.batch(positions), data.train.y[positions]
+        if augmentation is not None:
+            x = augmentation(x, step)
         if x.dim() == 4:
             x = x.contiguous(memory_format=memory_format)
         with autocast(config, device):

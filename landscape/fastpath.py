@@ -129,7 +129,7 @@ def mlp_sums(model: nn.Module, state_a: State, state_b: State, splits: Mapping, 
     for i, alpha in enumerate(grid.tolist()):
         parameters = {k: mix(a[k], b[k], alpha) for k in rest_names}
         for name, split in splits.items():
-            total, count = torch.zeros((), dtype=torch.float64, device=split.x.device), 0
+            total, count = torch.zeros((), dtype=torch.float64, device=split.device), 0
             for (z_a, z_b), y in zip(outputs[name], split.y.split(batch_size)):
                 logits = functional_call(rest, parameters, (mix(z_a, z_b, alpha),))
                 batch_loss, batch_wrong = loss_and_wrong(logits, y)
@@ -161,8 +161,8 @@ def vmap_sums(model: nn.Module, state_a: State, state_b: State, splits: Mapping,
             weight = torch.as_tensor(chunk, dtype=a[k].dtype, device=a[k].device)
             stacked[k] = mix(a[k].unsqueeze(0), b[k].unsqueeze(0), weight.view(-1, *[1] * a[k].dim()))
         for name, split in splits.items():
-            total = torch.zeros(len(chunk), dtype=torch.float64, device=split.x.device)
-            count = torch.zeros(len(chunk), dtype=torch.int64, device=split.x.device)
+            total = torch.zeros(len(chunk), dtype=torch.float64, device=split.device)
+            count = torch.zeros(len(chunk), dtype=torch.int64, device=split.device)
             for x, y in zip(split.x.split(batch_size), split.y.split(batch_size)):
                 batch_loss, batch_wrong = loss_and_wrong(batched(stacked, x), y)  # logits (C, B, K)
                 total += batch_loss

@@ -93,7 +93,7 @@ def _examples(m: Context, settings: dict):
 
 
 def _model(m: Context, weights: dict):
-    device = m.data.train.x.device
+    device = m.data.train.device
     model = build_initial_model(m.config, m.data, 0)
     model.load_state_dict({k: v.to(device) for k, v in weights.items()})
     return model
@@ -110,7 +110,7 @@ def measure_hessian(m: Context, level: int, settings: dict) -> dict:
     weights, mask = trained.weights, trained.mask
     model = _model(m, weights)
     examples = _examples(m, settings)
-    device = m.data.train.x.device
+    device = m.data.train.device
     mask = {k: v.to(device) for k, v in mask.items()}
     operators = {kind: cls(model, examples.x, examples.y, mask, bn=settings["bn"], batch_size=BATCH)
                  for kind, cls in (("ggn", GGNOperator), ("hessian", HessianOperator))}
@@ -239,7 +239,7 @@ def _flat_direction(operator, weights: dict, removed: dict) -> torch.Tensor:
 
 
 def _train_loss(model, examples, weights: dict) -> float:
-    model.load_state_dict({k: v.to(examples.x.device) for k, v in weights.items()})
+    model.load_state_dict({k: v.to(examples.device) for k, v in weights.items()})
     model.eval()
     with torch.no_grad():
         total = sum(float(F.cross_entropy(model(x), y, reduction="sum"))
@@ -251,7 +251,7 @@ def directions(m: Context, level: int, settings: dict, grid: list[float]) -> dic
     """Curvature along each rule's pruning direction and the loss rise before retraining."""
     trained = m.level(level)
     examples = _examples(m, settings)
-    device = m.data.train.x.device
+    device = m.data.train.device
     model = _model(m, trained.weights)
     operator = GGNOperator(model, examples.x, examples.y, {k: v.to(device) for k, v in trained.mask.items()},
                            bn=settings["bn"], batch_size=BATCH)

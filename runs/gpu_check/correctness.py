@@ -82,7 +82,7 @@ def batched_agrees(sizes: Sizes, data: Dataset) -> dict:
     (a relative measure would blow up on BatchNorm biases, which start at 0). Tolerance:
     1e-3 in fp32 (3 CPU steps of ResNet-20 width 4 differ by ~8e-5: BatchNorm amplifies
     the rounding of the vmapped convolutions); 1e-2 where cuDNN runs them in TF32."""
-    device = data.train.x.device
+    device = data.train.device
     initial, masks, seeds = replicates("resnet20", data.input_shape, sizes.check_replicates, sizes.width, device)
     config = dataclasses.replace(RECIPE, lr=0.01, weight_decay=0.0)
     args = (initial, masks, seeds, data, config, sizes.batch, sizes.check_steps, device)
@@ -114,7 +114,7 @@ def same_seeds(sizes: Sizes, data: Dataset, mnist_root: Path) -> dict:
     """Run twice from the same seeds and compare: magnitude and random masks, EL2N-hardest
     and random subsets (EL2N of a network on the device), and the data order and
     augmentation of CIFAR-10 and MNIST on the device."""
-    device = data.train.x.device
+    device = data.train.device
     mnist = load_dataset(DataConfig(dataset="mnist"), mnist_root, device)
 
     def masks():

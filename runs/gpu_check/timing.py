@@ -41,7 +41,7 @@ class Clock:
 def resnet(sizes: Sizes, data: Dataset, seed: int) -> torch.nn.Module:
     model = build_model("resnet20", data.input_shape, data.num_classes, width=sizes.width,
                         generator=torch.Generator().manual_seed(seed))
-    return model.to(data.train.x.device)
+    return model.to(data.train.device)
 
 
 def row(variant: str, replicates: int, clock: Clock, began: float, sizes: Sizes) -> dict:
@@ -57,7 +57,7 @@ def row(variant: str, replicates: int, clock: Clock, began: float, sizes: Sizes)
 
 def time_variant(variant: str, sizes: Sizes, data: Dataset) -> dict:
     """One replicate trained by :func:`imp.train.train` with the variant's settings."""
-    device = data.train.x.device
+    device = data.train.device
     config = dataclasses.replace(RECIPE, **VARIANTS[variant])
     clock = Clock(device)
     end = sizes.warmup + sizes.timed
@@ -71,7 +71,7 @@ def time_variant(variant: str, sizes: Sizes, data: Dataset) -> dict:
 
 def time_batched(replicates: int, sizes: Sizes, data: Dataset) -> dict:
     """``replicates`` ResNet-20s trained together by :func:`imp.batched.train_batched` (fp32)."""
-    device = data.train.x.device
+    device = data.train.device
     clock = Clock(device)
     end = sizes.warmup + sizes.timed
     models = [resnet(sizes, data, r) for r in range(replicates)]

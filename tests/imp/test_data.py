@@ -13,7 +13,8 @@ import torch.nn.functional as F
 
 from imp.base import seeds
 from imp.base.config import DataConfig
-from imp.data import Batches, Dataset, fixed_subset, flip_crop, load_dataset, permute_labels, resolve_root
+from imp.data import (Augmentation, Batches, Dataset, Split, fixed_subset, flip_crop, load_dataset, permute_labels,
+                      resolve_root)
 from imp.base.errors import UserError
 
 N_DIGITS_TRAIN = 1437
@@ -406,6 +407,115 @@ def test_flip_crop_keeps_input_and_advances_generator():
     second = flip_crop(x, torch.zeros(1), generator)
     assert torch.equal(x, before)
     assert not torch.equal(first, second)  # a new draw for every batch
+
+
+def test_augmentation_drawn_per_epoch_equals_per_step_draws():
+    # 50 examples in batches of 16: 4 steps per epoch, the last one 2 examples short of 16.
+    # Every step, from a start in the middle of an epoch, across two epoch boundaries,
+    # must equal flip_crop with the step's own generator, as training drew it before.
+    batches = Batches(50, 16, seed=4)
+    fill = torch.tensor([-1.0, 0.5, 2.0])
+    x = torch.randn(50, 3, 6, 5, generator=torch.Generator().manual_seed(0))
+    augmentation = Augmentation(7, batches, fill)
+    lengths = set()
+    for step in range(2, 11):
+        batch = x[batches.at(step)]
+        lengths.add(len(batch))
+        expected = flip_crop(batch, fill, seeds.generator(7, "augment", step))
+        assert torch.equal(augmentation(batch, step), expected), step
+    assert lengths == {16, 2}
+    assert augmentation._epoch == 2  # drawn three times, once per epoch
+    # A jump backwards (a new level starting at the rewind step) draws that epoch again.
+    assert torch.equal(augmentation(x[batches.at(1)], 1), flip_crop(x[batches.at(1)], fill, seeds.generator(7, "augment", 1)))
+
+
+# --- inputs kept as bytes ----------------------------------------------------------------------
+
+
+def byte_split(count: int = 40, seed: int = 0) -> tuple[Split, torch.Tensor]:
+    """A split held as bytes, and its inputs normalised the way load_dataset did before
+    bytes were kept (numpy float32 / 255, minus the mean, over the std), by hand."""
+    from imp.data import Normalisation
+
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, (count, 3, 4, 4), dtype=np.uint8)
+    mean, std = np.array([0.49, 0.48, 0.45]), np.array([0.25, 0.24, 0.26])
+    expected = torch.from_numpy(np.array(pixels, dtype=np.float32)).div_(255.0)
+    expected = expected.sub_(torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+    expected = expected.div_(torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+    norm = Normalisation(255.0, torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32))
+    split = Split(None, torch.from_numpy(rng.integers(0, 10, count)), torch.arange(count), torch.from_numpy(pixels), norm)
+    return split, expected
+
+
+def test_byte_split_batches_chunks_and_subsets_equal_the_normalised_inputs_without_holding_them():
+    split, expected = byte_split()
+    positions = torch.tensor([5, 0, 39, 5, 17])
+    assert torch.equal(split.batch(positions), expected[positions])
+    assert torch.equal(torch.cat([x for x, _ in split.chunks(16)]), expected)
+    assert [len(y) for _, y in split.chunks(16)] == [16, 16, 8]
+    part = split.subset([3, 1, 30])
+    assert part.pixels is not None and part._lazy()  # still bytes
+    assert torch.equal(part.batch(torch.tensor([2, 0])), expected[[30, 3]])
+    assert torch.equal(part.index, torch.tensor([3, 1, 30]))
+    assert split.shape == (40, 3, 4, 4) and split._lazy()  # nothing above normalised the whole split
+    assert torch.equal(split.x, expected) and not split._lazy()  # x on first use, then kept
+    assert torch.equal(split.batch(positions), expected[positions])
+    relabelled = split.relabelled(torch.zeros(40, dtype=torch.long))
+    assert relabelled.x is split.x and int(relabelled.y.sum()) == 0
+
+
+@pytest.fixture
+def bytes_on_cpu(monkeypatch):
+    """load_dataset keeps bytes on the CPU as it does on an accelerator."""
+    import imp.data
+
+    monkeypatch.setattr(imp.data, "BYTES_ON_CPU", True)
+
+
+def test_load_dataset_keeps_bytes_and_normalises_as_before(tmp_path, bytes_on_cpu, monkeypatch):
+    rng = np.random.default_rng(3)
+    x_train = rng.integers(0, 256, (30, 28, 28), dtype=np.uint8)
+    write_mnist(tmp_path, x_train, rng.integers(0, 10, 30), rng.integers(0, 256, (7, 28, 28)),
+                rng.integers(0, 10, 7))
+    data = load_dataset(DataConfig(dataset="mnist"), root=tmp_path)
+    assert data.train.pixels.dtype == torch.uint8 and data.train._lazy() and data.input_shape == (1, 28, 28)
+    scaled = x_train.astype(np.float64) / 255
+    mean, std = scaled.mean(), scaled.std()
+    expected = (torch.from_numpy(x_train[:, None].astype(np.float32)) / 255 - np.float32(mean)) / np.float32(std)
+    assert torch.equal(data.train.x, expected)
+    digits = load_dataset(DataConfig(dataset="digits"), root=tmp_path)
+    assert digits.train.pixels is None  # floats, not bytes: normalised when read
+    import imp.data
+
+    monkeypatch.setattr(imp.data, "BYTES_ON_CPU", False)  # the CPU default: normalised once, the same numbers
+    held = load_dataset(DataConfig(dataset="mnist"), root=tmp_path).train
+    assert not held._lazy() and torch.equal(held.x, expected)
+
+
+def test_training_on_bytes_equals_training_on_normalised_floats(tmp_path, bytes_on_cpu):
+    # Independent reference: the same data set with x given as floats (the old layout).
+    from imp.base.config import TrainConfig
+    from imp.base.duration import Duration
+    from imp.base.seeds import Seeds
+    from imp.models import build_model
+    from imp.train import evaluate, train
+
+    rng = np.random.default_rng(5)
+    write_mnist(tmp_path, rng.integers(0, 256, (64, 28, 28), dtype=np.uint8), rng.integers(0, 10, 64),
+                rng.integers(0, 256, (16, 28, 28)), rng.integers(0, 10, 16))
+    data = load_dataset(DataConfig(dataset="mnist", augment="flip_crop"), root=tmp_path)
+    floats = Dataset(**{**data.__dict__, "train": Split(data.train.x.clone(), data.train.y, data.train.index)})
+    data = load_dataset(DataConfig(dataset="mnist", augment="flip_crop"), root=tmp_path)
+    config = TrainConfig(epochs=Duration(iterations=12), lr=0.05, momentum=0.9)
+    states = []
+    for which in (data, floats):
+        model = build_model("lenet_300_100", which.input_shape, 10, generator=torch.Generator().manual_seed(0))
+        losses = train(model, which, config, 10, Seeds(1, 2, 3), start_step=3)
+        states.append((model.state_dict(), losses, evaluate(model, which.train)))
+    assert data.train._lazy()  # training and evaluating never normalised the whole split
+    (a, loss_a, eval_a), (b, loss_b, eval_b) = states
+    assert all(torch.equal(a[k], b[k]) for k in a) and torch.equal(loss_a, loss_b) and eval_a == eval_b
 
 
 # --- fixed_subset ----------------------------------------------------------------------------
