@@ -1,7 +1,9 @@
-"""Several replicates of one architecture trained at once: stacked weights under ``vmap``.
+"""Several networks of one architecture trained at once: stacked weights under ``vmap``.
 
-What is batched: R networks of one architecture on one schedule (the replicates of a
-run, each at the same level) are trained in lockstep as one computation. Their parameters *and* buffers
+What is batched: R networks of one architecture on one schedule from one start step (the
+replicates of a run at the same level, the baselines of a level of one or more
+replicates, the sibling copies of a level; each called a replicate below) are trained in
+lockstep as one computation. Their parameters *and* buffers
 (BatchNorm ``running_mean``, ``running_var``, ``num_batches_tracked``) are stacked along a
 new leading replicate dimension (:func:`torch.func.stack_module_state`) and the forward
 pass is ``torch.vmap`` of :func:`torch.func.functional_call` over that dimension, so each
@@ -57,11 +59,11 @@ from torch.func import functional_call, stack_module_state
 from tqdm.auto import tqdm
 
 from imp.base.config import Config, TrainConfig
-from imp.data import Batches, Dataset, flip_crop
+from imp.data import Augmentation, Batches, Dataset
 from imp.level import LevelRecord, Start, State, finite, start_model
 from imp.base.record import TrainedLevel
 from imp.pruning import Mask, Weights, groups, magnitude_prune, round_half_up
-from imp.base.seeds import Seeds, generator
+from imp.base.seeds import Seeds
 from imp.train import (FINITE_CHECK_EVERY, Hook, autocast, check_finite, check_weights, learning_rate,
                        make_optimizer, total_iterations, training_forward)
 
@@ -96,7 +98,7 @@ def train_batched(
     end_step = total_iterations(config, iterations_per_epoch) if end_step is None else end_step
     if not 0 <= start_step <= end_step:
         raise ValueError(f"need 0 <= start_step ({start_step}) <= end_step ({end_step})")
-    device = data.train.x.device
+    device = data.train.device
     hooks_list = [list(hooks) for hooks in hooks_list] if hooks_list is not None else [[] for _ in models]
     for model in models:
         model.train()
@@ -116,6 +118,8 @@ def train_batched(
 
     stacked_logits, stacked_loss = torch.vmap(replicate_logits), torch.vmap(replicate_loss)
     batches = [Batches(len(data.train), batch_size, seeds.order, device) for seeds in seeds_list]
+    augmentations = [Augmentation(seeds.augment, order, data.fill) if data.augment else None
+                     for seeds, order in zip(seeds_list, batches)]
     losses = torch.zeros(count, end_step - start_step, device=device)
     bar = tqdm(total=end_step - start_step, disable=not progress, unit="it", leave=False,
                desc=label or None)
@@ -123,7 +127,7 @@ def train_batched(
         _run_hooks(models, hooks_list, step, params, buffers)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, config, iterations_per_epoch)
-        x, y = _stacked_batch(data, batches, seeds_list, step)  # [R, B, ...], [R, B]
+        x, y = _stacked_batch(data, batches, augmentations, step)  # [R, B, ...], [R, B]
         with autocast(config, device):
             logits = stacked_logits(params, buffers, x)
         loss = stacked_loss(logits, y)  # [R]
@@ -159,16 +163,14 @@ def _stacked_masks(masks: Sequence[Mask], params: dict[str, torch.Tensor]) -> di
     return out
 
 
-def _stacked_batch(data: Dataset, batches: list[Batches], seeds_list: Sequence[Seeds],
+def _stacked_batch(data: Dataset, batches: list[Batches], augmentations: list[Augmentation | None],
                    step: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Each replicate's minibatch of ``step`` in its own data order and augmentation."""
     xs, ys = [], []
-    for order, seeds in zip(batches, seeds_list):
+    for order, augmentation in zip(batches, augmentations):
         positions = order.at(step)
-        x = data.train.x[positions]
-        if data.augment:
-            x = flip_crop(x, data.fill, generator(seeds.augment, "augment", step))
-        xs.append(x)
+        x = data.train.batch(positions)
+        xs.append(x if augmentation is None else augmentation(x, step))
         ys.append(data.train.y[positions])
     return torch.stack(xs), torch.stack(ys)
 

@@ -31,11 +31,12 @@ recomputed, so rerunning resumes after the last finished stage and a run asked f
 more levels or baselines extends it. Hooks run after each trunk level (finished now or
 earlier), which is where landscape measurements attach.
 
-With ``train.batch_replicates`` the pending replicates advance in lockstep
-(:func:`run_lockstep`): each trunk level's missing stages are trained together by
-:func:`imp.batched.train_levels_batched`, then each replicate's baselines and hooks of
-that level run as above. The stage files are the same; the weights agree with
-sequential training up to float rounding (see :mod:`imp.batched`).
+With ``train.batch_replicates`` the pending replicates (one or more) advance in lockstep
+(:func:`run_lockstep`): at each level the missing trunk stages of all of them are trained
+together by :func:`imp.batched.train_levels_batched`, then the missing baselines of all
+of them together, then each replicate's hooks of that level run. Masks and starts are
+computed as in sequential training, bit for bit; the stage files are the same, and the
+weights agree with sequential training up to float rounding (see :mod:`imp.batched`).
 """
 
 import dataclasses
@@ -264,9 +265,17 @@ class Replicate:
         return mask
 
     def baseline(self, level: int, baseline: str, trunk: TrainedLevel, dense: TrainedLevel) -> None:
+        """Baseline ``baseline`` of level ``level``: trained now and stored, unless stored."""
+        job = self.baseline_job(level, baseline, trunk, dense)
+        if job is not None:
+            self._train(job)
+
+    def baseline_job(self, level: int, baseline: str, trunk: TrainedLevel, dense: TrainedLevel) -> Job | None:
+        """What baseline ``baseline`` of level ``level`` trains, or None if it is stored;
+        ``trunk`` is trunk level ``level`` and ``dense`` level 0."""
         stage = level_stage(level, baseline)
         if self.run.has_stage(self.replicate, stage):
-            return
+            return None
         prune = self.config.prune
         mask = trunk.mask
         if baseline == "reinit":
@@ -286,7 +295,7 @@ class Replicate:
             else:
                 raise ValueError(f"unknown baseline {baseline!r}; choose from {BASELINES}")
             start = self.start_after(dense)
-        self._train(Job(stage, start, self.nonempty(mask, stage), self.train_config))
+        return Job(stage, start, self.nonempty(mask, stage), self.train_config)
 
     def _dense_job(self) -> Job:
         model = build_initial_model(self.config, self.data, self.seeds.init)
@@ -358,7 +367,7 @@ class Replicate:
 
     def write(self, stage: str, tree: dict) -> None:
         store.write_h5(self.run.stage_file(self.replicate, stage), tree,
-                       store.provenance(self.config_json, self.data.train.x.device, platform_json(self.config)))
+                       store.provenance(self.config_json, self.data.train.device, platform_json(self.config)))
 
     def start_after(self, previous: TrainedLevel) -> Start:
         """Where a level starts from, given the network it was pruned from."""
@@ -368,40 +377,71 @@ class Replicate:
 
 
 def run_lockstep(replicates: list[Replicate], hooks: Iterable[LevelHook] = ()) -> None:
-    """:meth:`Replicate.run_levels` of several replicates, level by level: the replicates
-    missing a trunk level train it together (:func:`imp.batched.train_levels_batched`),
-    then each one's baselines and hooks of that level run in its usual order."""
+    """:meth:`Replicate.run_levels` of several replicates (or one), level by level: the
+    replicates missing a trunk level train it together (:func:`_train_together`), then the
+    missing baselines of that level of every replicate train together, then each
+    replicate's hooks of that level run."""
     hooks = list(hooks)
     trained: list[TrainedLevel | None] = [None] * len(replicates)
     for level in range(replicates[0].config.prune.levels + 1):
         jobs = [(replicate, replicate.level_job(level, previous)) for replicate, previous in zip(replicates, trained)]
-        made = _train_together([(replicate, job) for replicate, job in jobs if job is not None])
+        made = dict(zip((r.replicate for r, job in jobs if job is not None),
+                        _train_together([(r, job) for r, job in jobs if job is not None])))
         trained = [made.get(replicate.replicate) or replicate.read(level_stage(level)) for replicate in replicates]
         if level == 0:
             dense = trained
-        for replicate, current, first in zip(replicates, trained, dense):
-            for baseline in replicate.config.prune.baselines if level > 0 else ():
-                replicate.baseline(level, baseline, current, first)
+        else:
+            _train_together(_baseline_jobs(replicates, level, trained, dense))
+        for replicate, current in zip(replicates, trained):
             replicate._after(current, level, hooks)
 
 
-def _train_together(pending: list[tuple[Replicate, Job]]) -> dict[int, TrainedLevel]:
-    """Train the jobs of one trunk level (one per replicate, all alike but for the replicate);
-    returns the records by replicate number."""
-    if len(pending) == 1:
-        replicate, job = pending[0]
-        return {replicate.replicate: replicate._train(job)}
-    made = {}
-    if pending:
-        first, job = pending[0]
-        numbers = ", ".join(str(replicate.replicate) for replicate, _ in pending)
-        results = train_levels_batched(first.config, first.data, [r.seeds for r, _ in pending],
-                                       [j.start for _, j in pending], [j.mask for _, j in pending],
-                                       train_config=job.train_config, snapshot_at=job.snapshot_at,
-                                       progress=first.progress, label=f"replicates {numbers} {job.stage}")
-        for (replicate, job), (trained, snapshot) in zip(pending, results):
-            made[replicate.replicate] = replicate.store_trained(job, trained, snapshot)
+def _baseline_jobs(replicates: list[Replicate], level: int, trunk: list[TrainedLevel],
+                   dense: list[TrainedLevel]) -> list[tuple[Replicate, Job]]:
+    """The missing baselines of level ``level`` of each replicate, replicate by replicate
+    in the order of ``prune.baselines``; ``trunk`` and ``dense`` hold each one's level
+    ``level`` and level 0."""
+    out = []
+    for replicate, current, first in zip(replicates, trunk, dense):
+        for baseline in replicate.config.prune.baselines:
+            job = replicate.baseline_job(level, baseline, current, first)
+            if job is not None:
+                out.append((replicate, job))
+    return out
+
+
+def _train_together(pending: list[tuple[Replicate, Job]]) -> list[TrainedLevel]:
+    """Train and store the jobs of one level (trunk or baselines, of one replicate or
+    several), those that share their start step, schedule and rewind snapshot in one
+    :func:`~imp.batched.train_levels_batched` call; returns the stored records, in order.
+
+    A group of one trains alone, exactly as :meth:`Replicate.run_levels` would train it."""
+    groups: dict[tuple, list[int]] = {}
+    for index, (_, job) in enumerate(pending):
+        groups.setdefault((job.start.step, job.train_config, job.snapshot_at), []).append(index)
+    made: list[TrainedLevel | None] = [None] * len(pending)
+    for indices in groups.values():
+        for index, trained in zip(indices, _train_group([pending[i] for i in indices])):
+            made[index] = trained
     return made
+
+
+def _train_group(group: list[tuple[Replicate, Job]]) -> list[TrainedLevel]:
+    """Train jobs that share their start step, schedule and snapshot step: one alone, more
+    stacked; store each as its replicate stores a job it trained itself."""
+    if len(group) == 1:
+        replicate, job = group[0]
+        return [replicate._train(job)]
+    first, job = group[0]
+    numbers = list(dict.fromkeys(str(replicate.replicate) for replicate, _ in group))
+    label = (f"replicate{'s' if len(numbers) > 1 else ''} {', '.join(numbers)} "
+             f"{', '.join(dict.fromkeys(j.stage for _, j in group))}")
+    results = train_levels_batched(first.config, first.data, [r.seeds for r, _ in group],
+                                   [j.start for _, j in group], [j.mask for _, j in group],
+                                   train_config=job.train_config, snapshot_at=job.snapshot_at,
+                                   progress=first.progress, label=label)
+    return [replicate.store_trained(job, trained, snapshot)
+            for (replicate, job), (trained, snapshot) in zip(group, results)]
 
 
 def _ordered(tensors: dict, order: list[str]) -> dict:
@@ -462,7 +502,7 @@ def run_imp(config: Config, out: str | Path, data_root: Path, device: torch.devi
         store.create_run(run, canonical_json(config), device, extra=_plan(run, config, replicates, data_root, data),
                          platform=platform_json(config))
         store_subset(run, chosen, device)
-        together = pending if config.train.batch_replicates and len(pending) > 1 else []
+        together = pending if config.train.batch_replicates else []
         if together:
             run_lockstep([all_replicates[replicate] for replicate in together], hooks)
         for replicate in all_replicates:

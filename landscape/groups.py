@@ -113,7 +113,7 @@ def compute(context, level: int, settings: dict) -> dict:
     """Barriers between every pair of sibling copies of ``level``, on each group."""
     chosen = groups(context, settings)  # a bad index file is refused before any sibling trains
     copies = settings["copies"]
-    states = [context.sibling(level, copy) for copy in range(copies)]
+    states = context.siblings(level, copies)
     base = make_probe(context.config, context.data, settings)
     out = {"copies": copies, "fraction": settings["fraction"], "spawn_step": context.trunk.start_of(level)[0].step,
            "groups": {}}

@@ -15,7 +15,9 @@ names, stores and reuses the results.
   level L whenever the trunk trained from exactly that start (every level >= 1, and
   level 0 when k = 0 or after diet pre-training); otherwise it is trained like the others
   with the replicate's own seeds. The copies are network stages ``sibling_<L>_<s>``,
-  shared by every instability measurement of the level.
+  shared by every instability measurement of the level. With ``train.batch_replicates``
+  the copies not yet stored are trained together (:func:`imp.batched.train_levels_batched`),
+  from the same start and mask as one at a time, agreeing with it up to float rounding.
 * **Perturbations** (``perturb``): at level L's start ``m_L * w_k``, add
   ``size * ||m_L w_k - m_{L+1} w_k||`` times a unit direction on the coordinates ``m_L``
   keeps: ``gaussian`` (isotropic) or ``pruned`` (the weights level L+1 will prune,
@@ -36,10 +38,11 @@ import numpy as np
 import torch
 
 from imp.base import store
-from imp.base.config import Config, LandscapeConfig
+from imp.base.config import Config, LandscapeConfig, TrainConfig
 from imp.data import Dataset, Split, fixed_subset
 from imp.base.errors import UserError
-from imp.level import State, train_level
+from imp.batched import train_levels_batched
+from imp.level import Start, State, train_level
 from imp.models import build_initial_model
 from imp.base.names import level_stage, perturbed_stage, sibling_stage
 from imp.pruning import Mask
@@ -106,7 +109,7 @@ def compare(config: Config, data: Dataset, probe: Probe, a: State, b: State) -> 
     """The curve and barriers on the linear path from network ``a`` to network ``b`` (to
     ``b`` aligned to ``a`` first, with ``probe.align``; REPAIRed, with ``probe.repair``)."""
     model = build_initial_model(config, data, 0)
-    device = data.train.x.device
+    device = data.train.device
     a = {k: v.to(device) for k, v in a.items()}
     b, tree = aligned(model, probe, a, {k: v.to(device) for k, v in b.items()})
     if probe.repair:
@@ -173,15 +176,23 @@ class Context:
         been trained with ``extra`` (names round numbers to 6 digits: 0.1234567 and
         0.1234568 share a name, and must not share a network)."""
         if self.has(stage):
-            stored = self.network(stage)
-            for key, value in extra.items():
-                if key in stored.extra and stored.extra[key] != value:
-                    raise UserError(f"{self.run.stage_file(self.replicate, stage)} holds a network trained with "
-                                    f"{key} = {stored.extra[key]}, not {value}; ask for values that differ "
-                                    "in their first 6 digits")
-            return stored
+            return self._stored(stage, extra)
         trained, _ = train_level(self.config, self.data, seeds, start, mask, train_config=train_config,
                                  label=f"replicate {self.replicate} {stage}")
+        return self._keep(stage, trained, extra)
+
+    def _stored(self, stage: str, extra: dict) -> TrainedLevel:
+        """Stored network stage ``stage``, refused unless it was trained with ``extra``."""
+        stored = self.network(stage)
+        for key, value in extra.items():
+            if key in stored.extra and stored.extra[key] != value:
+                raise UserError(f"{self.run.stage_file(self.replicate, stage)} holds a network trained with "
+                                f"{key} = {stored.extra[key]}, not {value}; ask for values that differ "
+                                "in their first 6 digits")
+        return stored
+
+    def _keep(self, stage: str, trained: TrainedLevel, extra: dict) -> TrainedLevel:
+        """Store a network just trained as stage ``stage``, with ``extra``, and report it."""
         trained = trained.with_extra(**extra)
         self.write(stage, trained.tree())
         if self.report is not None:
@@ -191,11 +202,43 @@ class Context:
 
     def sibling(self, level: int, copy: int) -> State:
         """Copy ``copy`` of level ``level`` (see the module docstring)."""
+        return self._copy(level, copy, *self.trunk.start_of(level))
+
+    def siblings(self, level: int, copies: int) -> list[State]:
+        """Copies ``0 .. copies - 1`` of level ``level``, as :meth:`sibling` gives each; with
+        ``train.batch_replicates`` those not stored are trained together."""
+        if not self.config.train.batch_replicates:
+            return [self.sibling(level, copy) for copy in range(copies)]
         start, mask, train_config = self.trunk.start_of(level)
-        if copy == 0 and self.level(level).start_step == start.step:
+        missing = [copy for copy in range(copies)
+                   if not self._is_trunk(level, copy, start) and not self.has(sibling_stage(level, copy))]
+        made = {}
+        if len(missing) > 1:  # one alone trains as sibling() trains it
+            stages = [sibling_stage(level, copy) for copy in missing]
+            results = train_levels_batched(self.config, self.data, [self._seeds(copy) for copy in missing],
+                                           [start] * len(missing), [mask] * len(missing), train_config=train_config,
+                                           label=f"replicate {self.replicate} {', '.join(stages)}")
+            made = {copy: self._keep(stage, trained, {"copy": copy}).weights
+                    for copy, stage, (trained, _) in zip(missing, stages, results)}
+        return [made[copy] if copy in made else self._copy(level, copy, start, mask, train_config)
+                for copy in range(copies)]
+
+    def _copy(self, level: int, copy: int, start: Start, mask: Mask, train_config: TrainConfig) -> State:
+        """Copy ``copy`` of level ``level``, trained from ``start`` under ``mask``: the trunk's
+        level itself, stored, or trained now and stored."""
+        if self._is_trunk(level, copy, start):
             return self.level(level).weights
-        seeds = self.trunk.seeds if copy == 0 else _sibling_seeds(self.trunk.seeds, copy)
-        return self.trained(sibling_stage(level, copy), start, mask, train_config, seeds, copy=copy).weights
+        return self.trained(sibling_stage(level, copy), start, mask, train_config, self._seeds(copy),
+                            copy=copy).weights
+
+    def _is_trunk(self, level: int, copy: int, start: Start) -> bool:
+        """Whether copy ``copy`` is the trunk's level itself: copy 0, when the trunk trained
+        level ``level`` from ``start``'s step."""
+        return copy == 0 and self.level(level).start_step == start.step
+
+    def _seeds(self, copy: int) -> Seeds:
+        """The seeds of sibling copy ``copy``: the replicate's own for copy 0."""
+        return self.trunk.seeds if copy == 0 else _sibling_seeds(self.trunk.seeds, copy)
 
 
 def successive(context: Context, level: int, settings: dict) -> dict:
@@ -222,7 +265,7 @@ def successive_columns(tree: dict) -> dict:
 def instability(context: Context, level: int, settings: dict) -> dict:
     """Train the sibling copies of ``level`` and measure the barriers between all pairs."""
     copies = settings["copies"]
-    states = [context.sibling(level, copy) for copy in range(copies)]
+    states = context.siblings(level, copies)
     probe = make_probe(context.config, context.data, settings)
     pairs, per_example = {}, []
     for i in range(copies):

@@ -304,7 +304,7 @@ def test_run_imp_with_batched_replicates_matches_a_sequential_run(tmp_path, monk
     assert calls == []
     batched = run_imp(load_config(None, TRUNK + ["train.batch_replicates=true"]), tmp_path / "batched",
                       tmp_path, CPU, replicates=2, hooks=[lambda d: done.append((d.replicate, d.level))])
-    assert calls == [2, 2, 2]  # levels 0, 1 and 2 trained both replicates together
+    assert calls == [2, 2, 2, 2, 2]  # levels 0, 1, reinit of level 1, level 2, reinit of level 2: both replicates together
     for replicate in range(2):  # each replicate's hooks ran after each of its levels, in order
         assert [level for r, level in done if r == replicate] == [0, 1, 2]
 
