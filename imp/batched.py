@@ -108,7 +108,8 @@ def train_batched(
     optimizer = make_optimizer(params.values(), config)
     # A weightless copy to call functionally, set up for bf16 like train()'s model.
     template = copy.deepcopy(models[0]).to("meta")
-    forward = training_forward(template, dataclasses.replace(config, channels_last=False, compile=False))
+    forward = training_forward(template, dataclasses.replace(config, channels_last=False, compile=False,
+                                                             compile_mode="default"))
 
     def replicate_logits(p: dict, b: dict, x: torch.Tensor) -> torch.Tensor:
         return functional_call(forward, (p, b), (x,))

@@ -106,6 +106,8 @@ class TrainConfig:
     precision: Literal["fp32", "bf16"] = _platform("fp32")  # bf16: autocast, BatchNorm and loss in fp32
     channels_last: bool = _platform(False)  # channels-last memory format for conv nets
     compile: bool = _platform(False)  # torch.compile the training forward pass
+    # torch.compile's mode: "reduce-overhead" replays CUDA graphs (imp.train.training_forward)
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = _platform("default")
     batch_replicates: bool = _platform(False)  # train pending replicates together under vmap (imp.batched)
 
     def __post_init__(self):
@@ -118,6 +120,7 @@ class TrainConfig:
         _check(not self.nesterov or self.momentum > 0, "train.nesterov", "needs train.momentum > 0")
         _check(not self.milestones or self.schedule == "step", "train.milestones",
                "only applies to train.schedule = 'step'")
+        _check(self.compile or self.compile_mode == "default", "train.compile_mode", "needs train.compile = true")
 
 
 Baseline = Literal["reinit", "random", "oneshot", "snip", "grasp", "synflow"]

@@ -21,16 +21,22 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--budget-minutes", type=float, default=8.0, help="stages after this are skipped")
     parser.add_argument("--compile-backend", default=None,
                         help="torch.compile backend (default: inductor, eager with --tiny)")
+    parser.add_argument("--recipe", action="store_true",
+                        help="then train the whole 160-epoch recipe once with the fastest variant (accuracy "
+                             "and minutes targets; outside the budget)")
+    parser.add_argument("--recipe-epochs", type=int, default=160, help="epochs of --recipe (160 = the standard)")
+    parser.add_argument("--recipe-variant", default=None, help="variant of --recipe (default: the fastest measured)")
     return parser.parse_args(argv)
 
 
 def check(args: argparse.Namespace) -> dict:
-    """Run every stage; the report (also written to OUT/gpu_check.{json,md})."""
+    """Run every stage; the report (also written to OUT/gpu_check.{json,md}, after every
+    stage, so a run cut short still leaves what it measured)."""
     import dataclasses
 
     import imp.train
     from imp.base.runtime import choose_device, set_threads
-    from runs.gpu_check import correctness, pipeline, report, timing
+    from runs.gpu_check import correctness, pipeline, profile, recipe, report, timing
     from runs.gpu_check.common import FULL, TINY, Stages, check_data, load_cifar, machine, unpack_cifar
 
     check_data(args.data)
@@ -38,11 +44,41 @@ def check(args: argparse.Namespace) -> dict:
     sizes = TINY if args.tiny else FULL
     if args.compile_backend:
         sizes = dataclasses.replace(sizes, compile_backend=args.compile_backend)
+    if args.recipe_epochs < 2:
+        raise UserError(f"--recipe-epochs must be at least 2 (160 is the standard), got {args.recipe_epochs}")
+    if args.recipe_variant is not None and args.recipe_variant not in timing.ALL_VARIANTS:
+        raise UserError(f"--recipe-variant {args.recipe_variant!r} is not one of {', '.join(timing.ALL_VARIANTS)}")
     imp.train.COMPILE_BACKEND = sizes.compile_backend  # the one knob train.compile reads
+    if args.tiny:
+        import imp.data
+
+        imp.data.BYTES_ON_CPU = True  # the CPU test takes the device's data path
     set_threads(1 if device.type == "cpu" else 0)
     args.out.mkdir(parents=True, exist_ok=True)
+    settings = {"mode": "tiny (CPU test sizes: the numbers say only that it runs)" if args.tiny else "full",
+                **dataclasses.asdict(sizes), "compile_backend": imp.train.COMPILE_BACKEND}
+    sections = {"epoch_time": {"rows": [], "batching": []}, "imp": {}, "correctness": {}, "projections": [],
+                "profile": [], "targets": [], "recipe": None}
     stages = Stages(60 * args.budget_minutes)
-    run = stages.run
+    result = {"passed": False, "wall_seconds": 0.0, "machine": machine(device), "settings": settings,
+              "sections": sections, "stages": {}}
+
+    def write() -> None:
+        rows, batching = sections["epoch_time"]["rows"], sections["epoch_time"]["batching"]
+        sections["targets"] = report.targets(rows, batching, sections["recipe"], sections["profile"])
+        result["stages"] = {name: {k: v for k, v in record.items() if k != "result"}
+                            for name, record in stages.records.items()}
+        result["wall_seconds"] = stages.elapsed()
+        result["passed"] = (all(record["ok"] for record in stages.records.values())
+                            and all(c["passed"] for c in sections["correctness"].values()))
+        (args.out / "gpu_check.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+        (args.out / "gpu_check.md").write_text(report.markdown(result))
+
+    def run(name: str, fn, *, budget: bool = True):
+        found = stages.run(name, fn, budget=budget)
+        write()
+        return found
+
     held = {}
 
     def load() -> dict:
@@ -50,46 +86,55 @@ def check(args: argparse.Namespace) -> dict:
         held["data"] = load_cifar(held["root"], sizes.batch, device)
         return {"train": len(held["data"].train), "test": len(held["data"].test), "root": str(held["root"])}
 
+    def correct(name: str, fn) -> None:
+        found = run(f"correctness.{name}", fn)
+        sections["correctness"][name] = found if found is not None else {
+            "passed": False, "error": stages.records[f"correctness.{name}"]["error"]}
+        write()
+
+    def epoch_time(variant: str) -> None:
+        found = run(f"epoch_time.{variant}", lambda: timing.time_variant(variant, sizes, data))
+        if found:
+            sections["epoch_time"]["rows"].append(found)
+
     run("load_cifar10", load)
     data, root = held.get("data"), held.get("root")
-    rows = [run(f"epoch_time.{variant}", lambda v=variant: timing.time_variant(v, sizes, data))
-            for variant in timing.VARIANTS]
-    batched = [run(f"epoch_time.batched_x{r}", lambda r=r: timing.time_batched(r, sizes, data))
-               for r in sizes.replicates]
-    fp32 = rows[0]
-    ratios = [timing.batching_ratio(fp32, b) for b in batched if fp32 and b]
+    for variant in timing.VARIANTS:
+        epoch_time(variant)
+    fp32 = next((r for r in sections["epoch_time"]["rows"] if r["variant"] == "fp32"), None)
+    for replicates in sizes.replicates:
+        found = run(f"epoch_time.batched_x{replicates}", lambda r=replicates: timing.time_batched(r, sizes, data))
+        if found:
+            sections["epoch_time"]["rows"].append(found)
+            if fp32:
+                sections["epoch_time"]["batching"].append(timing.batching_ratio(fp32, found))
+    eight = next((r for r in sections["epoch_time"]["rows"] if r["variant"] == f"batched x{max(sizes.replicates)}"), None)
+    if fp32:
+        sections["projections"] = report.projections(fp32["epoch_seconds"],
+                                                     eight["epoch_seconds_per_replicate"] if eight else None)
 
     imp_out = args.out / "imp"
-    imp_result = run("imp_run", lambda: pipeline.run_short_imp(sizes, root, imp_out, device)) or {}
-    imp_result["el2n"] = run("el2n", lambda: pipeline.run_el2n(sizes, root, imp_out, device))
-
-    checks = {
-        "pruned_zero_bf16": lambda: correctness.pruned_stay_zero("bf16", sizes, data),
-        "pruned_zero_compiled": lambda: correctness.pruned_stay_zero("compiled", sizes, data),
-        "rewind_restored": lambda: correctness.rewind_restored(sizes, root, imp_out, data),
-        "batched_agrees": lambda: correctness.batched_agrees(sizes, data),
-        "same_seeds": lambda: correctness.same_seeds(sizes, data, args.data),
-    }
-    correct = {}
-    for name, fn in checks.items():
-        found = run(f"correctness.{name}", fn)
-        correct[name] = found if found is not None else {"passed": False, "error": stages.records[f"correctness.{name}"]["error"]}
-
-    eight = next((b for b in batched if b and b["replicates"] == max(sizes.replicates)), None)
-    projected = run("projections", lambda: {"rows": report.projections(
-        fp32["epoch_seconds"], eight["epoch_seconds_per_replicate"] if eight else None)}) or {"rows": []}
-
-    passed = all(record["ok"] for record in stages.records.values()) and all(c["passed"] for c in correct.values())
-    settings = {"mode": "tiny (CPU test sizes: the numbers say only that it runs)" if args.tiny else "full",
-                **dataclasses.asdict(sizes), "compile_backend": imp.train.COMPILE_BACKEND}
-    result = {
-        "passed": passed, "wall_seconds": stages.elapsed(), "machine": machine(device), "settings": settings,
-        "sections": {"epoch_time": {"rows": [r for r in rows + batched if r], "batching": ratios},
-                     "imp": imp_result, "correctness": correct, "projections": projected["rows"]},
-        "stages": {name: {k: v for k, v in record.items() if k != "result"} for name, record in stages.records.items()},
-    }
-    (args.out / "gpu_check.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-    (args.out / "gpu_check.md").write_text(report.markdown(result))
+    sections["imp"] = run("imp_run", lambda: pipeline.run_short_imp(sizes, root, imp_out, device)) or {}
+    sections["imp"]["el2n"] = run("el2n", lambda: pipeline.run_el2n(sizes, root, imp_out, device))
+    correct("pruned_zero_bf16", lambda: correctness.pruned_stay_zero("bf16", sizes, data))
+    correct("pruned_zero_compiled", lambda: correctness.pruned_stay_zero("compiled", sizes, data))
+    correct("rewind_restored", lambda: correctness.rewind_restored(sizes, root, imp_out, data))
+    correct("batched_agrees", lambda: correctness.batched_agrees(sizes, data))
+    correct("same_seeds", lambda: correctness.same_seeds(sizes, data, args.data))
+    for variant in timing.LATER_VARIANTS:
+        epoch_time(variant)
+    correct("pruned_zero_cudagraphs", lambda: correctness.pruned_stay_zero("compiled_cudagraphs", sizes, data))
+    fastest = min((r for r in sections["epoch_time"]["rows"] if r["replicates"] == 1
+                   and not r["variant"].startswith("batched")), key=lambda r: r["epoch_seconds"], default=None)
+    for variant in dict.fromkeys(["fp32"] + ([fastest["variant"]] if fastest else [])):
+        found = run(f"profile.{variant}", lambda v=variant: profile.profile_variant(v, sizes, data))
+        if found:
+            sections["profile"].append(found)
+    if args.recipe:
+        variant = args.recipe_variant or (fastest["variant"] if fastest else "fp32")
+        sections["recipe"] = run("recipe", lambda: recipe.train_recipe(variant, args.recipe_epochs, sizes, data),
+                                 budget=False)
+    write()
     return result
 
 

@@ -3,6 +3,7 @@
 import datetime
 import os
 import platform
+import sys
 import time
 import traceback
 import zipfile
@@ -117,9 +118,12 @@ class Stages:
         self.budget = budget_seconds
         self.records: dict[str, dict] = {}
 
-    def run(self, name: str, fn: Callable[[], dict]) -> dict | None:
-        if time.perf_counter() - self.started > self.budget:
+    def run(self, name: str, fn: Callable[[], dict], budget: bool = True) -> dict | None:
+        """``fn()``, or None when it failed or (``budget``) the budget was spent; a line on
+        stderr for each stage, so a run's log shows how far it got."""
+        if budget and time.perf_counter() - self.started > self.budget:
             self.records[name] = {"ok": False, "seconds": 0.0, "error": "skipped: the time budget was spent"}
+            self._say(name)
             return None
         began = time.perf_counter()
         try:
@@ -128,9 +132,17 @@ class Stages:
             self.records[name] = {"ok": False, "seconds": time.perf_counter() - began,
                                   "error": f"{type(error).__name__}: {error}",
                                   "traceback": traceback.format_exc(limit=6)}
+            self._say(name)
             return None
         self.records[name] = {"ok": True, "seconds": time.perf_counter() - began, "result": result}
+        self._say(name)
         return result
+
+    def _say(self, name: str) -> None:
+        record = self.records[name]
+        state = "ok" if record["ok"] else record["error"].splitlines()[0][:160]
+        print(f"gpu_check: [{self.elapsed():6.1f} s] {name}: {state} ({record['seconds']:.1f} s)",
+              file=sys.stderr, flush=True)
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started

@@ -20,7 +20,7 @@ from imp.trunk import Replicate, run_config
 from runs.bench.batched_replicates import replicates, run_batched, run_sequential
 from runs.gpu_check.common import Sizes, synchronise
 from runs.gpu_check.pipeline import imp_config
-from runs.gpu_check.timing import RECIPE, VARIANTS, resnet
+from runs.gpu_check.timing import ALL_VARIANTS, RECIPE, resnet
 
 
 def pruned_model(sizes: Sizes, data: Dataset, seed: int = 0):
@@ -43,10 +43,11 @@ def pruned_stay_zero(variant: str, sizes: Sizes, data: Dataset) -> dict:
         enforce(trained)
         worst.append(max(float(p.detach()[off].abs().max()) if bool(off.any()) else 0.0 for p, off in pruned))
 
-    config = dataclasses.replace(RECIPE, **VARIANTS[variant])
+    config = dataclasses.replace(RECIPE, **ALL_VARIANTS[variant])
     train(model, data, config, sizes.batch, Seeds(0, 100, 200), end_step=sizes.check_steps, after_step=after)
     return {"passed": len(worst) == sizes.check_steps and max(worst) == 0.0, "steps": len(worst),
-            "max_abs_pruned_weight": max(worst), "precision": config.precision, "compile": config.compile}
+            "max_abs_pruned_weight": max(worst), "precision": config.precision, "compile": config.compile,
+            "compile_mode": config.compile_mode}
 
 
 def rewind_restored(sizes: Sizes, root: Path, out: Path, data: Dataset) -> dict:

@@ -37,6 +37,54 @@ def projections(epoch_seconds: float, batched_epoch_seconds: float | None) -> li
     return out
 
 
+def targets(rows: list[dict], batching: list[dict], recipe: dict | None, profiles: list[dict]) -> list[dict]:
+    """Issue 16's three targets against what was measured (or, for the minutes without
+    ``--recipe``, projected from the fastest one-replicate epoch time, and said so). A
+    missed target carries the profile's reading of the variant it was judged on."""
+    from runs.gpu_check.recipe import STANDARD_EPOCHS, TARGET_ACCURACY, TARGET_MINUTES
+
+    why = {p["variant"]: p["reading"] for p in profiles}
+    single = [r for r in rows if r["replicates"] == 1 and not r["variant"].startswith("batched")]
+    fastest = min(single, key=lambda r: r["epoch_seconds"]) if single else None
+    standard = recipe if recipe and recipe.get("standard") else None
+    out = []
+    if standard:
+        accuracy = standard["test_accuracy"]
+        out.append({"target": f"test accuracy >= {TARGET_ACCURACY:.0%} (160-epoch recipe)", "how": "measured",
+                    "value": f"{accuracy:.2%} ({standard['variant']})", "met": accuracy >= TARGET_ACCURACY,
+                    "gap": f"{100 * (TARGET_ACCURACY - accuracy):+.2f} points", "why": ""})
+    else:
+        value = (f"--recipe ran {recipe['epochs']} epochs at width {recipe['width']}, not the standard recipe"
+                 if recipe else "run with --recipe")
+        out.append({"target": f"test accuracy >= {TARGET_ACCURACY:.0%} (160-epoch recipe)", "how": "not measured",
+                    "value": value, "met": None, "gap": "", "why": ""})
+    if standard:
+        minutes, variant, how = standard["minutes"], standard["variant"], "measured"
+    elif fastest:
+        minutes, variant = STANDARD_EPOCHS * fastest["epoch_seconds"] / 60, fastest["variant"]
+        how = "PROJECTED: 160 x the measured epoch time, compilation and evaluation excluded"
+    else:
+        minutes = None
+    if minutes is None:
+        out.append({"target": f"<= {TARGET_MINUTES:g} min per training", "how": "not measured", "value": "",
+                    "met": None, "gap": "", "why": ""})
+    else:
+        met = minutes <= TARGET_MINUTES
+        out.append({"target": f"<= {TARGET_MINUTES:g} min per training", "how": how,
+                    "value": f"{minutes:.2f} min ({variant})", "met": met,
+                    "gap": f"x{minutes / TARGET_MINUTES:.2f} of the target", "why": "" if met else why.get(variant, "")})
+    eight = next((b for b in batching if b["replicates"] == 8), None)
+    if eight is None:
+        out.append({"target": "8 batched >= 4x sequential", "how": "not measured", "value": "", "met": None,
+                    "gap": "", "why": ""})
+    else:
+        ratio = eight["ratio_batched_over_sequential"]
+        out.append({"target": "8 batched >= 4x sequential", "how": "measured (fp32)", "value": f"{ratio:.2f}x",
+                    "met": ratio >= 4.0, "gap": f"x{4.0 / ratio:.2f} short" if ratio < 4.0 else "",
+                    "why": "" if ratio >= 4.0 else why.get("fp32", "")})
+    return out
+
+
 def _cell(value) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
@@ -73,5 +121,11 @@ def markdown(report: dict) -> str:
              "## 3. Correctness on the device\n",
              table([{"check": name, **check} for name, check in sections["correctness"].items()]),
              "## 4. Projections (PROJECTED from the measured fp32 epoch time, not measured)\n",
-             table(sections["projections"])]
+             table(sections["projections"]),
+             "## 5. Where a step's time goes (measured, torch.profiler)\n",
+             table([{k: v for k, v in p.items() if k != "top_kernels"} for p in sections["profile"]]),
+             *[f"Top kernels of {p['variant']}:\n\n" + table(p["top_kernels"]) for p in sections["profile"]
+               if p.get("top_kernels")],
+             "## 6. Targets (issue 16)\n", table(sections["targets"]),
+             "## 7. The whole recipe (--recipe; measured)\n", table([sections["recipe"]] if sections["recipe"] else [])]
     return "\n".join(parts)

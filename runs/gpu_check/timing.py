@@ -25,6 +25,10 @@ from runs.gpu_check.common import EPOCH_ITERATIONS, Sizes, synchronise
 RECIPE = TrainConfig(epochs=Duration(epochs=160), lr=0.1, momentum=0.9, weight_decay=1e-4)
 VARIANTS = {"fp32": {}, "bf16": {"precision": "bf16"}, "channels_last": {"channels_last": True},
             "compiled": {"compile": True}}
+# Timed after everything else (each compiles again): CUDA graphs, and every option at once.
+LATER_VARIANTS = {"compiled_cudagraphs": {"compile": True, "compile_mode": "reduce-overhead"},
+                  "all": {"precision": "bf16", "channels_last": True, "compile": True, "compile_mode": "reduce-overhead"}}
+ALL_VARIANTS = VARIANTS | LATER_VARIANTS
 
 
 class Clock:
@@ -58,7 +62,7 @@ def row(variant: str, replicates: int, clock: Clock, began: float, sizes: Sizes)
 def time_variant(variant: str, sizes: Sizes, data: Dataset) -> dict:
     """One replicate trained by :func:`imp.train.train` with the variant's settings."""
     device = data.train.device
-    config = dataclasses.replace(RECIPE, **VARIANTS[variant])
+    config = dataclasses.replace(RECIPE, **ALL_VARIANTS[variant])
     clock = Clock(device)
     end = sizes.warmup + sizes.timed
     model = resnet(sizes, data, 0)

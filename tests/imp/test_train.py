@@ -242,6 +242,30 @@ def test_channels_last_and_compile_train_the_same_network(tmp_path, monkeypatch)
         torch.testing.assert_close(results["channels_last"][key], value, rtol=1e-4, atol=1e-5)
 
 
+def test_cuda_graph_mode_compiles_static_shapes_and_marks_every_step(tmp_path, monkeypatch):
+    # torch.compile gets mode="reduce-overhead" and static shapes (the inductor backend is
+    # not run here: the spy returns the model), and every update starts a new graph step.
+    import imp.train
+
+    seen, steps = [], []
+    monkeypatch.setattr(imp.train, "COMPILE_BACKEND", "inductor")
+    monkeypatch.setattr(torch, "compile", lambda model, **kwargs: seen.append(kwargs) or model)
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: steps.append(1))
+    config, data, model = _fast_setup(tmp_path, "train.compile=true", "train.compile_mode='reduce-overhead'")
+    train(model, data, config.train, 64, Seeds(0, 0, 0), end_step=3)
+    assert seen == [{"backend": "inductor", "mode": "reduce-overhead", "dynamic": False}] and len(steps) == 3
+    config, data, model = _fast_setup(tmp_path, "train.compile=true")
+    train(model, data, config.train, 64, Seeds(0, 0, 0), end_step=3)
+    assert seen[1] == {"backend": "inductor", "mode": None, "dynamic": False} and len(steps) == 3
+
+
+def test_compile_mode_needs_compile():
+    from imp.base.errors import UserError
+
+    with pytest.raises(UserError, match="train.compile_mode.*needs train.compile = true"):
+        load_config(None, ["train.compile_mode='reduce-overhead'"])
+
+
 def test_platform_options_are_provenance_not_identity(tmp_path):
     import json
 
@@ -256,7 +280,7 @@ def test_platform_options_are_provenance_not_identity(tmp_path):
     run = run_imp(fast, tmp_path, tmp_path, torch.device("cpu"))
     stored = json.loads(store.read_h5(run.stage_file(0, "level_0"))["provenance"]["platform"])
     assert stored["train"] == {"batch_replicates": False, "channels_last": False, "compile": False,
-                               "precision": "bf16"}
+                               "compile_mode": "default", "precision": "bf16"}
     assert stored["data"]["root"] == ""
 
 

@@ -59,14 +59,16 @@ def gpu_check(*args: str) -> subprocess.CompletedProcess:
 
 def test_runs_end_to_end_on_the_cpu(tmp_path):
     data, out = fake_data(tmp_path / "data"), tmp_path / "out"
-    done = gpu_check("--data", str(data), "--out", str(out), "--device", "cpu", "--tiny")
+    done = gpu_check("--data", str(data), "--out", str(out), "--device", "cpu", "--tiny", "--recipe",
+                     "--recipe-epochs", "2")
     assert done.returncode == 0, done.stdout + done.stderr
     report = json.loads((out / "gpu_check.json").read_text())
     assert report["passed"] and report["wall_seconds"] > 0
     assert all(stage["ok"] and stage["seconds"] >= 0 for stage in report["stages"].values())
     sections = report["sections"]
     rows = {row["variant"]: row for row in sections["epoch_time"]["rows"]}
-    assert set(rows) == {"fp32", "bf16", "channels_last", "compiled", "batched x1", "batched x4", "batched x8"}
+    assert set(rows) == {"fp32", "bf16", "channels_last", "compiled", "compiled_cudagraphs", "all",
+                         "batched x1", "batched x4", "batched x8"}
     assert all(row["epoch_seconds"] > 0 and row["iterations_timed"] > 0 for row in rows.values())
     assert [r["replicates"] for r in sections["epoch_time"]["batching"]] == [1, 4, 8]
     networks = {(n["level"], n["baseline"]) for n in sections["imp"]["networks"]}
@@ -77,12 +79,46 @@ def test_runs_end_to_end_on_the_cpu(tmp_path):
     assert "predicted_limit_magnitude" in measured["hessian"]["columns"]
     assert sections["imp"]["el2n"]["finite"]
     assert set(sections["correctness"]) == {"pruned_zero_bf16", "pruned_zero_compiled", "rewind_restored",
-                                            "batched_agrees", "same_seeds"}
+                                            "batched_agrees", "same_seeds", "pruned_zero_cudagraphs"}
     assert all(check["passed"] for check in sections["correctness"].values())
     assert len(sections["projections"]) == 3
     assert all(row["projected_hours_sequential"] > 0 for row in sections["projections"])
+    fastest = min((r for r in rows.values() if r["replicates"] == 1 and not r["variant"].startswith("batched")),
+                  key=lambda r: r["epoch_seconds"])["variant"]
+    profiled = {p["variant"]: p for p in sections["profile"]}
+    assert set(profiled) == {"fp32", fastest}
+    assert all(p["wall_ms_per_step"] > 0 and p["data_ms_per_step"] > 0 and p["optimizer_ms_per_step"] > 0
+               and p["kernels_per_step"] is None for p in profiled.values())  # no kernels on the CPU
+    recipe = sections["recipe"]
+    assert recipe["variant"] == fastest and recipe["epochs"] == 2 and 0 <= recipe["test_accuracy"] <= 1
+    assert recipe["standard"] is False
+    how = [t["how"] for t in sections["targets"]]
+    assert how == ["not measured", "PROJECTED: 160 x the measured epoch time, compilation and evaluation excluded",
+                   "measured (fp32)"]
     markdown = (out / "gpu_check.md").read_text()
-    assert "PROJECTED" in markdown and "## 3. Correctness" in markdown
+    assert "PROJECTED" in markdown and "## 3. Correctness" in markdown and "## 6. Targets" in markdown
+    said = [line for line in done.stderr.splitlines() if line.startswith("gpu_check: [")]
+    assert len(said) == len(report["stages"]) and all(line.endswith("s)") for line in said)
+
+
+def test_targets_judge_what_was_measured_and_say_why_one_was_missed():
+    from runs.gpu_check.report import targets
+
+    rows = [{"variant": "fp32", "replicates": 1, "epoch_seconds": 2.0},
+            {"variant": "all", "replicates": 1, "epoch_seconds": 0.6},
+            {"variant": "batched x8", "replicates": 8, "epoch_seconds": 4.0}]
+    profiles = [{"variant": "fp32", "reading": "launch-bound"}, {"variant": "all", "reading": "device-bound"}]
+    batching = [{"replicates": 8, "ratio_batched_over_sequential": 3.2}]
+    projected = targets(rows, batching, None, profiles)
+    assert [t["met"] for t in projected] == [None, True, False]  # 160 x 0.6 s = 1.6 min
+    assert projected[1]["how"].startswith("PROJECTED") and projected[1]["value"] == "1.60 min (all)"
+    assert projected[2]["gap"] == "x1.25 short" and projected[2]["why"] == "launch-bound"
+    recipe = {"variant": "all", "epochs": 160, "minutes": 2.5, "test_accuracy": 0.9172, "standard": True}
+    measured = targets(rows, [{"replicates": 8, "ratio_batched_over_sequential": 4.5}], recipe, profiles)
+    assert [t["met"] for t in measured] == [True, False, True]
+    assert [t["how"] for t in measured][:2] == ["measured", "measured"]
+    assert measured[0]["value"] == "91.72% (all)" and measured[1]["why"] == "device-bound"
+    assert measured[1]["gap"] == "x1.25 of the target"
 
 
 def test_missing_data_is_one_line_exit_2(tmp_path):
@@ -93,7 +129,17 @@ def test_missing_data_is_one_line_exit_2(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("gpu_check: error: ") and "cifar10-jpeg.zip" in lines[0]
 
 
-@pytest.mark.parametrize("module", ["runs.gpu_check", "runs.gpu_check.__main__", "runs.gpu_check.correctness"])
+@pytest.mark.parametrize("args, message", [(("--recipe-epochs", "1"), "--recipe-epochs must be at least 2"),
+                                           (("--recipe-variant", "fastest"), "--recipe-variant 'fastest' is not one of")])
+def test_bad_recipe_options_are_one_line_exit_2(tmp_path, args, message):
+    data = fake_data(tmp_path / "data", 1, 1)
+    done = gpu_check("--data", str(data), "--out", str(tmp_path / "out"), "--device", "cpu", "--tiny", *args)
+    assert done.returncode == 2 and done.stderr.startswith("gpu_check: error: ")
+    assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("module", ["runs.gpu_check", "runs.gpu_check.__main__", "runs.gpu_check.correctness",
+                                    "runs.gpu_check.profile", "runs.gpu_check.recipe"])
 def test_imports_without_pyhessian_or_submitit(module):
     code = ("import sys; sys.modules['pyhessian'] = None; sys.modules['submitit'] = None; "
             f"import importlib; importlib.import_module({module!r})")
