@@ -26,6 +26,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                              "and minutes targets; outside the budget)")
     parser.add_argument("--recipe-epochs", type=int, default=160, help="epochs of --recipe (160 = the standard)")
     parser.add_argument("--recipe-variant", default=None, help="variant of --recipe (default: the fastest measured)")
+    parser.add_argument("--recipe-only", action="store_true",
+                        help="only load the data and train the recipe (--recipe-variant, default all), into "
+                             "gpu_check_recipe.{json,md}: a second call after the check")
     return parser.parse_args(argv)
 
 
@@ -71,8 +74,8 @@ def check(args: argparse.Namespace) -> dict:
         result["wall_seconds"] = stages.elapsed()
         result["passed"] = (all(record["ok"] for record in stages.records.values())
                             and all(c["passed"] for c in sections["correctness"].values()))
-        (args.out / "gpu_check.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-        (args.out / "gpu_check.md").write_text(report.markdown(result))
+        (args.out / f"{report_name(args)}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+        (args.out / f"{report_name(args)}.md").write_text(report.markdown(result))
 
     def run(name: str, fn, *, budget: bool = True):
         found = stages.run(name, fn, budget=budget)
@@ -99,6 +102,12 @@ def check(args: argparse.Namespace) -> dict:
 
     run("load_cifar10", load)
     data, root = held.get("data"), held.get("root")
+    if args.recipe_only:
+        variant = args.recipe_variant or "all"
+        sections["recipe"] = run("recipe", lambda: recipe.train_recipe(variant, args.recipe_epochs, sizes, data),
+                                 budget=False)
+        write()
+        return result
     for variant in timing.VARIANTS:
         epoch_time(variant)
     fp32 = next((r for r in sections["epoch_time"]["rows"] if r["variant"] == "fp32"), None)
@@ -138,6 +147,10 @@ def check(args: argparse.Namespace) -> dict:
     return result
 
 
+def report_name(args: argparse.Namespace) -> str:
+    return "gpu_check_recipe" if args.recipe_only else "gpu_check"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     try:
@@ -149,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     wrong = [name for name, c in result["sections"]["correctness"].items() if not c["passed"]]
     print(f"gpu_check: {'passed' if result['passed'] else 'FAILED'} in {result['wall_seconds']:.1f} s; "
           f"failed stages: {', '.join(failed) or 'none'}; failed checks: {', '.join(wrong) or 'none'}; "
-          f"wrote {args.out / 'gpu_check.json'} and {args.out / 'gpu_check.md'}")
+          f"wrote {args.out / (report_name(args) + '.json')} and {args.out / (report_name(args) + '.md')}")
     return 0 if result["passed"] else 1
 
 

@@ -101,6 +101,18 @@ def test_runs_end_to_end_on_the_cpu(tmp_path):
     assert len(said) == len(report["stages"]) and all(line.endswith("s)") for line in said)
 
 
+def test_recipe_only_trains_the_recipe_into_its_own_report(tmp_path):
+    data, out = fake_data(tmp_path / "data", 2, 1), tmp_path / "out"
+    done = gpu_check("--data", str(data), "--out", str(out), "--device", "cpu", "--tiny", "--recipe-only",
+                     "--recipe-epochs", "3", "--recipe-variant", "bf16")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert not (out / "gpu_check.json").exists()
+    report = json.loads((out / "gpu_check_recipe.json").read_text())
+    assert list(report["stages"]) == ["load_cifar10", "recipe"] and report["sections"]["epoch_time"]["rows"] == []
+    recipe = report["sections"]["recipe"]
+    assert recipe["variant"] == "bf16" and recipe["epochs"] == 3 and recipe["test_examples"] == 10
+
+
 def test_targets_judge_what_was_measured_and_say_why_one_was_missed():
     from runs.gpu_check.report import targets
 
