@@ -27,6 +27,7 @@ imp_end_to_end      ``ratio (plain / toolkit seconds): <1.28>``
 prune_limit_cost    ``ratio (old / new error against exact): <269.5>``
 batched_replicates  ``ratio sequential / batched: LeNet-300-100 <0.68>x, ResNet-20 <0.73>x``
                     (one line, both numbers; "toolkit" here is the batched trainer)
+data_path           ``ratio (previous / toolkit seconds): <0.91> (CIFAR-10-shaped; ...)``
 ==================  ==========================================================================
 
 A new script should print its ratio as one line ``ratio (<what> / <what>): <number>``
@@ -109,6 +110,11 @@ BENCHMARKS = (
         Ratio("seconds to train 4 replicates, ResNet-20: one after another / train_batched",
               r"^ratio sequential / batched: .*ResNet-20 " + NUMBER + "x",
               target_text="> 1 on GPU; none on CPU"),
+    )),
+    Benchmark("data_path", ("--repeats", "1"), (
+        Ratio("seconds of an epoch's minibatches, CIFAR-10-shaped: floats + per-step draws / bytes + epoch draws",
+              r"^ratio \(previous / toolkit seconds\): " + NUMBER,
+              target_text="> 1 on GPU; none on CPU (floats there)"),
     )),
 )
 

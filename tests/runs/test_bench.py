@@ -82,7 +82,17 @@ ratio (old / new error against exact): 269.5
 cpu: Intel(R) Xeon(R) Processor
 """,
 }
+OUTPUTS["data_path"] = """\
+| data | toolkit s/epoch | previous s/epoch | cpu default s/epoch | previous / toolkit |
+|---|---|---|---|---|
+| CIFAR-10-shaped | 1.110 | 1.007 | 0.977 | 0.91 |
+| MNIST-shaped | 0.141 | 0.068 | 0.067 | 0.48 |
+
+ratio (previous / toolkit seconds): 0.91 (CIFAR-10-shaped; MNIST-shaped 0.48)
+"""
+
 EXPECTED = {
+    "data_path": [0.91],
     "train_throughput": [6.55],
     "grand_speed": [48.3, 1.1],
     "barrier_speed": [4.26],
@@ -129,6 +139,17 @@ def test_a_target_given_as_text_is_shown_and_not_judged():
     rows = summary_rows(BY_NAME["batched_replicates"], 0, OUTPUTS["batched_replicates"])
     assert [row[2:] for row in rows] == [["0.68x", "> 1 on GPU; none on CPU", "-"],
                                          ["0.73x", "> 1 on GPU; none on CPU", "-"]]
+
+
+def test_data_path_runs_at_tiny_sizes(monkeypatch, capsys):
+    """Smoke test: the script checks that its three paths give the same minibatches, times
+    them and prints the line the runner reads. Tiny sizes; the numbers mean nothing."""
+    from runs.bench import data_path
+
+    monkeypatch.setattr(sys, "argv", ["data_path", "--repeats", "1", "--fraction", "0.01"])
+    data_path.main()
+    out = capsys.readouterr().out
+    assert parse_ratios(BY_NAME["data_path"], out)[0] > 0 and "| MNIST-shaped |" in out
 
 
 def test_batched_replicates_runs_at_tiny_sizes(monkeypatch, capsys):
