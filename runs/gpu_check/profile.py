@@ -5,7 +5,8 @@ profiles ``timed`` steps after ``warmup`` (``torch.profiler``, started and stopp
 so compilation falls outside). From the trace:
 
 - ``wall_ms_per_step``: wall time of a step;
-- ``kernels_per_step``: device kernels run per step; ``launches_per_step``: the host's
+- ``kernels_per_step``: device activities per step (kernels, and copies and memsets,
+  which a trace lists the same way); ``launches_per_step``: the host's
   launch calls (``cudaLaunchKernel``, ``cudaGraphLaunch``, ...), fewer than kernels when
   CUDA graphs replay many kernels in one launch;
 - ``device_busy_ms_per_step`` and ``device_busy_fraction``: the summed kernel time of a
@@ -71,10 +72,10 @@ def _trace(profiler: torch.profiler.profile, steps: int, wall: float) -> dict:
     events = profiler.events()
     kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
     launches = sum(1 for e in events if e.name in LAUNCHES)
-    busy = sum(e.device_time for e in kernels) / 1e3 / steps  # microseconds -> ms per step
+    busy = sum(e.time_range.elapsed_us() for e in kernels) / 1e3 / steps  # microseconds -> ms per step
     by_name: dict[str, float] = {}
     for kernel in kernels:
-        by_name[kernel.name] = by_name.get(kernel.name, 0.0) + kernel.device_time / 1e3 / steps
+        by_name[kernel.name] = by_name.get(kernel.name, 0.0) + kernel.time_range.elapsed_us() / 1e3 / steps
     top = sorted(by_name.items(), key=lambda item: -item[1])[:5]
     return {"kernels_per_step": len(kernels) / steps, "launches_per_step": launches / steps,
             "device_busy_ms_per_step": busy, "device_busy_fraction": busy / (1e3 * wall),

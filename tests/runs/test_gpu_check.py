@@ -157,3 +157,31 @@ def test_imports_without_pyhessian_or_submitit(module):
             f"import importlib; importlib.import_module({module!r})")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+def test_trace_summary_counts_kernels_launches_and_busy_time():
+    # A made-up trace of 2 steps of 1 ms: per step a 300 us convolution and a 100 us ReLU
+    # on the device; on the host 4 kernel launches and one CUDA graph launch in all.
+    from torch.autograd import DeviceType
+    from torch.autograd.profiler_util import FunctionEvent
+
+    from runs.gpu_check.profile import _trace
+
+    class Trace:
+        def __init__(self, events):
+            self.listed = events
+
+        def events(self):
+            return self.listed
+
+    def event(name, start, end, device):
+        return FunctionEvent(id=start, name=name, thread=0, start_us=start, end_us=end, device_type=device)
+
+    device = [event("conv", 0, 300, DeviceType.CUDA), event("relu", 300, 400, DeviceType.CUDA),
+              event("conv", 1000, 1300, DeviceType.CUDA), event("relu", 1300, 1400, DeviceType.CUDA)]
+    host = [event(name, i, i + 5, DeviceType.CPU)
+            for i, name in enumerate(["cudaLaunchKernel"] * 4 + ["cudaGraphLaunch", "aten::conv2d"])]
+    found = _trace(Trace(device + host), steps=2, wall=1e-3)
+    assert found["kernels_per_step"] == 2 and found["launches_per_step"] == 2.5
+    assert found["device_busy_ms_per_step"] == 0.4 and abs(found["device_busy_fraction"] - 0.4) < 1e-12
+    assert found["top_kernels"] == [{"kernel": "conv", "ms_per_step": 0.3}, {"kernel": "relu", "ms_per_step": 0.1}]
