@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean gpu-check
 
 install: $(STAMP)
 
@@ -23,6 +23,14 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q
+
+# On a GPU machine, with the system's torch (no .venv, nothing installed): the device
+# check of the README's "The device check on a GPU machine". DATA holds MNIST/raw/*.gz and
+# cifar10-jpeg.zip.
+DATA ?= data
+OUT ?= results/gpu_check
+gpu-check:
+	$(PYTHON) -m runs.gpu_check --data $(DATA) --out $(OUT) --device cuda
 
 clean:
 	rm -rf $(VENV) results *.egg-info

@@ -56,7 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state
-from tqdm.auto import tqdm
+from imp.base.progress import tqdm
 
 from imp.base.config import Config, TrainConfig
 from imp.data import Augmentation, Batches, Dataset

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
+from imp.base.progress import tqdm
 
 from imp.base.config import Config, canonical
 from imp.base.errors import UserError, did_you_mean

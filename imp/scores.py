@@ -44,7 +44,7 @@ import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from imp.base.progress import tqdm
 
 from imp.base import names, store
 from imp.base.runtime import DEFAULT_THREADS, set_threads

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
+from imp.base.progress import tqdm
 
 from imp.base.config import TrainConfig
 from imp.base.errors import Diverged

@@ -46,8 +46,10 @@ def fake_data(folder: Path, train_per_class: int = 6, test_per_class: int = 3) -
     return folder
 
 
-# The run itself must not need pyhessian or submitit (absent on the GPU image): block them.
-BLOCKED = ("import sys, runpy; sys.modules['pyhessian'] = None; sys.modules['submitit'] = None; "
+# The run itself must need only torch and the scientific stack: pyhessian, submitit and
+# tqdm (not part of that stack) are blocked.
+HIDDEN = "sys.modules['pyhessian'] = None; sys.modules['submitit'] = None; sys.modules['tqdm'] = None; "
+BLOCKED = ("import sys, runpy; " + HIDDEN +
            "sys.argv[0] = 'gpu_check'; runpy.run_module('runs.gpu_check', run_name='__main__')")
 
 
@@ -152,9 +154,8 @@ def test_bad_recipe_options_are_one_line_exit_2(tmp_path, args, message):
 
 @pytest.mark.parametrize("module", ["runs.gpu_check", "runs.gpu_check.__main__", "runs.gpu_check.correctness",
                                     "runs.gpu_check.profile", "runs.gpu_check.recipe"])
-def test_imports_without_pyhessian_or_submitit(module):
-    code = ("import sys; sys.modules['pyhessian'] = None; sys.modules['submitit'] = None; "
-            f"import importlib; importlib.import_module({module!r})")
+def test_imports_without_pyhessian_submitit_or_tqdm(module):
+    code = f"import sys; {HIDDEN}import importlib; importlib.import_module({module!r})"
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
 
