@@ -10,7 +10,7 @@ from imp.base import store
 from imp.base.config import DataConfig, run_id
 from imp.base.names import REWIND_STAGE, level_stage
 from imp.base.seeds import Seeds, generator
-from imp.data import Batches, Dataset, flip_crop, load_dataset
+from imp.data import Augmentation, Batches, Dataset, load_dataset
 from imp.level import start_model
 from imp.pruning import MaskEnforcer, apply_mask, full_mask, magnitude_prune, prunable_tensors, random_mask
 from imp.scores import el2n
@@ -111,12 +111,13 @@ def _twice(make) -> tuple[bool, float]:
     return equal, worst
 
 
-def same_seeds(sizes: Sizes, data: Dataset, mnist_root: Path) -> dict:
+def same_seeds(sizes: Sizes, data: Dataset, mnist_root: Path | None) -> dict:
     """Run twice from the same seeds and compare: magnitude and random masks, EL2N-hardest
     and random subsets (EL2N of a network on the device), and the data order and
-    augmentation of CIFAR-10 and MNIST on the device."""
+    augmentation of CIFAR-10, and of MNIST when ``mnist_root`` is given, on the device."""
     device = data.train.device
-    mnist = load_dataset(DataConfig(dataset="mnist"), mnist_root, device)
+    mnist = load_dataset(DataConfig(dataset="mnist"), mnist_root, device) if mnist_root is not None else None
+    both = (data, mnist) if mnist is not None else (data,)
 
     def masks():
         _, mask = pruned_model(sizes, data, seed=7)
@@ -131,24 +132,24 @@ def same_seeds(sizes: Sizes, data: Dataset, mnist_root: Path) -> dict:
 
     def random_subsets():
         return torch.from_numpy(np.concatenate([select(None, split.train.y.cpu().numpy(), "random",
-                                                       len(split.train) // 3, seed=5) for split in (data, mnist)]))
+                                                       len(split.train) // 3, seed=5) for split in both]))
 
     def order(split: Dataset):
         def run():
             batches = Batches(len(split.train), sizes.batch, 11, device)
             steps = 2 * batches.iterations_per_epoch
             positions = torch.cat([batches.at(step) for step in range(steps)])
-            x = split.train.x[batches.at(0)]
-            augmented = flip_crop(x, split.fill, generator(12, "augment", 0)) if x.shape[1] == 3 else x
+            x = split.train.batch(batches.at(0))
+            augmented = Augmentation(12, batches, split.fill)(x, 0) if split.augment else x
             synchronise(device)
             return {"positions": positions.cpu(), "augmented": augmented.cpu()}
         return run
 
     checks = {"masks": masks, "subsets_el2n": hardest, "subsets_random": random_subsets,
-              "order_cifar10": order(data), "order_mnist": order(mnist)}
+              "order_cifar10": order(data), **({"order_mnist": order(mnist)} if mnist is not None else {})}
     found = {}
     for name, make in checks.items():
         equal, worst = _twice(make)
         found[name] = {"passed": equal, "max_abs_difference": worst}
     return {"passed": all(check["passed"] for check in found.values()), "checks": found,
-            "mnist_examples": len(mnist.train)}
+            "mnist_examples": len(mnist.train) if mnist is not None else "no MNIST in --data: not checked"}

@@ -186,3 +186,24 @@ def test_trace_summary_counts_kernels_launches_and_busy_time():
     assert found["kernels_per_step"] == 2 and found["launches_per_step"] == 2.5
     assert found["device_busy_ms_per_step"] == 0.4 and abs(found["device_busy_fraction"] - 0.4) < 1e-12
     assert found["top_kernels"] == [{"kernel": "conv", "ms_per_step": 0.3}, {"kernel": "relu", "ms_per_step": 0.1}]
+
+
+def test_mnist_is_optional_the_cifar_zip_is_not(tmp_path):
+    # The zip alone fits beside the checkout in a 64 MiB transfer; MNIST does not too.
+    import torch
+
+    from imp.base.errors import UserError
+    from runs.gpu_check import correctness
+    from runs.gpu_check.common import TINY, check_data, load_cifar, unpack_cifar
+
+    folder = fake_data(tmp_path / "data", 2, 1)
+    assert check_data(folder) is True
+    for name in (folder / "MNIST" / "raw").iterdir():
+        name.unlink()
+    assert check_data(folder) is False
+    data = load_cifar(unpack_cifar(folder, tmp_path / "cache", TINY.per_class), TINY.batch, torch.device("cpu"))
+    found = correctness.same_seeds(TINY, data, None)
+    assert found["passed"] and set(found["checks"]) == {"masks", "subsets_el2n", "subsets_random", "order_cifar10"}
+    (folder / "cifar10-jpeg.zip").unlink()
+    with pytest.raises(UserError, match="lacks cifar10-jpeg.zip"):
+        check_data(folder)
