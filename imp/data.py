@@ -9,7 +9,7 @@ Minibatches are slices of a seeded permutation per epoch; the permutation of epo
 depends only on ``(order_seed, e)``, so training can start at any step (a rewind point)
 with exactly the data order an uninterrupted run would have seen. Flip-and-crop's random
 numbers are drawn for a whole epoch at once (:class:`Augmentation`), one copy to the
-device per epoch, so a training step does no work on the host but launch kernels.
+device per epoch, so a training step does no host work besides launching kernels.
 """
 
 import hashlib
