@@ -50,6 +50,27 @@ def double(data: Dataset) -> Dataset:
                                validation=convert(data.validation), fill=data.fill.double())
 
 
+def float64_with_spy(monkeypatch, spied, modules: tuple = ()) -> list[tuple[int, str]]:
+    """Build models (in imp.level, imp.trunk and ``modules``) and load data in float64, and
+    record each call of ``spied.train_levels_batched`` as (networks, label)."""
+    import imp.level
+    import imp.trunk
+
+    model, load = imp.level.build_initial_model, imp.trunk.load_dataset
+    for module in (imp.level, imp.trunk, *modules):
+        monkeypatch.setattr(module, "build_initial_model", lambda *a: model(*a).double())
+    monkeypatch.setattr(imp.trunk, "load_dataset", lambda *a: double(load(*a)))
+    made = []
+    real = spied.train_levels_batched
+
+    def spy(config, data, seeds_list, *args, **kwargs):
+        made.append((len(seeds_list), kwargs["label"]))
+        return real(config, data, seeds_list, *args, **kwargs)
+
+    monkeypatch.setattr(spied, "train_levels_batched", spy)
+    return made
+
+
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     """max |a - b| / max |b| (0 when both are zero)."""
     scale = b.double().abs().max().item()

@@ -9,14 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-import imp.level
 import imp.trunk
 from imp.base import store
 from imp.base.config import load_config
 from imp.base.names import level_stage
 from imp.base.seeds import Seeds
 from imp.trunk import run_imp
-from tests.imp.test_batched import double
+from tests.imp.test_batched import float64_with_spy
 
 CPU = torch.device("cpu")
 RUN = ["model.widths=[32, 16]", "train.epochs='40it'", "train.eval_every='20it'", "data.batch_size=64",
@@ -26,19 +25,7 @@ RUN = ["model.widths=[32, 16]", "train.epochs='40it'", "train.eval_every='20it'"
 @pytest.fixture
 def calls(monkeypatch):
     """Run in float64; returns the list of (networks, label) of each batched training call."""
-    model, load = imp.level.build_initial_model, imp.trunk.load_dataset
-    for module in (imp.level, imp.trunk):
-        monkeypatch.setattr(module, "build_initial_model", lambda *a: model(*a).double())
-    monkeypatch.setattr(imp.trunk, "load_dataset", lambda *a: double(load(*a)))
-    made = []
-    real = imp.trunk.train_levels_batched
-
-    def spy(config, data, seeds_list, *args, **kwargs):
-        made.append((len(seeds_list), kwargs["label"]))
-        return real(config, data, seeds_list, *args, **kwargs)
-
-    monkeypatch.setattr(imp.trunk, "train_levels_batched", spy)
-    return made
+    return float64_with_spy(monkeypatch, imp.trunk)
 
 
 def config(baselines, batched):

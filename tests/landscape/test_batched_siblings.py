@@ -10,8 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-import imp.level
-import imp.trunk
 import landscape.measure
 from imp.base import store
 from imp.base.config import load_config
@@ -19,7 +17,7 @@ from imp.data import load_dataset
 from imp.base.names import sibling_stage
 from imp.trunk import run_imp
 from landscape.hooks import measure_run
-from tests.imp.test_batched import double
+from tests.imp.test_batched import double, float64_with_spy
 from tests.landscape.conftest import measured, only
 
 CPU = torch.device("cpu")
@@ -31,19 +29,7 @@ RUN = ["model.widths=[32, 16]", "train.epochs='40it'", "train.eval_every='20it'"
 @pytest.fixture
 def calls(monkeypatch):
     """Train in float64; returns the list of (networks, label) of each batched training call."""
-    model, load = imp.level.build_initial_model, imp.trunk.load_dataset
-    for module in (imp.level, imp.trunk, landscape.measure):
-        monkeypatch.setattr(module, "build_initial_model", lambda *a: model(*a).double())
-    monkeypatch.setattr(imp.trunk, "load_dataset", lambda *a: double(load(*a)))
-    made = []
-    real = landscape.measure.train_levels_batched
-
-    def spy(config, data, seeds_list, *args, **kwargs):
-        made.append((len(seeds_list), kwargs["label"]))
-        return real(config, data, seeds_list, *args, **kwargs)
-
-    monkeypatch.setattr(landscape.measure, "train_levels_batched", spy)
-    return made
+    return float64_with_spy(monkeypatch, landscape.measure, (landscape.measure,))
 
 
 def config(copies, batched):
