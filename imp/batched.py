@@ -56,9 +56,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state
-from imp.base.progress import tqdm
 
 from imp.base.config import Config, TrainConfig
+from imp.base.progress import tqdm
 from imp.data import Augmentation, Batches, Dataset
 from imp.level import LevelRecord, Start, State, finite, start_model
 from imp.base.record import TrainedLevel

@@ -31,9 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from imp.base.progress import tqdm
 
 from imp.base.config import Config, canonical
+from imp.base.progress import tqdm
 from imp.base.errors import UserError, did_you_mean
 
 

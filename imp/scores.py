@@ -44,9 +44,9 @@ import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
-from imp.base.progress import tqdm
 
 from imp.base import names, store
+from imp.base.progress import tqdm
 from imp.base.runtime import DEFAULT_THREADS, set_threads
 from imp.base.config import (Config, ScoreName, SubsetConfig, canonical, in_iterations, run_iterations_per_epoch,
                              to_dict)

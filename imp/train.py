@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
-from imp.base.progress import tqdm
 
 from imp.base.config import TrainConfig
+from imp.base.progress import tqdm
 from imp.base.errors import Diverged
 from imp.base.seeds import Seeds
 from imp.data import Augmentation, Batches, Dataset, Split
