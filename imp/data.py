@@ -95,18 +95,17 @@ class Split:
     def _lazy(self) -> bool:
         return self.__dict__.get("_x") is None and self.pixels is not None
 
-    def batch(self, positions: torch.Tensor) -> torch.Tensor:
-        """``x[positions]`` (positions on the device), normalised from the bytes while
-        ``x`` is not held: the same numbers either way."""
+    def batch(self, positions: torch.Tensor | slice) -> torch.Tensor:
+        """``x[positions]`` (positions on the device, or a slice), normalised from the
+        bytes while ``x`` is not held: the same numbers either way."""
         return self.normalisation(self.pixels[positions]) if self._lazy() else self.x[positions]
 
     def chunks(self, size: int):
         """``(x, y)`` of consecutive slices of ``size`` examples, in order (normalised
         slice by slice while ``x`` is not held)."""
         for start in range(0, len(self), size):
-            stop = start + size
-            x = self.normalisation(self.pixels[start:stop]) if self._lazy() else self.x[start:stop]
-            yield x, self.y[start:stop]
+            chunk = slice(start, start + size)
+            yield self.batch(chunk), self.y[chunk]
 
     def relabelled(self, y: torch.Tensor) -> "Split":
         """The same inputs with labels ``y``."""

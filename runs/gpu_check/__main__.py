@@ -77,8 +77,12 @@ def check(args: argparse.Namespace) -> dict:
         (args.out / f"{report_name(args)}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
         (args.out / f"{report_name(args)}.md").write_text(report.markdown(result))
 
-    def run(name: str, fn, *, budget: bool = True):
+    def run(name: str, fn, place=None, *, budget: bool = True):
+        """Stage ``name``; ``place(found)`` puts its result (None if it failed or was
+        skipped) into the sections before the report is written."""
         found = stages.run(name, fn, budget=budget)
+        if place is not None:
+            place(found)
         write()
         return found
 
@@ -90,41 +94,53 @@ def check(args: argparse.Namespace) -> dict:
         return {"train": len(held["data"].train), "test": len(held["data"].test), "root": str(held["root"])}
 
     def correct(name: str, fn) -> None:
-        found = run(f"correctness.{name}", fn)
-        sections["correctness"][name] = found if found is not None else {
-            "passed": False, "error": stages.records[f"correctness.{name}"]["error"]}
-        write()
+        def place(found):
+            sections["correctness"][name] = found if found is not None else {
+                "passed": False, "error": stages.records[f"correctness.{name}"]["error"]}
+        run(f"correctness.{name}", fn, place)
+
+    def appended(items: list):
+        """A ``place`` that appends a stage's result to ``items`` when there is one."""
+        def place(found):
+            if found:
+                items.append(found)
+        return place
+
+    append_row = appended(sections["epoch_time"]["rows"])
 
     def epoch_time(variant: str) -> None:
-        found = run(f"epoch_time.{variant}", lambda: timing.time_variant(variant, sizes, data))
-        if found:
-            sections["epoch_time"]["rows"].append(found)
+        run(f"epoch_time.{variant}", lambda: timing.time_variant(variant, sizes, data), append_row)
+
+    def train_recipe(variant: str) -> None:
+        run("recipe", lambda: recipe.train_recipe(variant, args.recipe_epochs, sizes, data),
+            lambda found: sections.update(recipe=found), budget=False)
 
     run("load_cifar10", load)
     data, root = held.get("data"), held.get("root")
     if args.recipe_only:
-        variant = args.recipe_variant or "all"
-        sections["recipe"] = run("recipe", lambda: recipe.train_recipe(variant, args.recipe_epochs, sizes, data),
-                                 budget=False)
-        write()
+        train_recipe(args.recipe_variant or "all")
         return result
     for variant in timing.VARIANTS:
         epoch_time(variant)
     fp32 = next((r for r in sections["epoch_time"]["rows"] if r["variant"] == "fp32"), None)
+
+    def batched_row(found):
+        append_row(found)
+        if found and fp32:
+            sections["epoch_time"]["batching"].append(timing.batching_ratio(fp32, found))
+
     for replicates in sizes.replicates:
-        found = run(f"epoch_time.batched_x{replicates}", lambda r=replicates: timing.time_batched(r, sizes, data))
-        if found:
-            sections["epoch_time"]["rows"].append(found)
-            if fp32:
-                sections["epoch_time"]["batching"].append(timing.batching_ratio(fp32, found))
+        run(f"epoch_time.batched_x{replicates}", lambda r=replicates: timing.time_batched(r, sizes, data), batched_row)
     eight = next((r for r in sections["epoch_time"]["rows"] if r["variant"] == f"batched x{max(sizes.replicates)}"), None)
     if fp32:
         sections["projections"] = report.projections(fp32["epoch_seconds"],
                                                      eight["epoch_seconds_per_replicate"] if eight else None)
 
     imp_out = args.out / "imp"
-    sections["imp"] = run("imp_run", lambda: pipeline.run_short_imp(sizes, root, imp_out, device)) or {}
-    sections["imp"]["el2n"] = run("el2n", lambda: pipeline.run_el2n(sizes, root, imp_out, device))
+    run("imp_run", lambda: pipeline.run_short_imp(sizes, root, imp_out, device),
+        lambda found: sections.update(imp=found or {}))
+    run("el2n", lambda: pipeline.run_el2n(sizes, root, imp_out, device),
+        lambda found: sections["imp"].update(el2n=found))
     correct("pruned_zero_bf16", lambda: correctness.pruned_stay_zero("bf16", sizes, data))
     correct("pruned_zero_compiled", lambda: correctness.pruned_stay_zero("compiled", sizes, data))
     correct("rewind_restored", lambda: correctness.rewind_restored(sizes, root, imp_out, data))
@@ -133,17 +149,12 @@ def check(args: argparse.Namespace) -> dict:
     for variant in timing.LATER_VARIANTS:
         epoch_time(variant)
     correct("pruned_zero_cudagraphs", lambda: correctness.pruned_stay_zero("compiled_cudagraphs", sizes, data))
-    fastest = min((r for r in sections["epoch_time"]["rows"] if r["replicates"] == 1
-                   and not r["variant"].startswith("batched")), key=lambda r: r["epoch_seconds"], default=None)
+    fastest = timing.fastest(sections["epoch_time"]["rows"])
     for variant in dict.fromkeys(["fp32"] + ([fastest["variant"]] if fastest else [])):
-        found = run(f"profile.{variant}", lambda v=variant: profile.profile_variant(v, sizes, data))
-        if found:
-            sections["profile"].append(found)
+        run(f"profile.{variant}", lambda v=variant: profile.profile_variant(v, sizes, data),
+            appended(sections["profile"]))
     if args.recipe:
-        variant = args.recipe_variant or (fastest["variant"] if fastest else "fp32")
-        sections["recipe"] = run("recipe", lambda: recipe.train_recipe(variant, args.recipe_epochs, sizes, data),
-                                 budget=False)
-    write()
+        train_recipe(args.recipe_variant or (fastest["variant"] if fastest else "fp32"))
     return result
 
 

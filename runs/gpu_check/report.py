@@ -41,11 +41,11 @@ def targets(rows: list[dict], batching: list[dict], recipe: dict | None, profile
     """Issue 16's three targets against what was measured (or, for the minutes without
     ``--recipe``, projected from the fastest one-replicate epoch time, and said so). A
     missed target carries the profile's reading of the variant it was judged on."""
+    from runs.gpu_check import timing
     from runs.gpu_check.recipe import STANDARD_EPOCHS, TARGET_ACCURACY, TARGET_MINUTES
 
     why = {p["variant"]: p["reading"] for p in profiles}
-    single = [r for r in rows if r["replicates"] == 1 and not r["variant"].startswith("batched")]
-    fastest = min(single, key=lambda r: r["epoch_seconds"]) if single else None
+    fastest = timing.fastest(rows)
     standard = recipe if recipe and recipe.get("standard") else None
     out = []
     if standard:

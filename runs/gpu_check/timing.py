@@ -87,6 +87,12 @@ def time_batched(replicates: int, sizes: Sizes, data: Dataset) -> dict:
     return row(f"batched x{replicates}", replicates, clock, began, sizes)
 
 
+def fastest(rows: list[dict]) -> dict | None:
+    """The one-replicate (not batched) row with the shortest epoch, or None."""
+    single = [row for row in rows if row["replicates"] == 1 and not row["variant"].startswith("batched")]
+    return min(single, key=lambda row: row["epoch_seconds"], default=None)
+
+
 def batching_ratio(sequential: dict, batched: dict) -> dict:
     """Throughput of R replicates batched over R trained one after another (the fp32 row
     times R), both in replicate-iterations per second; > 1 means batching is faster."""
